@@ -1,0 +1,43 @@
+"""Loom: durable, typed workflows whose activities can be sandboxed WebAssembly modules."""
+
+from loom.activity import Activity, activity
+from loom.context import WorkflowContext
+from loom.exceptions import (
+    ActivityFailedError,
+    ActivityTimeoutError,
+    LoomError,
+    NonDeterministicWorkflowError,
+    StateSerializationError,
+    WorkflowAlreadyExistsError,
+    WorkflowCancelledError,
+    WorkflowClosedError,
+    WorkflowDefinitionError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+    WorkflowStillRunningError,
+)
+from loom.history import WorkflowStatus
+from loom.workflow import CompiledWorkflow, Workflow, step, workflow
+
+__all__ = [
+    "Activity",
+    "ActivityFailedError",
+    "ActivityTimeoutError",
+    "CompiledWorkflow",
+    "LoomError",
+    "NonDeterministicWorkflowError",
+    "StateSerializationError",
+    "Workflow",
+    "WorkflowAlreadyExistsError",
+    "WorkflowCancelledError",
+    "WorkflowClosedError",
+    "WorkflowContext",
+    "WorkflowDefinitionError",
+    "WorkflowExecutionError",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
+    "WorkflowStillRunningError",
+    "activity",
+    "step",
+    "workflow",
+]

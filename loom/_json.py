@@ -1,0 +1,39 @@
+"""JSON at the engine boundary: one alias, one canonical encoding, one digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, TypeAlias
+
+JSON: TypeAlias = Any
+"""A JSON-compatible value; `Any` is confined to this alias."""
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_canonical = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
+)
+loads = json.loads
+
+
+def dumps(value: JSON) -> str:
+    """Compact JSON; raises TypeError/ValueError for values JSON cannot hold."""
+    return _encoder.encode(value)
+
+
+def digest(value: JSON) -> str:
+    """Short stable digest of a JSON value, used to match activity arguments on replay."""
+    return hashlib.sha256(_canonical.encode(value).encode()).hexdigest()[:16]
+
+
+def is_json(value: object) -> bool:
+    """True when `value` is made only of JSON types (no NaN, str keys)."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list | tuple):
+        return all(is_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_json(v) for k, v in value.items())
+    return False

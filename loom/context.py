@@ -1,0 +1,250 @@
+"""`WorkflowContext`: the only door from workflow code to time, randomness and effects.
+
+Every method turns into a command on the owning run, so replay sees the same sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Generator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from loom._json import JSON, digest, is_json
+from loom.activity import Activity
+from loom.history import EventKind
+from loom.replay import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
+from loom.state import StateProxy
+from loom.workflow import CompiledWorkflow, Workflow
+
+if TYPE_CHECKING:
+    from loom.replay import WorkflowRun
+
+InT = TypeVar("InT")
+StateT = TypeVar("StateT")
+R = TypeVar("R")
+ChildIn = TypeVar("ChildIn")
+ChildState = TypeVar("ChildState")
+
+
+class WorkflowLogger:
+    """`ctx.logger`: writes to the workflow's log (and Python logging), silent during replay."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+
+    def debug(self, message: str, *args: object) -> None:
+        self._run.log(logging.DEBUG, message % args if args else message)
+
+    def info(self, message: str, *args: object) -> None:
+        self._run.log(logging.INFO, message % args if args else message)
+
+    def warning(self, message: str, *args: object) -> None:
+        self._run.log(logging.WARNING, message % args if args else message)
+
+    def error(self, message: str, *args: object) -> None:
+        self._run.log(logging.ERROR, message % args if args else message)
+
+
+class ChildWorkflow(Generic[ChildState]):
+    """A started child workflow; `await` it for the child's final State."""
+
+    def __init__(self, workflow_id: str, future: Any) -> None:
+        self.workflow_id = workflow_id
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, ChildState]:
+        result: ChildState = yield from self._future.__await__()
+        return result
+
+
+def _seconds(duration: float | int | timedelta) -> float:
+    seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+    if seconds < 0:
+        raise ValueError(f"duration must be >= 0, got {duration!r}")
+    return seconds
+
+
+class WorkflowContext(Generic[InT, StateT]):
+    """What a step receives: input, state, logger and the durable operations."""
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+        self._input: Any = _UNSET
+        self.logger = WorkflowLogger(run)
+
+    @property
+    def workflow_id(self) -> str:
+        return self._run.workflow_id
+
+    @property
+    def input(self) -> InT:
+        """The typed workflow input."""
+        if self._input is _UNSET:
+            self._input = self._run.compiled.decode_input(self._run.input)
+        return self._input  # type: ignore[no-any-return]  # typed by the compiled workflow
+
+    @property
+    def state(self) -> StateProxy:
+        return self._run.state
+
+    @property
+    def is_replaying(self) -> bool:
+        return self._run.is_replaying
+
+    def now(self) -> datetime:
+        """Deterministic current time: when the event being processed was recorded."""
+        return datetime.fromtimestamp(self._run.now_ms / 1000, tz=UTC)
+
+    def random(self) -> float:
+        """Deterministic random float in [0, 1), seeded per workflow."""
+        return self._run.random.random()
+
+    def uuid4(self) -> uuid.UUID:
+        """Deterministic UUID4, seeded per workflow."""
+        return uuid.UUID(int=self._run.random.getrandbits(128), version=4)
+
+    @overload
+    async def activity(self, fn: Activity[..., R], /, *args: Any, **kwargs: Any) -> R: ...
+
+    @overload
+    async def activity(
+        self, fn: str, input: JSON = None, /, *, result_type: type[R] | None = None
+    ) -> Any: ...
+
+    async def activity(self, fn: Activity[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run an activity durably and return its result.
+
+        `fn` is an `@loom.activity` function (called with its own arguments) or a registered
+        name with an optional semver range, e.g. `"summarize@^1"`, called with one JSON input
+        (`result_type=` validates the output into a pydantic model or dataclass).
+        """
+        run = self._run
+        if isinstance(fn, Activity):
+            name = fn.name
+            arguments = fn.encode_arguments(args, kwargs)
+            decode = fn.decode_result
+        elif isinstance(fn, str):
+            name, arguments, decode = _by_name(fn, args, kwargs)
+        else:
+            raise TypeError(
+                f"ctx.activity takes an @loom.activity function or a registered name, got {fn!r}"
+            )
+        if not is_json(arguments):
+            raise TypeError(f"activity {name!r}: arguments must be JSON-serialisable")
+        payload: dict[str, JSON] = {"name": name, "digest": digest(arguments), "input": arguments}
+        seq, future, is_new = run.issue(EventKind.ACTIVITY_SCHEDULED, payload, decode)
+        if is_new:
+            task_payload: dict[str, JSON] = {
+                "workflow_id": run.workflow_id,
+                "seq": seq,
+                "name": name,
+                "input": arguments,
+                "pin": run.pins.get(name),
+            }
+            run.add_task(TaskSpec(f"a:{run.workflow_id}:{seq}", ACTIVITY_TASK, task_payload, 0))
+        assert future is not None
+        return await future
+
+    async def sleep(self, duration: float | int | timedelta) -> None:
+        """Durable timer: survives restarts; `duration` in seconds or a timedelta."""
+        run = self._run
+        fire_at = run.now_ms + int(_seconds(duration) * 1000)
+        seq, future, is_new = run.issue(
+            EventKind.TIMER_STARTED, {"key": "timer", "fire_at": fire_at}, _ignore
+        )
+        if is_new:
+            run.add_task(TaskSpec(f"t:{run.workflow_id}:{seq}", TIMER_TASK, {"seq": seq}, fire_at))
+        assert future is not None
+        await future
+
+    async def wait_for_signal(
+        self, name: str, timeout: float | int | timedelta | None = None
+    ) -> Any:
+        """Wait for the next signal `name` (signals sent earlier are buffered).
+
+        Returns the payload; raises TimeoutError when `timeout` passes first.
+        """
+        run = self._run
+        payload: dict[str, JSON] = {"key": name}
+        if timeout is not None:
+            payload["fire_at"] = run.now_ms + int(_seconds(timeout) * 1000)
+        seq, future, is_new = run.issue(EventKind.SIGNAL_WAIT_STARTED, payload, _identity)
+        if is_new and timeout is not None:
+            run.add_task(
+                TaskSpec(
+                    f"t:{run.workflow_id}:{seq}", TIMER_TASK, {"seq": seq}, int(payload["fire_at"])
+                )
+            )
+        run.wait_signal(seq, name)
+        assert future is not None
+        return await future
+
+    def start_workflow(
+        self,
+        workflow: type[Workflow[ChildIn, ChildState]] | CompiledWorkflow[ChildIn, ChildState],
+        input: ChildIn,
+        *,
+        workflow_id: str | None = None,
+    ) -> ChildWorkflow[ChildState]:
+        """Start a child workflow; `await` the returned object for its final State.
+
+        A failed child raises WorkflowExecutionError in the parent at that await.
+        """
+        run = self._run
+        compiled = workflow if isinstance(workflow, CompiledWorkflow) else workflow.compile()
+        encoded = compiled.encode_input(input)
+        child_id = workflow_id or f"{run.workflow_id}/{run.ctx.uuid4().hex[:12]}"
+        seq, future, is_new = run.issue(
+            EventKind.CHILD_STARTED,
+            {"key": compiled.name, "workflow_id": child_id},
+            compiled.decode_state,
+        )
+        if is_new:
+            run.add_child(
+                ChildStart(
+                    workflow_id=child_id,
+                    workflow_name=compiled.name,
+                    workflow_version=compiled.version,
+                    input=encoded,
+                    state=compiled.initial_state(),
+                    source_hash=compiled.source_hash,
+                    total_steps=len(compiled.steps),
+                    parent_seq=seq,
+                    seed=run.random.getrandbits(63),
+                )
+            )
+        else:
+            run.random.getrandbits(63)  # keep the random stream aligned with the first run
+        return ChildWorkflow(child_id, future)
+
+
+def _by_name(spec: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, JSON, Any]:
+    result_type = kwargs.pop("result_type", None)
+    if kwargs or len(args) > 1:
+        raise TypeError(
+            f"activity {spec!r} called by name takes one JSON input, e.g. "
+            f"ctx.activity({spec!r}, {{...}}); got {len(args)} positional and "
+            f"{sorted(kwargs)} keyword arguments"
+        )
+    decode = _identity
+    if result_type is not None:
+        from pydantic import TypeAdapter
+
+        adapter: TypeAdapter[Any] = TypeAdapter(result_type)
+        decode = adapter.validate_python
+    return spec, (args[0] if args else None), decode
+
+
+def _identity(value: JSON) -> JSON:
+    return value
+
+
+def _ignore(value: JSON) -> None:
+    return None
+
+
+_UNSET: Any = object()

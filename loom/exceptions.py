@@ -1,0 +1,145 @@
+"""Loom's error types: one base, structured fields, messages that say what to do next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LoomError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class WorkflowNotFoundError(LoomError):
+    """No workflow with this id exists in the database."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"workflow {workflow_id!r} not found; check the id (loom list shows known workflows)"
+        )
+
+
+class WorkflowAlreadyExistsError(LoomError):
+    """A workflow id is an idempotency key: reusing it for another workflow type is refused."""
+
+    def __init__(self, workflow_id: str, existing_name: str, requested_name: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"workflow id {workflow_id!r} already belongs to a {existing_name!r} workflow, "
+            f"not {requested_name!r}; choose another id"
+        )
+
+
+class WorkflowStillRunningError(LoomError):
+    """`result()` timed out while the workflow was still running."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        super().__init__(
+            f"workflow {workflow_id!r} is still {status}; wait longer or check that a worker runs"
+        )
+
+
+class WorkflowExecutionError(LoomError):
+    """The workflow failed; `error_type`/`error_message` come from its history."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        error_type: str,
+        error_message: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.details = details or {}
+        super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {error_message}")
+
+
+class ActivityFailedError(LoomError):
+    """An activity exhausted its retries or failed with a non-retryable error."""
+
+    def __init__(
+        self,
+        activity_name: str,
+        error_message: str,
+        *,
+        error_type: str = "Exception",
+        attempt: int = 1,
+        retryable: bool = True,
+    ) -> None:
+        self.activity_name = activity_name
+        self.error_message = error_message
+        self.error_type = error_type
+        self.attempt = attempt
+        self.retryable = retryable
+        super().__init__(
+            f"activity {activity_name!r} failed after {attempt} attempt(s): "
+            f"{error_type}: {error_message}"
+        )
+
+
+class ActivityTimeoutError(LoomError):
+    """One attempt of a native activity ran past its timeout (retryable)."""
+
+    retryable = True
+
+    def __init__(self, activity_name: str, timeout: float) -> None:
+        self.activity_name = activity_name
+        self.timeout = timeout
+        super().__init__(
+            f"activity {activity_name!r} attempt exceeded its {timeout:g}s timeout; "
+            f"raise timeout= on @loom.activity if it legitimately needs longer"
+        )
+
+
+class WorkflowClosedError(LoomError):
+    """The workflow has finished and no longer accepts signals."""
+
+    def __init__(self, workflow_id: str, status: str, action: str) -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        super().__init__(f"workflow {workflow_id!r} is {status}; it cannot {action} any more")
+
+
+class NonDeterministicWorkflowError(LoomError):
+    """Replayed code issued a different command than the history recorded at that position."""
+
+    def __init__(self, workflow_id: str, position: int, expected: str, actual: str) -> None:
+        self.workflow_id = workflow_id
+        self.position = position
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"workflow {workflow_id!r} is non-deterministic at command #{position}: "
+            f"history has {expected}, code issued {actual}; keep old code paths for running "
+            f"workflows or start new workflows with a new version"
+        )
+
+
+class WorkflowDefinitionError(LoomError, TypeError):
+    """A workflow, step or activity definition breaks a rule; raised at decoration/compile time."""
+
+
+class StateSerializationError(LoomError, TypeError):
+    """A value assigned to workflow state is not JSON-serialisable."""
+
+    def __init__(self, key: str, value: object) -> None:
+        self.key = key
+        super().__init__(
+            f"state[{key!r}] = {value!r} ({type(value).__name__}) is not JSON-serialisable; "
+            f"store str/int/float/bool/None, lists and dicts of them"
+        )
+
+
+class WorkflowCancelledError(BaseException):
+    """Raised inside workflow code at its next await after `cancel()`.
+
+    A BaseException so that `except Exception` in workflow code does not swallow it.
+    """
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(f"workflow cancelled: {reason or 'no reason given'}")

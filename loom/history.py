@@ -1,0 +1,96 @@
+"""The event history: event kinds (stored values), event records and error encoding.
+
+History is append-only; commands issued by workflow code are matched against it by position.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+
+from loom._json import JSON
+
+
+class EventKind(StrEnum):
+    WORKFLOW_STARTED = "WORKFLOW_STARTED"
+    STEP_STARTED = "STEP_STARTED"
+    ACTIVITY_SCHEDULED = "ACTIVITY_SCHEDULED"
+    ACTIVITY_COMPLETED = "ACTIVITY_COMPLETED"
+    ACTIVITY_FAILED = "ACTIVITY_FAILED"
+    TIMER_STARTED = "TIMER_STARTED"
+    TIMER_FIRED = "TIMER_FIRED"
+    SIGNAL_WAIT_STARTED = "SIGNAL_WAIT_STARTED"
+    SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
+    CHILD_STARTED = "CHILD_STARTED"
+    CHILD_COMPLETED = "CHILD_COMPLETED"
+    CHILD_FAILED = "CHILD_FAILED"
+    STATE_SET = "STATE_SET"
+    STATE_UPDATE = "STATE_UPDATE"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
+    WORKFLOW_FAILED = "WORKFLOW_FAILED"
+    WORKFLOW_CANCELED = "WORKFLOW_CANCELED"
+
+
+COMMAND_KINDS = frozenset(
+    {
+        EventKind.STEP_STARTED,
+        EventKind.ACTIVITY_SCHEDULED,
+        EventKind.TIMER_STARTED,
+        EventKind.SIGNAL_WAIT_STARTED,
+        EventKind.CHILD_STARTED,
+        EventKind.STATE_SET,
+        EventKind.STATE_UPDATE,
+    }
+)
+"""Events written by workflow code itself; replay matches them, the rest are delivered."""
+
+CLOSING_KINDS = frozenset(
+    {EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_CANCELED}
+)
+
+
+class WorkflowStatus(StrEnum):
+    """Lifecycle of a workflow as stored and reported by `handle.status()`."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_closed(self) -> bool:
+        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One history row."""
+
+    sequence: int
+    kind: EventKind
+    payload: dict[str, JSON]
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; the store assigns its sequence at commit time."""
+
+    kind: EventKind
+    payload: dict[str, JSON]
+
+
+def encode_error(err: BaseException, **details: JSON) -> dict[str, JSON]:
+    """History stores errors as `{type, message, details}` so handles re-raise them typed."""
+    message = getattr(err, "error_message", None) or str(err)
+    info: dict[str, JSON] = {
+        "traceback": "".join(traceback.format_exception(err)[-6:]),
+        **details,
+    }
+    for attr in ("activity_name", "expected", "actual", "retryable", "error_type"):
+        if hasattr(err, attr):
+            info[attr] = getattr(err, attr)
+    return {"type": type(err).__name__, "message": message, "details": info}

@@ -1,0 +1,535 @@
+"""Replay: drives workflow code deterministically against its event history.
+
+A `WorkflowRun` owns one workflow's coroutines on a private event loop that only runs when
+events are delivered, so live continuation and cold replay execute the same way. It turns
+the commands the code issues into an `Activation` (new events and tasks) for the store; it
+never touches the database itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loom._json import JSON, digest, dumps
+from loom.exceptions import (
+    ActivityFailedError,
+    LoomError,
+    NonDeterministicWorkflowError,
+    WorkflowCancelledError,
+    WorkflowExecutionError,
+)
+from loom.history import COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.workflow import CompiledWorkflow
+
+logger = logging.getLogger("loom.workflow")
+
+TaskKind = str
+WORKFLOW_TASK = "workflow"
+ACTIVITY_TASK = "activity"
+TIMER_TASK = "timer"
+
+
+def workflow_task_key(workflow_id: str) -> str:
+    return f"w:{workflow_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task to create with the activation (activity attempt or timer)."""
+
+    key: str
+    kind: TaskKind
+    payload: dict[str, JSON]
+    run_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStart:
+    """A child workflow to create in the same transaction as the parent's command."""
+
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str
+    input: JSON
+    state: dict[str, JSON]
+    source_hash: str
+    total_steps: int
+    parent_seq: int
+    seed: int
+
+
+@dataclass(slots=True)
+class Activation:
+    """Everything one workflow task produced; the store commits it in one transaction."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    cancel_task_keys: list[str] = field(default_factory=list)
+    children: list[ChildStart] = field(default_factory=list)
+    logs: list[tuple[str, str, int]] = field(default_factory=list)
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    state: dict[str, JSON] = field(default_factory=dict)
+    step_index: int = 0
+    error: dict[str, JSON] | None = None
+
+
+class _Nondeterminism(BaseException):
+    """Unwinds workflow code after a replay mismatch; user code cannot catch it by accident."""
+
+
+class _WorkflowLoop(asyncio.AbstractEventLoop):
+    """A minimal event loop that runs callbacks only when the engine drives it.
+
+    Wall-clock scheduling (`call_later`, `asyncio.sleep(n)`) is refused: it would make replay
+    differ from the original run. Workflow code waits with `ctx.sleep` instead.
+    """
+
+    def __init__(self) -> None:
+        self._ready: deque[asyncio.Handle] = deque()
+        self.errors: list[BaseException] = []
+
+    def run_until_quiet(self) -> None:
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            while self._ready:
+                handle = self._ready.popleft()
+                if not handle.cancelled():
+                    handle._run()
+        finally:
+            asyncio.events._set_running_loop(previous)
+
+    def call_soon(  # type: ignore[override]  # Handle typing differs across Python versions
+        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        raise RuntimeError(
+            "workflow code cannot use wall-clock timers (asyncio.sleep(n), asyncio.timeout, "
+            "wait_for); use `await ctx.sleep(seconds)` or wait_for_signal(name, timeout=...)"
+        )
+
+    call_at = call_later  # type: ignore[assignment]
+
+    def time(self) -> float:
+        return 0.0
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        err = context.get("exception")
+        if isinstance(err, BaseException) and "destroyed" not in context.get("message", ""):
+            self.errors.append(err)
+
+
+@dataclass(slots=True)
+class _Recorded:
+    kind: EventKind
+    key: str
+    seq: int
+
+
+def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
+    if kind is EventKind.ACTIVITY_SCHEDULED:
+        return f"{payload['name']}(args {payload['digest']})"
+    if kind is EventKind.STATE_UPDATE:
+        return ",".join(sorted(payload["changes"]))
+    return str(payload.get("key", ""))
+
+
+class WorkflowRun:
+    """One workflow's live execution; feed it events with `apply`, collect `take_activation`."""
+
+    def __init__(
+        self,
+        compiled: CompiledWorkflow[Any, Any],
+        workflow_id: str,
+        *,
+        replay_until: int = 0,
+        registry: Mapping[str, CompiledWorkflow[Any, Any]] | None = None,
+    ) -> None:
+        from loom.context import WorkflowContext
+        from loom.state import StateProxy
+
+        self.compiled = compiled
+        self.workflow_id = workflow_id
+        self.registry = registry or {}
+        self.loop = _WorkflowLoop()
+        self.state_data: dict[str, JSON] = compiled.initial_state()
+        self.state = StateProxy(self, self.state_data)
+        self.ctx: WorkflowContext[Any, Any] = WorkflowContext(self)
+        self.epoch = 0
+        self.cursor = 0
+        self.replay_until = replay_until
+        self.is_replaying = replay_until > 0
+        self.now_ms = 0
+        self.random = random.Random(0)
+        self.input: JSON = None
+        self.step_index = 0
+        self.started = False
+        self.pins: dict[str, dict[str, JSON]] = {}
+        self._seq = 0
+        self._recorded: deque[_Recorded] = deque()
+        self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[JSON], Any]]] = {}
+        self._signal_buffer: dict[str, deque[JSON]] = {}
+        self._signal_waiters: dict[str, deque[int]] = {}
+        self._mutable_snapshot: dict[str, str] = {}
+        self._cancel_reason: str | None = None
+        self._cancelled = False
+        self._main: asyncio.Task[None] | None = None
+        self._out = Activation()
+        self._failure: BaseException | None = None
+
+    # -- feeding history ------------------------------------------------------------------
+
+    def apply(self, events: Iterable[Event], *, include_commands: bool = True) -> None:
+        """Deliver events in order; recorded commands are queued for matching first."""
+        deliverable = []
+        for event in events:
+            if event.kind in COMMAND_KINDS:
+                if include_commands:
+                    self._recorded.append(
+                        _Recorded(event.kind, _command_key(event.kind, event.payload),
+                                  int(event.payload["seq"]))
+                    )
+            else:
+                deliverable.append(event)
+            self.cursor = max(self.cursor, event.sequence)
+        for event in deliverable:
+            if self.is_finished:
+                break
+            self.is_replaying = event.sequence <= self.replay_until
+            self.now_ms = max(self.now_ms, event.created_at)
+            self._deliver(event)
+            self.loop.run_until_quiet()
+            self._check_loop_errors()
+        self.is_replaying = False
+        if self._recorded and not self.is_finished and self._failure is None:
+            head = self._recorded[0]
+            self._fail_nondeterministic(head.seq, f"{head.kind} {head.key}", "no further command")
+
+    def _deliver(self, event: Event) -> None:
+        payload = event.payload
+        kind = event.kind
+        if kind is EventKind.WORKFLOW_STARTED:
+            self._start(payload)
+        elif kind is EventKind.ACTIVITY_COMPLETED:
+            if isinstance(payload.get("pin"), dict):
+                self.pins.setdefault(str(payload["name"]), payload["pin"])
+            self._resolve(int(payload["seq"]), payload.get("result"))
+        elif kind is EventKind.ACTIVITY_FAILED:
+            error = payload["error"]
+            details = error.get("details", {})
+            self._reject(
+                int(payload["seq"]),
+                ActivityFailedError(
+                    str(payload["name"]),
+                    error["message"],
+                    error_type=details.get("error_type", error["type"]),
+                    attempt=int(payload.get("attempt", 1)),
+                    retryable=bool(details.get("retryable", False)),
+                ),
+            )
+        elif kind is EventKind.TIMER_FIRED:
+            self._timer_fired(int(payload["seq"]))
+        elif kind is EventKind.SIGNAL_RECEIVED:
+            self._signal(str(payload["name"]), payload.get("payload"))
+        elif kind is EventKind.CHILD_COMPLETED:
+            self._resolve(int(payload["seq"]), payload["state"])
+        elif kind is EventKind.CHILD_FAILED:
+            error = payload["error"]
+            self._reject(
+                int(payload["seq"]),
+                WorkflowExecutionError(
+                    str(payload["workflow_id"]), error["type"], error["message"], error["details"]
+                ),
+            )
+        elif kind is EventKind.CANCEL_REQUESTED:
+            self._cancel(payload.get("reason"))
+
+    def _start(self, payload: Mapping[str, JSON]) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.input = payload["input"]
+        self.random = random.Random(int(payload["seed"]))
+        self._main = self.loop.create_task(self._run_steps())
+
+    async def _run_steps(self) -> None:
+        instance = self.compiled.cls()
+        try:
+            for index, step in enumerate(self.compiled.steps):
+                self.step_index = index
+                self.issue(EventKind.STEP_STARTED, {"key": step.info.name})
+                await step.method(instance, self.ctx)
+            self._flush_nested_mutations()
+        except _Nondeterminism:
+            return
+        except WorkflowCancelledError as err:
+            self._close(WorkflowStatus.CANCELED, encode_error(err))
+        except asyncio.CancelledError:
+            err = WorkflowCancelledError(self._cancel_reason)
+            self._close(WorkflowStatus.CANCELED, encode_error(err))
+        except Exception as err:  # the workflow's own failure becomes its recorded outcome
+            self._close(WorkflowStatus.FAILED, encode_error(err))
+        else:
+            self._close(WorkflowStatus.COMPLETED, None)
+
+    def _close(self, status: WorkflowStatus, error: dict[str, JSON] | None) -> None:
+        if self._failure is not None:
+            return
+        out = self._out
+        out.status = status
+        out.error = error
+        kind = {
+            WorkflowStatus.COMPLETED: EventKind.WORKFLOW_COMPLETED,
+            WorkflowStatus.FAILED: EventKind.WORKFLOW_FAILED,
+            WorkflowStatus.CANCELED: EventKind.WORKFLOW_CANCELED,
+        }[status]
+        body: dict[str, JSON] = {"state": self.state_data} if error is None else {"error": error}
+        out.events.append(NewEvent(kind, body))
+        for seq in list(self._pending):
+            out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
+            out.cancel_task_keys.append(f"a:{self.workflow_id}:{seq}")
+
+    # -- commands -------------------------------------------------------------------------
+
+    def issue(
+        self,
+        kind: EventKind,
+        payload: dict[str, JSON],
+        decode: Callable[[JSON], Any] | None = None,
+    ) -> tuple[int, asyncio.Future[Any] | None, bool]:
+        """Record a command; returns (seq, future for its result, is_new).
+
+        Replayed commands are checked against the history; new ones go into the activation.
+        """
+        if self._failure is not None:
+            raise _Nondeterminism
+        if kind is not EventKind.STATE_SET and kind is not EventKind.STATE_UPDATE:
+            self._flush_nested_mutations()
+        self._seq += 1
+        seq = self._seq
+        payload["seq"] = seq
+        key = _command_key(kind, payload)
+        is_new = not self._recorded
+        if not is_new:
+            recorded = self._recorded.popleft()
+            if recorded.kind is not kind or recorded.key != key:
+                self._fail_nondeterministic(seq, f"{recorded.kind} {recorded.key}", f"{kind} {key}")
+                raise _Nondeterminism
+        else:
+            self._out.events.append(NewEvent(kind, payload))
+        future: asyncio.Future[Any] | None = None
+        if decode is not None:
+            future = self.loop.create_future()
+            if self._cancelled:
+                future.set_exception(WorkflowCancelledError(self._cancel_reason))
+            else:
+                self._pending[seq] = (future, decode)
+        return seq, future, is_new
+
+    def add_task(self, spec: TaskSpec) -> None:
+        self._out.tasks.append(spec)
+
+    def add_child(self, child: ChildStart) -> None:
+        self._out.children.append(child)
+
+    def record_state_set(self, key: str, value: JSON) -> None:
+        self.state_data[key] = value
+        self._remember_mutable(key, value)
+        self.issue(EventKind.STATE_SET, {"key": key, "value": value})
+
+    def record_state_update(self, changes: dict[str, JSON]) -> None:
+        if not changes:
+            return
+        for key, value in changes.items():
+            self.state_data[key] = value
+            self._remember_mutable(key, value)
+        self.issue(EventKind.STATE_UPDATE, {"changes": changes})
+
+    def _remember_mutable(self, key: str, value: JSON) -> None:
+        if isinstance(value, list | dict):
+            self._mutable_snapshot[key] = dumps(value)
+        else:
+            self._mutable_snapshot.pop(key, None)
+
+    def _flush_nested_mutations(self) -> None:
+        """Record in-place edits of nested lists/dicts at a deterministic point."""
+        changes: dict[str, JSON] = {}
+        for key, value in self.state_data.items():
+            if isinstance(value, list | dict):
+                encoded = dumps(value)
+                if self._mutable_snapshot.get(key) != encoded:
+                    self._mutable_snapshot[key] = encoded
+                    changes[key] = value
+        if changes:
+            self.issue(EventKind.STATE_UPDATE, {"changes": changes})
+
+    def log(self, level: int, message: str) -> None:
+        if self.is_replaying:
+            return
+        logger.log(level, "[%s] %s", self.workflow_id, message)
+        self._out.logs.append((logging.getLevelName(level), message, self.now_ms))
+
+    # -- resolution -----------------------------------------------------------------------
+
+    def _resolve(self, seq: int, value: JSON) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry is None:
+            return
+        future, decode = entry
+        try:
+            future.set_result(decode(value))
+        except Exception as err:  # a result that no longer fits the annotated type
+            future.set_exception(err)
+
+    def _reject(self, seq: int, error: BaseException) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry is not None:
+            entry[0].set_exception(error)
+
+    def _timer_fired(self, seq: int) -> None:
+        for waiters in self._signal_waiters.values():
+            if seq in waiters:
+                waiters.remove(seq)
+                self._reject(seq, TimeoutError(f"no signal arrived before the timeout (#{seq})"))
+                return
+        self._resolve(seq, None)
+
+    def _signal(self, name: str, payload: JSON) -> None:
+        waiters = self._signal_waiters.get(name)
+        if waiters:
+            seq = waiters.popleft()
+            self._out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
+            self._resolve(seq, payload)
+        else:
+            self._signal_buffer.setdefault(name, deque()).append(payload)
+
+    def wait_signal(self, seq: int, name: str) -> None:
+        buffered = self._signal_buffer.get(name)
+        if buffered:
+            self._resolve(seq, buffered.popleft())
+        elif seq in self._pending:
+            self._signal_waiters.setdefault(name, deque()).append(seq)
+
+    def _cancel(self, reason: JSON) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._cancel_reason = None if reason is None else str(reason)
+        for seq in list(self._pending):
+            self._reject(seq, WorkflowCancelledError(self._cancel_reason))
+            self._out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
+        self._signal_waiters.clear()
+        if self._main is not None and not self._pending and not self._main.done():
+            # Code blocked on something other than a command (e.g. a bare future): unwind it.
+            self._main.cancel()
+
+    # -- outcome --------------------------------------------------------------------------
+
+    def _fail_nondeterministic(self, position: int, expected: str, actual: str) -> None:
+        if self._failure is not None:
+            return
+        err = NonDeterministicWorkflowError(self.workflow_id, position, expected, actual)
+        self._failure = err
+        self._out = Activation(
+            events=[NewEvent(EventKind.WORKFLOW_FAILED, {"error": encode_error(err)})],
+            status=WorkflowStatus.FAILED,
+            error=encode_error(err),
+        )
+
+    def _check_loop_errors(self) -> None:
+        if self.loop.errors:
+            err = self.loop.errors.pop(0)
+            if self._failure is None and not isinstance(err, _Nondeterminism):
+                self._close(WorkflowStatus.FAILED, encode_error(err))
+
+    @property
+    def is_finished(self) -> bool:
+        return self._out.status is not WorkflowStatus.RUNNING or self._failure is not None
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def take_activation(self) -> Activation:
+        """Hand over what the code produced since the last call."""
+        out = self._out
+        out.state = self.state_data
+        out.step_index = self.step_index
+        if not self.is_finished:
+            self._out = Activation()
+        return out
+
+    def close(self) -> None:
+        """Drop the coroutines of an evicted run without running more workflow code."""
+        if self._main is not None and not self._main.done():
+            coro = self._main.get_coro()
+            if hasattr(coro, "close"):
+                try:
+                    coro.close()
+                except (RuntimeError, _Nondeterminism, LoomError):
+                    pass
+        self._pending.clear()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def decode_error(error: Mapping[str, JSON], workflow_id: str) -> BaseException:
+    """Rebuild the typed error a handle raises from its `{type, message, details}` record."""
+    kind = str(error.get("type"))
+    message = str(error.get("message"))
+    details: dict[str, JSON] = dict(error.get("details") or {})
+    if kind == "ActivityFailedError":
+        return ActivityFailedError(
+            str(details.get("activity_name", "?")),
+            message,
+            error_type=str(details.get("error_type", "Exception")),
+            retryable=bool(details.get("retryable", False)),
+        )
+    if kind == "NonDeterministicWorkflowError":
+        return NonDeterministicWorkflowError(
+            workflow_id, 0, str(details.get("expected")), str(details.get("actual"))
+        )
+    if kind == "WorkflowCancelledError":
+        return WorkflowCancelledError(message.removeprefix("workflow cancelled: "))
+    return WorkflowExecutionError(workflow_id, kind, message, details)
+
+
+async def execute_locally(
+    compiled: CompiledWorkflow[Any, Any],
+    input: Any,
+    *,
+    signals: Mapping[str, JSON | list[JSON]],
+) -> Any:
+    """Run a workflow in-process with no database (see `CompiledWorkflow.execute`)."""
+    from loom._local import LocalExecutor
+
+    return await LocalExecutor(signals).execute(compiled, input)

@@ -1,0 +1,125 @@
+"""Workflow state: a JSON object behind attribute and dict access, every mutation an event.
+
+Knows nothing about storage; it reports mutations to the run that owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, ItemsView, Iterator, KeysView
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from loom._json import JSON, dumps, is_json, loads
+from loom.exceptions import StateSerializationError
+
+if TYPE_CHECKING:
+    from loom.replay import WorkflowRun
+
+
+def _normalise(key: str, value: object) -> JSON:
+    if not isinstance(key, str):
+        raise TypeError(f"state keys must be str, got {key!r}")
+    if not is_json(value):
+        raise StateSerializationError(key, value)
+    if isinstance(value, list | tuple | dict):
+        return loads(dumps(value))  # detach from the caller's object so later edits are seen
+    return value
+
+
+class StateProxy:
+    """`ctx.state`: read and assign fields as attributes or keys.
+
+    `ctx.state.paid = True` and `ctx.state["paid"] = True` record STATE_SET at once;
+    `await ctx.state.update(fn)` and `async with ctx.state.batch():` record one STATE_UPDATE.
+    In-place edits of nested lists/dicts are noticed before the next command and recorded
+    as STATE_UPDATE.
+    """
+
+    __slots__ = ("_batch", "_data", "_run")
+
+    def __init__(self, run: WorkflowRun, data: dict[str, JSON]) -> None:
+        object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_batch", None)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(
+                f"state has no field {key!r} (fields: {', '.join(self._data) or 'none'})"
+            ) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._assign(key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._assign(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"State({self._data!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
+
+    def items(self) -> ItemsView[str, JSON]:
+        return self._data.items()
+
+    def to_dict(self) -> dict[str, JSON]:
+        """A deep copy of the current state."""
+        return dict(loads(dumps(self._data)))
+
+    async def set(self, key: str, value: Any) -> None:
+        """Assign one field (records STATE_SET)."""
+        self._assign(key, value)
+
+    async def update(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        """Apply `fn` to a copy of the state (it may mutate it or return a new dict).
+
+        The changed fields are recorded as one STATE_UPDATE.
+        """
+        draft = self.to_dict()
+        result = fn(draft)
+        new = draft if result is None else result
+        changes = {k: _normalise(k, v) for k, v in new.items() if self._data.get(k, _MISSING) != v}
+        self._run.record_state_update(changes)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[StateProxy]:
+        """Group assignments inside the block into one STATE_UPDATE (recorded on exit)."""
+        if self._batch is not None:
+            raise RuntimeError("ctx.state.batch() blocks cannot be nested")
+        pending: dict[str, JSON] = {}
+        object.__setattr__(self, "_batch", pending)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "_batch", None)
+        if pending:
+            self._run.record_state_update(pending)
+
+    def _assign(self, key: str, value: Any) -> None:
+        normal = _normalise(key, value)
+        if self._batch is not None:
+            self._batch[key] = normal
+            self._data[key] = normal
+            return
+        self._run.record_state_set(key, normal)
+
+
+_MISSING = object()

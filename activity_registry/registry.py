@@ -1,0 +1,479 @@
+"""The activity registry: register, resolve, list, remove, prepare, validate and run versions.
+
+Each operation is one hop to the registry's database thread, which runs it as one transaction.
+Knows nothing about workflows or replay; the engine pins what `resolve` returns in its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from activity_registry.exceptions import (
+    ActivityNotFoundError,
+    CorruptModuleError,
+    GrantsWidenedError,
+    ManifestError,
+    RegistryError,
+    VersionConflictError,
+)
+from activity_registry.manifest import ActivityVersion, Manifest, RetryPolicy
+from activity_registry.module_store import ModuleStore, now_ms
+from activity_registry.schema import JSON, SchemaValidator, check_schema
+from activity_registry.version_range import VersionRange, parse_version
+from wasm_activities import (
+    Abi,
+    InvalidModule,
+    PreparedModule,
+    RunResult,
+    SandboxRuntime,
+    get_runtime,
+)
+
+__all__ = ["RegistrationResult", "Registry", "parse_spec"]
+
+_T = TypeVar("_T")
+_SPEC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_WASM_MAGIC = b"\0asm"
+# Fields that define a version; two registrations of one name@version must agree on all of them.
+_DEFINING_FIELDS = (
+    "abi",
+    "sha256",
+    "description",
+    "input_schema",
+    "output_schema",
+    "limits",
+    "grants",
+    "retry",
+)
+
+
+class RegistrationResult(BaseModel):
+    """The outcome of `Registry.register`.
+
+    Attributes:
+        activity: The stored version (the earlier one when this was a no-op).
+        created: False when the same name@version with the same bytes was already registered.
+        widened: Grants added over the previous version (approved, since it was stored).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    activity: ActivityVersion
+    created: bool
+    widened: list[str]
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split `name@range` into (name, range); the range is None for a bare name (= latest).
+
+    Raises:
+        ValueError: if the name is malformed or the range does not parse.
+    """
+    name, sep, version_range = spec.strip().partition("@")
+    if not _SPEC_NAME.match(name):
+        raise ValueError(f"invalid activity spec {spec!r}: expected NAME or NAME@RANGE")
+    if not sep:
+        return name, None
+    VersionRange.parse(version_range)  # raise here, naming the spec, rather than at lookup
+    return name, version_range
+
+
+def _database_path(database: str | os.PathLike[str]) -> str:
+    text = os.fspath(database)
+    if text.startswith("sqlite:///"):
+        return text.removeprefix("sqlite:///")
+    if "://" in text:
+        raise ValueError(f"unsupported database {text!r}: only SQLite file paths are supported")
+    return text
+
+
+def _sort_key(activity: ActivityVersion) -> tuple[str, object]:
+    return activity.name, parse_version(activity.version)
+
+
+def _latest(versions: list[str]) -> str:
+    """The highest release, or the highest prerelease when there is no release yet."""
+    parsed = sorted(versions, key=parse_version, reverse=True)
+    releases = [v for v in parsed if parse_version(v).prerelease is None]
+    return (releases or parsed)[0]
+
+
+def _differences(old: ActivityVersion, new: ActivityVersion) -> list[str]:
+    return [field for field in _DEFINING_FIELDS if getattr(old, field) != getattr(new, field)]
+
+
+def _registration_check(
+    activity: ActivityVersion, *, approve_grants: bool, widened_out: list[str]
+) -> Callable[[list[ActivityVersion]], ActivityVersion | None]:
+    """Build the decision `ModuleStore.register` runs inside its write transaction."""
+
+    def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+        for existing in stored:
+            if existing.version != activity.version:
+                continue
+            differences = _differences(existing, activity)
+            if not differences:
+                return existing
+            raise VersionConflictError(
+                activity.ref,
+                existing=_describe(existing),
+                attempted=f"{_describe(activity)} (differs in {', '.join(differences)})",
+            )
+        others = [v for v in stored if not v.is_native]
+        if not others:
+            return None
+        previous = max(others, key=lambda v: parse_version(v.version))
+        widened = activity.grants.widened_from(previous.grants)
+        if widened and not approve_grants:
+            raise GrantsWidenedError(activity.ref, previous.ref, widened)
+        widened_out.extend(widened)
+        return None
+
+    return decide
+
+
+def _describe(activity: ActivityVersion) -> str:
+    return "native code" if activity.sha256 is None else f"sha256:{activity.sha256}"
+
+
+class Registry:
+    """Versioned activities stored in the engine's SQLite database.
+
+    Use as `async with Registry(path) as registry:` or call `await close()`. The registry keeps
+    its own connection and one database thread; blocking work (SQLite, file reads, module
+    compilation) runs there, one hop per operation, so the event loop never blocks.
+
+    Args:
+        database: SQLite file path (or `sqlite:///path`), the same file the engine uses.
+        runtime: The sandbox runtime to prepare and run modules with; default `get_runtime()`.
+    """
+
+    def __init__(
+        self, database: str | os.PathLike[str], *, runtime: SandboxRuntime | None = None
+    ) -> None:
+        self._path = _database_path(database)
+        self._runtime = runtime
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-registry")
+        self._store: ModuleStore | None = None
+        self._prepared: dict[str, PreparedModule] = {}
+        self._versions: dict[tuple[str, str], ActivityVersion] = {}
+        self._validators: dict[tuple[str, str, int, str], SchemaValidator] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def runtime(self) -> SandboxRuntime:
+        """The sandbox runtime modules are prepared and run with."""
+        if self._runtime is None:
+            self._runtime = get_runtime()
+        return self._runtime
+
+    async def _call(self, operation: Callable[[ModuleStore], _T]) -> _T:
+        if self._closed:
+            raise RegistryError("the registry is closed; create a new Registry")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(self._on_thread, operation))
+
+    def _on_thread(self, operation: Callable[[ModuleStore], _T]) -> _T:
+        if self._store is None:
+            self._store = ModuleStore(self._path)
+        return operation(self._store)
+
+    # -- registration ------------------------------------------------------------------------
+
+    async def register(
+        self, path: str | os.PathLike[str], *, approve_grants: bool = False
+    ) -> RegistrationResult:
+        """Register the manifest at `path` (or the .wasm beside it); all or nothing.
+
+        The manifest and schemas are validated, the module compiled and its exports checked
+        for the ABI, then version row and module bytes are stored in one transaction.
+        Registering the same name@version with the same bytes again is a no-op
+        (`created=False`).
+
+        Raises:
+            ManifestError: the manifest or a schema is invalid (names the field).
+            CorruptModuleError: the module is not wasm or lacks the ABI's exports.
+            VersionConflictError: name@version exists with other bytes or another definition.
+            GrantsWidenedError: grants exceed the highest other version's, without approval.
+        """
+        return await self._call(partial(self._register, Path(path), approve_grants))
+
+    def _register(self, path: Path, approve_grants: bool, store: ModuleStore) -> RegistrationResult:
+        manifest = Manifest.load(path)
+        content = _read_module(manifest)
+        sha256 = hashlib.sha256(content).hexdigest()
+        self._prepared[sha256] = self._prepare_bytes(content, manifest.abi, sha256)
+        activity = ActivityVersion(
+            name=manifest.name,
+            version=manifest.version,
+            abi=manifest.abi,
+            sha256=sha256,
+            description=manifest.description,
+            input_schema=manifest.input_schema,
+            output_schema=manifest.output_schema,
+            limits=manifest.limits,
+            grants=manifest.grants,
+            retry=manifest.retry,
+            registered_at=now_ms(),
+        )
+        widened: list[str] = []
+        decide = _registration_check(activity, approve_grants=approve_grants, widened_out=widened)
+        outcome = store.register(activity, content, decide)
+        return RegistrationResult(
+            activity=outcome.activity, created=outcome.created, widened=widened
+        )
+
+    def _prepare_bytes(self, content: bytes, abi: str, sha256: str) -> PreparedModule:
+        if not content.startswith(_WASM_MAGIC):
+            raise CorruptModuleError(
+                f"module {sha256[:12]} is not WebAssembly (no \\0asm header); "
+                "point `module` at a compiled .wasm file",
+                sha256=sha256,
+            )
+        try:
+            return self.runtime.prepare(content, Abi(abi))
+        except InvalidModule as err:
+            raise CorruptModuleError(
+                f"module {sha256[:12]} cannot run as abi '{abi}': {err}", sha256=sha256
+            ) from err
+
+    async def register_native(
+        self,
+        name: str,
+        *,
+        version: str = "0.0.0",
+        description: str = "",
+        input_schema: dict[str, JSON],
+        output_schema: dict[str, JSON],
+        retry: RetryPolicy | None = None,
+    ) -> ActivityVersion:
+        """Record a native (Python) activity so it is listed and validated like a module.
+
+        Upserts: native code is defined by the worker, so the latest definition wins.
+
+        Raises:
+            ValueError: the name, version or a schema is invalid.
+            VersionConflictError: name@version is already a WebAssembly activity.
+        """
+        if not _SPEC_NAME.match(name):
+            raise ValueError(f"invalid native activity name {name!r} (no '@' or spaces)")
+        parse_version(version)
+        for field, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
+            try:
+                check_schema(schema)
+            except ValueError as err:
+                raise ValueError(f"native activity {name!r}: {field}: {err}") from err
+        activity = ActivityVersion(
+            name=name,
+            version=version,
+            abi="native",
+            sha256=None,
+            description=description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            retry=retry or RetryPolicy(),
+            registered_at=now_ms(),
+        )
+
+        def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+            for existing in stored:
+                if existing.version != version:
+                    continue
+                if not existing.is_native:
+                    raise VersionConflictError(
+                        activity.ref, existing=_describe(existing), attempted="native code"
+                    )
+                return existing if not _differences(existing, activity) else None
+            return None
+
+        outcome = await self._call(lambda store: store.register(activity, None, decide))
+        self._versions[(name, version)] = outcome.activity
+        return outcome.activity
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    async def resolve(self, spec: str) -> ActivityVersion:
+        """The highest registered version matching `spec`.
+
+        `name` alone means the latest release; `name@1.2.3`, `name@^1`, `name@~1.2`,
+        `name@>=1.0 <2`, `name@1.x` and `name@*` follow npm's range rules.
+
+        Raises:
+            ValueError: the spec does not parse.
+            ActivityNotFoundError: unknown name, or no version satisfies the range.
+        """
+        name, version_range = parse_spec(spec)
+        stored = await self._call(lambda store: store.versions(name))
+        if not stored:
+            raise ActivityNotFoundError(spec)
+        versions = [v.version for v in stored]
+        if version_range is None:
+            chosen: str | None = _latest(versions)
+        else:
+            chosen = VersionRange.parse(version_range).best(versions)
+        if chosen is None:
+            registered = sorted(versions, key=parse_version)
+            raise ActivityNotFoundError(
+                spec, registered, reason=f"no version satisfies '{version_range}'"
+            )
+        activity = next(v for v in stored if v.version == chosen)
+        self._versions[(name, chosen)] = activity
+        return activity
+
+    async def get(self, name: str, version: str) -> ActivityVersion:
+        """Exactly name@version (cached: versions are immutable).
+
+        Raises:
+            ActivityNotFoundError: not registered (lists the versions that are).
+        """
+        cached = self._versions.get((name, version))
+        if cached is not None:
+            return cached
+
+        def lookup(store: ModuleStore) -> tuple[ActivityVersion | None, list[str]]:
+            found = store.get(name, version)
+            return found, [] if found else [v.version for v in store.versions(name)]
+
+        found, others = await self._call(lookup)
+        if found is None:
+            raise ActivityNotFoundError(f"{name}@{version}", sorted(others, key=parse_version))
+        self._versions[(name, version)] = found
+        return found
+
+    async def list(self) -> list[ActivityVersion]:
+        """Every registered version, WebAssembly and native, by name then version."""
+        stored = await self._call(lambda store: store.all_versions())
+        return sorted(stored, key=_sort_key)
+
+    async def remove(self, name: str, version: str) -> None:
+        """Remove name@version (and its module bytes, once no other version uses them).
+
+        Raises:
+            ActivityNotFoundError: not registered.
+        """
+
+        def delete(store: ModuleStore) -> list[str] | None:
+            if store.delete(name, version):
+                return None
+            return [v.version for v in store.versions(name)]
+
+        others = await self._call(delete)
+        self._versions.pop((name, version), None)
+        if others is not None:
+            raise ActivityNotFoundError(f"{name}@{version}", sorted(others, key=parse_version))
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def prepare(self, activity: ActivityVersion) -> PreparedModule:
+        """The compiled, export-checked module of a WebAssembly version (memoised per sha256).
+
+        Raises:
+            ValueError: the activity is native.
+            CorruptModuleError: stored bytes are missing, do not match the sha256 or do not
+                compile.
+        """
+        sha256 = activity.sha256
+        if sha256 is None:
+            raise ValueError(f"{activity.ref} is native: it runs in a worker, not in the sandbox")
+        prepared = self._prepared.get(sha256)
+        if prepared is not None:
+            return prepared
+
+        def load(store: ModuleStore) -> PreparedModule:
+            content = store.module_bytes(sha256)
+            if content is None:
+                raise CorruptModuleError(
+                    f"module sha256:{sha256} of {activity.ref} is missing from the database; "
+                    "register the version again",
+                    sha256=sha256,
+                )
+            actual = hashlib.sha256(content).hexdigest()
+            if actual != sha256:
+                raise CorruptModuleError(
+                    f"stored module of {activity.ref} hashes to sha256:{actual}, not "
+                    f"sha256:{sha256}; the database is corrupt, register the version again",
+                    sha256=sha256,
+                )
+            return self._prepare_bytes(content, activity.abi, sha256)
+
+        prepared = await self._call(load)
+        self._prepared[sha256] = prepared
+        return prepared
+
+    def _validator(self, activity: ActivityVersion, direction: str) -> SchemaValidator:
+        key = (activity.name, activity.version, activity.registered_at, direction)
+        validator = self._validators.get(key)
+        if validator is None:
+            schema = activity.input_schema if direction == "input" else activity.output_schema
+            validator = SchemaValidator(schema, direction=direction, activity=activity.ref)
+            self._validators[key] = validator
+        return validator
+
+    def validate_input(self, activity: ActivityVersion, value: JSON) -> None:
+        """Raise SchemaViolationError(direction="input") unless `value` fits the input schema."""
+        self._validator(activity, "input").validate(value)
+
+    def validate_output(self, activity: ActivityVersion, value: JSON) -> None:
+        """Raise SchemaViolationError(direction="output") unless `value` fits the output schema."""
+        self._validator(activity, "output").validate(value)
+
+    async def run(
+        self,
+        activity: ActivityVersion,
+        input: JSON,
+        *,
+        secrets: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run a WebAssembly version once: validate input, run sandboxed, validate output.
+
+        The version's limits and grants apply; `secrets` supplies values for the granted
+        secret names (read them from the worker's environment, never the guest's).
+
+        Raises:
+            SchemaViolationError: input or output does not match its schema.
+            SandboxError: the sandbox failed the call (timeout, memory, trap, ...).
+            CorruptModuleError: the stored module is unusable.
+            ValueError: the activity is native.
+        """
+        self.validate_input(activity, input)
+        prepared = await self.prepare(activity)
+        result = await self.runtime.run(
+            prepared, input, limits=activity.limits, grants=activity.grants, secrets=secrets
+        )
+        self.validate_output(activity, result.output)
+        return result
+
+    async def close(self) -> None:
+        """Close the database connection and stop the database thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        store, self._store = self._store, None
+        if store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+        self._executor.shutdown(wait=False)
+
+
+def _read_module(manifest: Manifest) -> bytes:
+    try:
+        return manifest.module_path.read_bytes()
+    except OSError as err:
+        raise ManifestError(
+            manifest.path, "module", f"cannot read {manifest.module_path}: {err.strerror}"
+        ) from err

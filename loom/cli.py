@@ -28,3 +28,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Loom: durable workflows with sandboxed WebAssembly activities."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug or bool(os.environ.get("LOOM_DEBUG"))
+
+
+from loom._activity_cli import activity  # noqa: E402 - needs database_option defined above
+
+main.add_command(activity)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from conftest import (
+from activity_files import (
     ECHO_WAT,
     NO_EXPORTS_WAT,
     SPIN_WAT,

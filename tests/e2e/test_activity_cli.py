@@ -1,0 +1,293 @@
+"""`loom activity ...`: parsing and rendering with CliRunner, behaviour with real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "activity_registry")]
+
+from activity_files import SPIN_WAT, constant_wat, write_activity  # noqa: E402
+
+from loom.cli import main  # noqa: E402
+from tests.wasm_activities.build import build_example  # noqa: E402
+
+WORD_COUNT = REPO / "examples" / "activities" / "word-count"
+SHA_LINE = re.compile(r"^word-count@1\.0\.0 sha256:[0-9a-f]{64}\n$")
+
+
+@pytest.fixture(scope="module")
+def word_count(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private folder with the C reactor example's activity.toml and its freshly built .wasm.
+
+    Private so tests can edit the manifest without touching examples/ or racing other modules.
+    """
+    built = build_example("word-count")
+    folder = tmp_path_factory.mktemp("word-count")
+    shutil.copy(WORD_COUNT / "activity.toml", folder / "activity.toml")
+    shutil.copy(built, folder / "word_count.wasm")
+    return folder
+
+
+def loom(*args: str, db: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `loom` CLI in a subprocess against `db`."""
+    if (REPO / "loom" / "__main__.py").exists():
+        command = [sys.executable, "-m", "loom", *args]
+    else:
+        command = [sys.executable, "-c", "from loom.cli import main; main()", *args]
+    env = {**os.environ, "LOOM_DATABASE": str(db), "PYTHONPATH": str(REPO)}
+    env.pop("LOOM_DEBUG", None)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=db.parent,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+# -- behaviour: real subprocesses ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_register_list_show_run_remove(word_count: Path, tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+
+    registered = loom("activity", "register", str(word_count / "activity.toml"), db=db)
+    assert registered.returncode == 0, registered.stderr
+    assert SHA_LINE.match(registered.stdout)
+
+    again = loom("activity", "register", str(word_count / "word_count.wasm"), db=db)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == registered.stdout
+    assert "already registered" in again.stderr
+
+    listed = loom("activity", "list", "--json", db=db)
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["ref"] == "word-count@1.0.0"
+    assert entry["abi"] == "reactor"
+    assert entry["limits"]["memory_mb"] == 16
+    assert registered.stdout.strip().endswith(entry["sha256"])
+
+    table = loom("activity", "list", db=db)
+    assert table.returncode == 0
+    assert "word-count" in table.stdout
+    assert entry["sha256"][:12] in table.stdout
+
+    shown = loom("activity", "show", "word-count@^1", "--json", db=db)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["input_schema"]["required"] == ["text"]
+
+    ran = loom("activity", "run", "word-count@^1", "--input", '{"text": "hello big world"}', db=db)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"words": 3, "chars": 15}
+    assert ran.stdout.count("\n") == 1  # the output JSON alone
+
+    (tmp_path / "in.json").write_text('{"text": "one"}')
+    from_file = loom("activity", "run", "word-count", "--input", f"@{tmp_path / 'in.json'}", db=db)
+    assert json.loads(from_file.stdout) == {"words": 1, "chars": 3}
+    from_stdin = loom("activity", "run", "word-count", "--input", "-", db=db, stdin='{"text":""}')
+    assert json.loads(from_stdin.stdout) == {"words": 0, "chars": 0}
+
+    removed = loom("activity", "remove", "word-count@1.0.0", db=db)
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(loom("activity", "list", "--json", db=db).stdout) == []
+
+
+@pytest.mark.timeout(300)
+def test_run_failures_are_one_line_with_the_error_type(word_count: Path, tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    assert loom("activity", "register", str(word_count), db=db).returncode == 0
+
+    bad_input = loom("activity", "run", "word-count@^1", "--input", '{"text": 5}', db=db)
+    assert bad_input.returncode == 1
+    assert bad_input.stdout == ""
+    assert bad_input.stderr.startswith("SchemaViolationError: input does not match")
+    assert "$.text: 5 is not of type 'string'" in bad_input.stderr
+    assert bad_input.stderr.count("\n") == 1
+
+    no_range = loom("activity", "run", "word-count@^2", db=db)
+    assert no_range.returncode == 1
+    assert no_range.stderr == (
+        "ActivityNotFoundError: activity 'word-count@^2' not found (no version satisfies '^2'); "
+        "registered: 1.0.0; register a matching version or widen the range\n"
+    )
+
+    unknown = loom("activity", "show", "summarize", db=db)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("ActivityNotFoundError: activity 'summarize' not found")
+
+    with_debug = loom("--debug", "activity", "run", "nope", db=db)
+    assert with_debug.returncode == 1
+    assert "Traceback (most recent call last)" in with_debug.stderr
+    assert with_debug.stderr.rstrip().endswith(
+        "ActivityNotFoundError: activity 'nope' not found; no version of it is registered; "
+        "run `loom activity register PATH` first"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_widened_grants_need_approval(word_count: Path, tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    assert loom("activity", "register", str(word_count), db=db).returncode == 0
+    manifest = word_count / "activity.toml"
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    shutil.copy(word_count / "word_count.wasm", wider / "word_count.wasm")
+    (wider / "activity.toml").write_text(
+        manifest.read_text().replace('version = "1.0.0"', 'version = "1.1.0"')
+        + '\n[grants]\nnet = ["api.example.com"]\nsecrets = ["API_KEY"]\n'
+    )
+
+    refused = loom("activity", "register", str(wider), db=db)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        "word-count@1.1.0 asks for more than word-count@1.0.0:",
+        "  net: +api.example.com",
+        "  secrets: +API_KEY",
+        "GrantsWidenedError: word-count@1.1.0 widens the grants of word-count@1.0.0 "
+        "(net: +api.example.com; secrets: +API_KEY); "
+        "review them and re-register with --approve-grants",
+    ]
+
+    approved = loom("activity", "register", str(wider), "--approve-grants", db=db)
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.startswith("word-count@1.1.0 sha256:")
+    assert "  net: +api.example.com" in approved.stderr
+
+
+# -- parsing and rendering: CliRunner -------------------------------------------------------------
+
+
+def invoke(*args: str, db: Path, input: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["activity", *args, "--db", str(db)], input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    code, _, err = invoke("run", "echo@^^1", db=db)
+    assert code == 2
+    assert "invalid version range" in err
+    code, _, err = invoke("remove", "echo", db=db)
+    assert code == 2
+    assert "expected NAME@VERSION" in err
+    code, _, err = invoke("remove", "echo@^1", db=db)
+    assert code == 2
+    code, _, err = invoke("run", "echo", "--input", "{not json", db=db)
+    assert code == 2
+    assert "not valid JSON" in err
+    code, _, err = invoke("run", "echo", "--input", "@/nonexistent/in.json", db=db)
+    assert code == 2
+    assert "cannot read" in err
+
+
+def test_manifest_error_is_one_line(tmp_path: Path) -> None:
+    manifest = write_activity(tmp_path, extra="[limits]\nmemory_mb = -1")
+    code, out, err = invoke("register", str(manifest), db=tmp_path / "loom.db")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("ManifestError: ")
+    assert "field 'limits.memory_mb'" in err
+    assert err.count("\n") == 1
+
+
+def test_corrupt_module_is_refused(tmp_path: Path) -> None:
+    manifest = write_activity(tmp_path, module_bytes=b"MZ not wasm")
+    code, out, err = invoke("register", str(manifest), db=tmp_path / "loom.db")
+    assert code == 1
+    assert err.startswith("CorruptModuleError: module ")
+    assert "is not WebAssembly" in err
+    code, out, _ = invoke("list", "--json", db=tmp_path / "loom.db")
+    assert json.loads(out) == []
+
+
+def test_sandbox_limit_names_the_error_type(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    spin = write_activity(tmp_path, name="spin", wat=SPIN_WAT, extra="[limits]\ntimeout_ms = 50")
+    assert invoke("register", str(spin), db=db)[0] == 0
+    code, out, err = invoke("run", "spin", db=db)
+    assert code == 1
+    assert out == ""
+    assert err.startswith("ActivityTimeout: ")
+    assert err.count("\n") == 1
+
+
+def test_output_violation(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    manifest = write_activity(
+        tmp_path,
+        name="liar",
+        wat=constant_wat('{"count": "three"}'),
+        output_schema={"type": "object", "properties": {"count": {"type": "integer"}}},
+    )
+    assert invoke("register", str(manifest), db=db)[0] == 0
+    code, out, err = invoke("run", "liar", db=db)
+    assert code == 1
+    assert out == ""
+    assert err.startswith("SchemaViolationError: output does not match the output schema of liar")
+
+
+def test_list_and_show_render_for_people(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    code, out, err = invoke("list", db=db)
+    assert (code, out) == (0, "")
+    assert "no activities registered" in err
+
+    manifest = write_activity(
+        tmp_path, name="echo", version="1.2.0", grants='net = ["api.example.com"]'
+    )
+    assert invoke("register", str(manifest), db=db)[0] == 0
+    code, out, _ = invoke("list", db=db)
+    assert code == 0
+    assert re.search(r"echo\s+1\.2\.0\s+reactor\s+[0-9a-f]{12}\s", out)
+
+    code, out, _ = invoke("show", "echo@~1.2", db=db)
+    assert code == 0
+    assert "echo@1.2.0" in out
+    assert "net: api.example.com" in out
+    assert "memory_mb=32" in out
+
+    code, out, _ = invoke("show", "echo", "--json", db=db)
+    record = json.loads(out)
+    assert sorted(record) == [
+        "abi",
+        "description",
+        "grants",
+        "input_schema",
+        "limits",
+        "name",
+        "output_schema",
+        "ref",
+        "registered_at",
+        "retry",
+        "sha256",
+        "version",
+    ]
+
+
+def test_database_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "env.db"
+    monkeypatch.setenv("LOOM_DATABASE", str(db))
+    manifest = write_activity(
+        tmp_path, name="const", wat=constant_wat("42"), output_schema={"type": "integer"}
+    )
+    result = CliRunner().invoke(main, ["activity", "register", str(manifest)])
+    assert result.exit_code == 0, result.stderr
+    result = CliRunner().invoke(main, ["activity", "run", "const"])
+    assert (result.exit_code, result.stdout) == (0, "42\n")
+    assert db.exists()

@@ -1,0 +1,494 @@
+"""The sandbox runtime: one wasmtime Engine per process, the compile cache, the thread pool,
+and the single place where wasmtime failures become typed `SandboxError`s.
+
+Knows nothing about workflows, registries or manifests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import wasmtime
+import wasmtime.component as wc
+from wasmtime import _ffi as ffi  # stdin bytes are not wrapped by wasmtime-py
+
+from . import _fastcall as fast
+from .abi import WASI_MODULE, Abi, check_core_module, check_header
+from .cache import ArtifactCache, default_cache_dir
+from .exceptions import (
+    ActivityTimeout,
+    FuelExhausted,
+    GuestError,
+    InvalidInput,
+    InvalidModule,
+    InvalidOutput,
+    MemoryLimitExceeded,
+    NonZeroExit,
+    OutputTooLarge,
+    SandboxError,
+    WasmTrap,
+)
+from .grants import Grants
+from .host import CallContext, define_component_host_imports, define_host_imports
+from .limits import Limits, RunResult, Usage
+
+__all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
+
+TICK_SECONDS = 0.005  # epoch period: a timeout fires at most one tick late
+UNMETERED_FUEL = 2**63 - 1
+WASM_PAGE = 65536
+STDERR_TAIL_BYTES = 2000
+_ENGINE_CONFIG = "epoch_interruption=1;consume_fuel=1;cranelift_opt_level=speed"
+_DEFAULT_LIMITS = Limits()
+_DEFAULT_GRANTS = Grants()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedModule:
+    """A compiled, pre-linked module; reusable across calls and threads (each call gets a fresh
+    Store, so no state leaks between calls).
+
+    Attributes:
+        sha256: hex digest of the module bytes.
+        abi: the ABI it was validated against.
+    """
+
+    sha256: str
+    abi: Abi
+    _pre: wasmtime.InstancePre | None
+    _component: wc.Component | None
+    _needs_wasi: bool = True
+    _has_initialize: bool = False
+
+
+def _json_bytes(value: Any) -> bytes:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(reason=str(err)) from err
+    return text.encode()
+
+
+def _parse_output(raw: bytes) -> Any:
+    preview = raw[:80].decode("utf-8", "replace")
+    if not raw.strip():
+        raise InvalidOutput(reason="empty output", preview=preview)
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as err:
+        raise InvalidOutput(reason=f"not UTF-8: {err.reason}", preview=preview) from err
+    except json.JSONDecodeError as err:
+        raise InvalidOutput(reason=err.msg + f" at byte {err.pos}", preview=preview) from err
+
+
+def _backtrace(trap: wasmtime.Trap) -> list[str]:
+    frames = []
+    for frame in trap.frames:
+        name = frame.func_name or f"func#{frame.func_index}"
+        frames.append(f"{frame.module_name or 'module'}!{name}+{frame.func_offset:#x}")
+    return frames
+
+
+def _trap_reason(message: str, err: Exception) -> str:
+    """The "Caused by" chain of a wasmtime error, without its (separately kept) backtrace."""
+    if "Caused by:" in message:
+        causes = message.split("Caused by:", 1)[1].splitlines()
+        return "; ".join(line.strip().split(": ", 1)[-1] for line in causes if line.strip())
+    lines = [line for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class _Call:
+    """One call's store, context and instance handles (fresh for every call)."""
+
+    def __init__(self, context: CallContext, limits: Limits) -> None:
+        self.context = context
+        self.limits = limits
+        self.memory: fast.Export | None = None
+
+    @property
+    def store(self) -> wasmtime.Store:
+        return self.context.store
+
+    def memory_bytes(self) -> int:
+        return 0 if self.memory is None else fast.mem_size(self.store, self.memory)
+
+    def near_memory_limit(self) -> bool:
+        # wasmtime-py exposes no limiter callback, so a failed memory.grow is inferred: the call
+        # failed while less than 1 MiB (or 1/8th) of headroom was left under the limit.
+        headroom = self.limits.memory_bytes - self.memory_bytes()
+        return headroom < max(1024 * 1024, self.limits.memory_bytes // 8)
+
+    def fuel_used(self) -> int | None:
+        if not self.limits.fuel:
+            return None
+        return self.limits.fuel - self.store.get_fuel()
+
+    def translate(self, err: Exception) -> SandboxError:
+        """THE mapping from a wasmtime failure (or a host-recorded abort) to a typed error."""
+        if self.context.abort is not None:
+            return self.context.abort
+        if isinstance(err, SandboxError):
+            return err
+        if isinstance(err, wasmtime.ExitTrap):
+            if self.near_memory_limit():
+                return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail="exit")
+            tail = self.context.logs[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
+            return NonZeroExit(code=err.code, stderr_tail=tail)
+        code = err.trap_code if isinstance(err, wasmtime.Trap) else None
+        if code is wasmtime.TrapCode.INTERRUPT:
+            return ActivityTimeout(timeout_ms=self.limits.timeout_ms)
+        if code is wasmtime.TrapCode.OUT_OF_FUEL:
+            return FuelExhausted(fuel=self.limits.fuel)
+        message = str(err.message if isinstance(err, wasmtime.Trap) else err).strip()
+        if "exceeds memory limits" in message or "resource limit" in message:
+            return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail="at instantiation")
+        if self.near_memory_limit():
+            return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail=message[:200])
+        frames = _backtrace(err) if isinstance(err, wasmtime.Trap) else []
+        return WasmTrap(
+            trap=_trap_reason(message, err), trap_code=code.name if code else None, backtrace=frames
+        )
+
+
+class SandboxRuntime:
+    """Per-process sandbox: one Engine (epoch interruption + fuel), an epoch ticker thread, an
+    in-memory and on-disk artifact cache and a thread pool that runs the wasm.
+
+    Thread-safe. Use one per process (`get_runtime()`), close it (or use it as a context
+    manager) to stop the ticker thread and the pool.
+
+    Args:
+        cache_dir: artifact cache directory (default `$LOOM_WASM_CACHE` or ~/.cache/loom/wasm).
+        max_workers: threads running wasm concurrently (default: CPU count).
+    """
+
+    def __init__(
+        self, *, cache_dir: str | Path | None = None, max_workers: int | None = None
+    ) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = True
+        config.cranelift_opt_level = "speed"
+        self.engine = wasmtime.Engine(config)
+        directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._artifacts = ArtifactCache(directory, _ENGINE_CONFIG)
+        self._linker = wasmtime.Linker(self.engine)
+        self._linker.define_wasi()
+        define_host_imports(self._linker)
+        self._component_linker = wc.Linker(self.engine)
+        self._component_linker.add_wasip2()
+        define_component_host_imports(self._component_linker)
+        self._prepared: dict[tuple[str, Abi], PreparedModule] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers or os.cpu_count() or 2, thread_name_prefix="loom-wasm"
+        )
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="loom-wasm-epoch", daemon=True)
+        self._ticker.start()
+        self._closed = False
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.engine.increment_epoch()
+
+    # -- preparing -------------------------------------------------------------------------
+
+    def prepare(self, module: bytes, abi: Abi | str) -> PreparedModule:
+        """Validate, compile (or load from the artifact cache) and pre-link `module`.
+
+        Cached by sha256 in memory and on disk. Raises InvalidModule naming what is wrong
+        (bad bytes, a missing or mistyped export, an unsupported import).
+        """
+        try:
+            abi = Abi(abi)
+        except ValueError as err:
+            raise ValueError(f"abi must be one of {[a.value for a in Abi]}, got {abi!r}") from err
+        sha256 = hashlib.sha256(module).hexdigest()
+        key = (sha256, abi)
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            return prepared
+        check_header(module, abi)
+        if abi is Abi.COMPONENT:
+            component = self._load(module, sha256, abi, wc.Component)
+            self._check_component(component)
+            prepared = PreparedModule(sha256, abi, None, component)
+        else:
+            compiled = self._load(module, sha256, abi, wasmtime.Module)
+            check_core_module(compiled, abi)
+            try:
+                pre = self._linker.instantiate_pre(compiled)
+            except wasmtime.WasmtimeError as err:
+                raise InvalidModule(abi=abi, problem=str(err).splitlines()[0]) from err
+            prepared = PreparedModule(
+                sha256,
+                abi,
+                pre,
+                None,
+                _needs_wasi=abi is Abi.COMMAND
+                or any(imp.module == WASI_MODULE for imp in compiled.imports),
+                _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
+            )
+        with self._lock:
+            return self._prepared.setdefault(key, prepared)
+
+    def _load(self, module: bytes, sha256: str, abi: Abi, kind: Any) -> Any:
+        path = self._artifacts.path(sha256)
+        try:
+            # read, not mmap (deserialize_file): a file truncated under a live mapping is SIGBUS
+            return kind.deserialize(self.engine, path.read_bytes())
+        except FileNotFoundError:
+            pass
+        except wasmtime.WasmtimeError:
+            path.unlink(missing_ok=True)  # stale or corrupt: recompile below
+        try:
+            compiled = kind(self.engine, module)
+        except wasmtime.WasmtimeError as err:
+            raise InvalidModule(abi=abi, problem=str(err).strip().splitlines()[0]) from err
+        with contextlib.suppress(OSError):  # a read-only cache only costs a recompile next time
+            self._artifacts.store(sha256, compiled.serialize())
+        return compiled
+
+    def _check_component(self, component: wc.Component) -> None:
+        if component.get_export_index("run") is None:
+            raise InvalidModule(abi=Abi.COMPONENT, problem="missing export 'run'")
+
+    def compile_uncached(self, module: bytes, abi: Abi | str) -> None:
+        """Compile without touching any cache (for benchmarks comparing against cache loads)."""
+        kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
+        kind(self.engine, module)
+
+    def load_cached(self, sha256: str, abi: Abi | str) -> None:
+        """Deserialize an artifact from the disk cache (for benchmarks)."""
+        kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
+        kind.deserialize(self.engine, self._artifacts.path(sha256).read_bytes())
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        module: PreparedModule,
+        input: Any,
+        *,
+        limits: Limits = _DEFAULT_LIMITS,
+        grants: Grants = _DEFAULT_GRANTS,
+        secrets: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run `module` on `input` (any JSON value) in the thread pool; see `run_sync`.
+
+        Cancelling the awaiting task does not stop the wasm early: it still ends at its
+        timeout at the latest.
+        """
+        loop = asyncio.get_running_loop()
+        call = functools.partial(
+            self.run_sync, module, input, limits=limits, grants=grants, secrets=secrets
+        )
+        return await loop.run_in_executor(self._pool, call)
+
+    def run_sync(
+        self,
+        module: PreparedModule,
+        input: Any,
+        *,
+        limits: Limits = _DEFAULT_LIMITS,
+        grants: Grants = _DEFAULT_GRANTS,
+        secrets: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run `module` on `input` in the calling thread with a fresh Store.
+
+        Returns the parsed JSON output, usage and logs. Raises a `SandboxError` subclass for
+        every failure; the runtime stays usable after any of them.
+        """
+        if self._closed:
+            raise RuntimeError("SandboxRuntime is closed; create a new one or use get_runtime()")
+        payload = _json_bytes(input)
+        started = time.monotonic()
+        store = wasmtime.Store(self.engine)
+        context = CallContext(
+            limits=limits,
+            grants=grants,
+            secrets=dict(secrets or {}),
+            deadline=started + limits.timeout_ms / 1000,
+            store=store,
+        )
+        call = _Call(context, limits)
+        self._configure(call)
+        if module._needs_wasi or module.abi is Abi.COMPONENT:
+            self._configure_wasi(call, grants, payload if module.abi is Abi.COMMAND else None)
+        with context:
+            try:
+                raw = self._invoke(module, call, payload)
+            except (wasmtime.WasmtimeError, wasmtime.Trap, SandboxError) as err:
+                raise call.translate(err) from None
+            if context.abort is not None:
+                raise context.abort
+        output = _parse_output(raw)
+        usage = Usage(
+            wall_ms=(time.monotonic() - started) * 1000,
+            fuel_used=call.fuel_used(),
+            peak_memory_bytes=call.memory_bytes(),
+            output_bytes=len(raw),
+            http_calls=context.http_calls,
+        )
+        return RunResult(output=output, usage=usage, logs=context.logs.decode("utf-8", "replace"))
+
+    def _configure(self, call: _Call) -> None:
+        store, limits = call.store, call.limits
+        store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000)
+        store.set_fuel(limits.fuel or UNMETERED_FUEL)
+        store.set_epoch_deadline(math.ceil(limits.timeout_ms / 1000 / TICK_SECONDS) + 1)
+
+    def _configure_wasi(self, call: _Call, grants: Grants, stdin: bytes | None) -> None:
+        """WASI with nothing inherited: env, files and stdio exist only as granted/captured."""
+        context = call.context
+        wasi = wasmtime.WasiConfig()
+        env = [(name, os.environ[name]) for name in grants.env if name in os.environ]
+        if env:
+            wasi.env = env
+        # command: stdout is the output; reactor/component: stdout is just more log
+        wasi.stdout_custom = context.stream_writer(
+            context.write_output if stdin is not None else context.write_log
+        )
+        if stdin is not None:
+            _set_stdin(wasi, stdin)
+        wasi.stderr_custom = context.stream_writer(context.write_log)
+        for grant in grants.fs:
+            wasi.preopen_dir(str(Path(grant.host).resolve()), grant.guest, grant.mode == "rw")
+        call.store.set_wasi(wasi)
+
+    def _invoke(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
+        if module.abi is Abi.REACTOR:
+            return self._invoke_reactor(module, call, payload)
+        if module.abi is Abi.COMMAND:
+            return self._invoke_command(module, call, payload)
+        return self._invoke_component(module, call, payload)
+
+    def _instantiate(self, module: PreparedModule, call: _Call) -> wasmtime.Instance:
+        assert module._pre is not None  # core ABIs always have an InstancePre
+        instance = module._pre.instantiate(call.store)
+        call.memory = fast.export(call.store, instance, b"memory")
+        return instance
+
+    def _export(self, call: _Call, instance: wasmtime.Instance, name: bytes) -> fast.Export:
+        item = fast.export(call.store, instance, name)
+        if item is None:  # unreachable: check_core_module verified the export
+            raise InvalidModule(abi=Abi.REACTOR, problem=f"missing export {name.decode()!r}")
+        return item
+
+    def _invoke_reactor(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
+        store = call.store
+        instance = self._instantiate(module, call)
+        memory = call.memory
+        assert memory is not None
+        if module._has_initialize:
+            fast.call_void(store, self._export(call, instance, b"_initialize"))
+        ptr = fast.call_i32(store, self._export(call, instance, b"alloc"), len(payload))
+        if payload and (ptr <= 0 or not fast.mem_write(store, memory, ptr, payload)):
+            raise MemoryLimitExceeded(memory_mb=call.limits.memory_mb, detail="alloc(input) failed")
+        packed = fast.call_i64(store, self._export(call, instance, b"run"), ptr, len(payload))
+        failed = packed < 0
+        packed = -packed if failed else packed
+        out_ptr, out_len = (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
+        if not failed and out_len > call.limits.max_output_bytes:
+            raise OutputTooLarge(limit=call.limits.max_output_bytes)
+        raw = fast.mem_read(store, memory, out_ptr, out_len)
+        if raw is None:
+            raise InvalidOutput(
+                reason=f"run returned ptr={out_ptr} len={out_len} outside linear memory",
+                preview="",
+            )
+        if failed:
+            raise GuestError.reported(raw.decode("utf-8", "replace"))
+        return raw
+
+    def _invoke_command(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
+        instance = self._instantiate(module, call)
+        try:
+            fast.call_void(call.store, self._export(call, instance, b"_start"))
+        except wasmtime.ExitTrap as exit_trap:
+            if exit_trap.code != 0:
+                raise
+        return bytes(call.context.output)
+
+    def _invoke_component(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
+        assert module._component is not None
+        store = call.store
+        instance = self._component_linker.instantiate(store, module._component)
+        run = instance.get_func(store, "run")
+        if run is None:
+            raise InvalidModule(abi=Abi.COMPONENT, problem="missing export 'run'")
+        result = run(store, payload.decode())
+        run.post_return(store)
+        tag = getattr(result, "tag", "ok")
+        text = getattr(result, "payload", result)
+        if not isinstance(text, str):
+            raise InvalidModule(abi=Abi.COMPONENT, problem="run must return result<string, string>")
+        if tag == "err":
+            raise GuestError.reported(text)
+        raw = text.encode()
+        if len(raw) > call.limits.max_output_bytes:
+            raise OutputTooLarge(limit=call.limits.max_output_bytes)
+        return raw
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the ticker thread and the pool (waits for running calls). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        self._stop.set()
+        self._ticker.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _set_stdin(wasi: wasmtime.WasiConfig, payload: bytes) -> None:
+    """Feed stdin from memory (wasmtime-py only wraps stdin_file, which would need a temp file).
+
+    wasi_config_set_stdin_bytes takes ownership of the byte vector it is given.
+    """
+    vec = ffi.wasm_byte_vec_t()
+    data = (ffi.wasm_byte_t * len(payload)).from_buffer_copy(payload)
+    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(payload), data)
+    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+_default: SandboxRuntime | None = None
+_default_lock = threading.Lock()
+
+
+def get_runtime() -> SandboxRuntime:
+    """The process-wide default runtime, created on first use (closed at interpreter exit)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = SandboxRuntime()
+        return _default

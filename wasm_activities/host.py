@@ -1,0 +1,300 @@
+"""Host side of one activity call: the `loom` imports (log, config_get, http_request, take),
+captured stdout/stderr, and the per-call state they share.
+
+Capability checks happen here, in Python, before any effect. Knows nothing about workflows.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+import wasmtime.component as wc
+
+from .exceptions import ActivityTimeout, CapabilityDenied, LogTooLarge, OutputTooLarge, SandboxError
+from .grants import Grants, split_url
+from .limits import Limits
+
+__all__ = [
+    "HTTP_MAX_BODY_BYTES",
+    "CallContext",
+    "define_component_host_imports",
+    "define_host_imports",
+    "redact",
+]
+
+HOST_MODULE = "loom"
+HTTP_MAX_BODY_BYTES = 4 * 1024 * 1024  # request and response bodies, each
+HTTP_MAX_HEADER_COUNT = 64
+# Negative results of loom.http_request; the JSON detail is then available through loom.take.
+HTTP_NETWORK_ERROR = -2
+HTTP_BAD_REQUEST = -3
+HTTP_RESPONSE_TOO_LARGE = -4
+SECRET_OPEN, SECRET_CLOSE = "{{secret:", "}}"
+
+_local = threading.local()
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Mutable state of one call, reachable from host imports on the calling thread."""
+
+    limits: Limits
+    grants: Grants
+    secrets: Mapping[str, str]
+    deadline: float  # time.monotonic() value
+    store: wasmtime.Store
+    output: bytearray = field(default_factory=bytearray)
+    logs: bytearray = field(default_factory=bytearray)
+    pending: bytes = b""
+    http_calls: int = 0
+    abort: SandboxError | None = None
+
+    def fail(self, error: SandboxError) -> None:
+        """Record the first fatal error and make the guest trap at its next epoch check."""
+        if self.abort is None:
+            self.abort = error
+        self.store.set_epoch_deadline(0)
+
+    def write_output(self, data: bytes) -> None:
+        if len(self.output) + len(data) > self.limits.max_output_bytes:
+            self.fail(OutputTooLarge(limit=self.limits.max_output_bytes))
+            return
+        self.output += data
+
+    def write_log(self, data: bytes) -> None:
+        if len(self.logs) + len(data) > self.limits.max_log_bytes:
+            self.fail(LogTooLarge(limit=self.limits.max_log_bytes))
+            return
+        self.logs += data
+
+    def stream_writer(self, sink: Callable[[bytes], None]) -> Callable[[bytes], int]:
+        """A WASI custom-output callback; it never raises (wasmtime would only print it)."""
+
+        def write(data: bytes) -> int:
+            sink(data)
+            return len(data)
+
+        return write
+
+    def __enter__(self) -> CallContext:
+        _local.context = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _local.context = None
+
+
+def current() -> CallContext:
+    context: CallContext | None = getattr(_local, "context", None)
+    if context is None:  # a host import called outside run(): cannot happen via the runtime
+        raise RuntimeError("loom host import called outside an activity call")
+    return context
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    """Replace every secret value in `text` by its placeholder."""
+    for name, value in secrets.items():
+        if value:
+            text = text.replace(value, f"{SECRET_OPEN}{name}{SECRET_CLOSE}")
+    return text
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+    memory = caller.get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        raise RuntimeError("module does not export its memory")
+    return memory
+
+
+def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    memory = _memory(caller)
+    if ptr < 0 or length < 0 or ptr + length > memory.data_len(caller):
+        return b""
+    return bytes(memory.read(caller, ptr, ptr + length))
+
+
+def _log(caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    context = current()
+    context.write_log(_read(caller, ptr, length) + b"\n")
+
+
+def _config_get(caller: wasmtime.Caller, key_ptr: int, key_len: int) -> int:
+    context = current()
+    key = _read(caller, key_ptr, key_len).decode("utf-8", "replace")
+    if key in context.grants.config:
+        value = context.grants.config[key]
+    elif key in context.grants.secrets:
+        value = f"{SECRET_OPEN}{key}{SECRET_CLOSE}"  # the value itself never enters the guest
+    else:
+        return -1
+    context.pending = value.encode()
+    return len(context.pending)
+
+
+def _take(caller: wasmtime.Caller, buf_ptr: int, buf_len: int) -> int:
+    context = current()
+    data = context.pending[: max(buf_len, 0)]
+    memory = _memory(caller)
+    if buf_ptr < 0 or buf_ptr + len(data) > memory.data_len(caller):
+        return -1
+    memory.write(caller, data, buf_ptr)
+    context.pending = context.pending[len(data) :]
+    return len(data)
+
+
+def _http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
+    context = current()
+    try:
+        request = _parse_request(_read(caller, req_ptr, req_len))
+    except ValueError as err:
+        return _http_error(context, HTTP_BAD_REQUEST, str(err))
+    url = request["url"]
+    if not context.grants.allows_url(url):
+        context.fail(CapabilityDenied(capability="http", requested=url, granted=context.grants.net))
+        return -1
+    try:
+        request = _substitute_secrets(context, request)
+    except CapabilityDenied as err:
+        context.fail(err)
+        return -1
+    return _perform(context, url, request)
+
+
+def _parse_request(raw: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"request is not JSON: {err}") from err
+    if not isinstance(request, dict) or not isinstance(request.get("url"), str):
+        raise ValueError('request must be {"method", "url", "headers", "body"}')
+    headers = request.get("headers") or {}
+    body = request.get("body") or ""
+    if not isinstance(headers, dict) or len(headers) > HTTP_MAX_HEADER_COUNT:
+        raise ValueError("headers must be an object of at most 64 string values")
+    if not all(isinstance(v, str) for v in headers.values()) or not isinstance(body, str):
+        raise ValueError("header values and body must be strings")
+    if len(body) > HTTP_MAX_BODY_BYTES:
+        raise ValueError(f"request body larger than {HTTP_MAX_BODY_BYTES} bytes")
+    method = str(request.get("method") or "GET").upper()
+    return {"method": method, "url": request["url"], "headers": headers, "body": body}
+
+
+def _substitute(context: CallContext, text: str) -> str:
+    while (start := text.find(SECRET_OPEN)) >= 0:
+        end = text.find(SECRET_CLOSE, start)
+        if end < 0:
+            break
+        name = text[start + len(SECRET_OPEN) : end]
+        if name not in context.grants.secrets or name not in context.secrets:
+            raise CapabilityDenied(
+                capability="secret", requested=name, granted=list(context.grants.secrets)
+            )
+        text = text[:start] + context.secrets[name] + text[end + len(SECRET_CLOSE) :]
+    return text
+
+
+def _substitute_secrets(context: CallContext, request: dict[str, Any]) -> dict[str, Any]:
+    """Fill placeholders; the destination must not change (secrets cannot steer the host)."""
+    target = split_url(request["url"])
+    url = _substitute(context, request["url"])
+    if split_url(url) != target:
+        raise CapabilityDenied(
+            capability="secret in host part of", requested=request["url"], granted=[]
+        )
+    headers = {k: _substitute(context, v) for k, v in request["headers"].items()}
+    return {
+        **request,
+        "url": url,
+        "headers": headers,
+        "body": _substitute(context, request["body"]),
+    }
+
+
+def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> int:
+    remaining = context.deadline - time.monotonic()
+    if remaining <= 0:
+        context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
+        return HTTP_NETWORK_ERROR
+    scheme, host, port = split_url(request["url"])
+    parts = request["url"].split("/", 3)
+    path = "/" + (parts[3] if len(parts) > 3 else "")
+    conn_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = conn_type(host, port, timeout=remaining)
+    context.http_calls += 1
+    try:
+        conn.request(
+            request["method"], path, body=request["body"].encode(), headers=request["headers"]
+        )
+        response = conn.getresponse()
+        body = response.read(HTTP_MAX_BODY_BYTES + 1)
+        headers = dict(response.getheaders())
+        status = response.status
+    except TimeoutError:
+        context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
+        return HTTP_NETWORK_ERROR
+    except (OSError, http.client.HTTPException) as err:
+        detail = redact(f"{type(err).__name__}: {err}", context.secrets)
+        return _http_error(context, HTTP_NETWORK_ERROR, f"request to {shown_url} failed: {detail}")
+    finally:
+        conn.close()
+    if len(body) > HTTP_MAX_BODY_BYTES:
+        return _http_error(context, HTTP_RESPONSE_TOO_LARGE, "response body larger than 4 MiB")
+    text = json.dumps(
+        {"status": status, "headers": headers, "body": body.decode("utf-8", "replace")},
+        ensure_ascii=False,
+    )
+    context.pending = redact(text, context.secrets).encode()
+    return len(context.pending)
+
+
+def _http_error(context: CallContext, code: int, message: str) -> int:
+    context.pending = json.dumps({"error": message}).encode()
+    return code
+
+
+def define_host_imports(linker: wasmtime.Linker) -> None:
+    """Define the `loom` import module on a core-module linker (once per runtime)."""
+    i32 = wasmtime.ValType.i32()
+    imports: list[tuple[str, list[wasmtime.ValType], list[wasmtime.ValType], Any]] = [
+        ("log", [i32, i32], [], _log),
+        ("config_get", [i32, i32], [i32], _config_get),
+        ("http_request", [i32, i32], [i32], _http_request),
+        ("take", [i32, i32], [i32], _take),
+    ]
+    for name, params, results, func in imports:
+        linker.define_func(
+            HOST_MODULE, name, wasmtime.FuncType(params, results), func, access_caller=True
+        )
+
+
+HOST_IMPORTS = frozenset({"log", "config_get", "http_request", "take"})
+
+
+COMPONENT_HOST_INTERFACE = "loom:activity/host@0.1.0"
+
+
+def _component_log(store: object, message: str) -> None:
+    current().write_log(message.encode() + b"\n")
+
+
+def _component_config_get(store: object, key: str) -> str | None:
+    context = current()
+    if key in context.grants.config:
+        return context.grants.config[key]
+    if key in context.grants.secrets:
+        return f"{SECRET_OPEN}{key}{SECRET_CLOSE}"
+    return None
+
+
+def define_component_host_imports(linker: wc.Linker) -> None:
+    """Define the `loom:activity/host` interface (see sdk/loom.wit) on a component linker."""
+    with linker.root() as root, root.add_instance(COMPONENT_HOST_INTERFACE) as host:
+        host.add_func("log", _component_log)
+        host.add_func("config-get", _component_config_get)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 __all__ = [
     "ActivityNotFoundError",
@@ -26,12 +27,25 @@ class RegistryError(Exception):
     could succeed; registry errors describe bad definitions or bad data, so they are not.
     """
 
-    retryable: bool = False
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = details
 
     @property
     def error_type(self) -> str:
         """The class name, as printed by the CLI (`ErrorType: message`)."""
         return type(self).__name__
+
+    @property
+    def message(self) -> str:
+        """The full message (same as `str(error)`)."""
+        return str(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """`{type, message, details}`: the shape history rows store (like `SandboxError`)."""
+        return {"type": self.error_type, "message": self.message, "details": dict(self.details)}
 
 
 class ManifestError(RegistryError):
@@ -49,7 +63,9 @@ class ManifestError(RegistryError):
         self.field = field
         self.problem = message
         where = f"field '{field}'" if field else "file"
-        super().__init__(f"{self.path}: {where}: {message}")
+        super().__init__(
+            f"{self.path}: {where}: {message}", path=str(self.path), field=field, problem=message
+        )
 
 
 class ActivityNotFoundError(RegistryError):
@@ -71,7 +87,9 @@ class ActivityNotFoundError(RegistryError):
         else:
             hint = "no version of it is registered; run `loom activity register PATH` first"
         detail = f" ({reason})" if reason else ""
-        super().__init__(f"activity '{spec}' not found{detail}; {hint}")
+        super().__init__(
+            f"activity '{spec}' not found{detail}; {hint}", spec=spec, registered=self.registered
+        )
 
 
 class VersionConflictError(RegistryError):
@@ -83,7 +101,10 @@ class VersionConflictError(RegistryError):
         self.attempted = attempted
         super().__init__(
             f"{ref} is already registered with {existing}, not {attempted}; "
-            "versions are immutable, so bump the version in activity.toml"
+            "versions are immutable, so bump the version in activity.toml",
+            ref=ref,
+            existing=existing,
+            attempted=attempted,
         )
 
 
@@ -102,7 +123,10 @@ class GrantsWidenedError(RegistryError):
         self.widened = list(widened)
         super().__init__(
             f"{ref} widens the grants of {previous} ({'; '.join(self.widened)}); "
-            "review them and re-register with --approve-grants"
+            "review them and re-register with --approve-grants",
+            ref=ref,
+            previous=previous,
+            widened=self.widened,
         )
 
 
@@ -132,7 +156,10 @@ class SchemaViolationError(RegistryError):
         )
         super().__init__(
             f"{direction} does not match the {direction} schema{whose}: "
-            f"{'; '.join(self.errors)}; {fix}"
+            f"{'; '.join(self.errors)}; {fix}",
+            direction=direction,
+            errors=self.errors,
+            activity=activity,
         )
 
 
@@ -141,4 +168,4 @@ class CorruptModuleError(RegistryError):
 
     def __init__(self, message: str, *, sha256: str | None = None) -> None:
         self.sha256 = sha256
-        super().__init__(message)
+        super().__init__(message, sha256=sha256)

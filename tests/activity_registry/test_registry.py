@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -336,3 +337,51 @@ async def test_closed_registry_refuses_work(db_path: Path) -> None:
     await registry.close()
     with pytest.raises(Exception, match="closed"):
         await registry.list()
+
+
+async def test_concurrent_registrations_of_one_version_store_it_once(
+    make_activity: ActivityFactory, db_path: Path
+) -> None:
+    manifest = make_activity()
+    registries = [Registry(db_path) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(r.register(manifest) for r in registries))
+    finally:
+        await asyncio.gather(*(r.close() for r in registries))
+    assert sorted(r.created for r in results) == [False, False, False, True]
+    assert len(table_rows(db_path, "activity_versions")) == 1
+
+
+async def test_shares_schema_migrations_with_the_engine(
+    make_activity: ActivityFactory, db_path: Path
+) -> None:
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TABLE schema_migrations (component TEXT, version INTEGER,"
+            " applied_at INTEGER, PRIMARY KEY(component, version))"
+        )
+        db.execute("INSERT INTO schema_migrations VALUES ('loom', 1, 0)")
+    for _ in range(2):  # reopening migrates nothing twice
+        async with Registry(db_path) as registry:
+            await registry.register(make_activity())
+    rows = sorted((c, v) for c, v, _ in table_rows(db_path, "schema_migrations"))
+    assert rows == [("activity_registry", 1), ("loom", 1)]
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_errors_serialise_like_sandbox_errors() -> None:
+    error = SchemaViolationError("input", ["$.text: 5 is not of type 'string'"], activity="a@1.0.0")
+    assert error.to_json() == {
+        "type": "SchemaViolationError",
+        "message": str(error),
+        "details": {
+            "direction": "input",
+            "errors": ["$.text: 5 is not of type 'string'"],
+            "activity": "a@1.0.0",
+        },
+    }
+    assert ActivityNotFoundError("x@^1", ["2.0.0"]).to_json()["details"] == {
+        "spec": "x@^1",
+        "registered": ["2.0.0"],
+    }

@@ -291,3 +291,35 @@ def test_database_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
     result = CliRunner().invoke(main, ["activity", "run", "const"])
     assert (result.exit_code, result.stdout) == (0, "42\n")
     assert db.exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("example", "module", "value", "expected"),
+    [
+        (
+            "char-count",
+            "char_count.wasm",
+            "añ",  # counted as the JSON text "añ"
+            {"codepoints": 4, "bytes": 5, "lines": 1},
+        ),
+        ("echo", "echo.wasm", {"a": [1, "b"]}, {"a": [1, "b"]}),
+    ],
+    ids=["zig-reactor", "c-command"],
+)
+def test_other_examples_register_and_run(
+    tmp_path: Path, example: str, module: str, value: object, expected: object
+) -> None:
+    folder = tmp_path / example
+    folder.mkdir()
+    manifest = (REPO / "examples" / "activities" / example / "activity.toml").read_text()
+    # The Zig build's initial memory exceeds the example's 16 MiB limit (reported to the sandbox
+    # owner); this test is about registering and running, so give it the default 32 MiB.
+    (folder / "activity.toml").write_text(manifest.replace("memory_mb = 16", "memory_mb = 32"))
+    shutil.copy(build_example(example), folder / module)
+    db = tmp_path / "loom.db"
+    code, out, err = invoke("register", str(folder / module), db=db)
+    assert code == 0, err
+    code, out, err = invoke("run", example, "--input", json.dumps(value), db=db)
+    assert code == 0, err
+    assert json.loads(out) == expected

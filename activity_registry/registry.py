@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -191,7 +192,13 @@ class Registry:
 
     def _on_thread(self, operation: Callable[[ModuleStore], _T]) -> _T:
         if self._store is None:
-            self._store = ModuleStore(self._path)
+            try:
+                self._store = ModuleStore(self._path)
+            except sqlite3.Error as err:
+                raise RegistryError(
+                    f"cannot open database {self._path!r}: {err}; check --db / LOOM_DATABASE",
+                    database=self._path,
+                ) from err
         return operation(self._store)
 
     # -- registration ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from activity_registry import (
 )
 from activity_registry.version_range import parse_version
 from loom.cli import database_option
-from wasm_activities import SandboxError
+from wasm_activities import RunResult, SandboxError
 
 __all__ = ["activity"]
 
@@ -241,9 +241,12 @@ def _read_input(value: str) -> Any:
     metavar="JSON|@FILE|-",
     help="Input JSON: a literal, @path to a file, or - for stdin.",
 )
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also print the guest's logs and usage to stderr."
+)
 @database_option
 @click.pass_context
-def run(ctx: click.Context, spec: str, input_text: str, database: str) -> None:
+def run(ctx: click.Context, spec: str, input_text: str, verbose: bool, database: str) -> None:
     """Run NAME[@RANGE] once, outside any workflow.
 
     Prints the output JSON alone on stdout. Granted secrets are read by name from this
@@ -251,19 +254,25 @@ def run(ctx: click.Context, spec: str, input_text: str, database: str) -> None:
     """
     value = _read_input(input_text)
 
-    async def operation(registry: Registry) -> Any:
+    async def operation(registry: Registry) -> RunResult:
         item = await registry.resolve(spec)
         if item.is_native:
             raise RegistryError(
                 f"{item.ref} is a native activity: it runs inside a worker (`loom worker`), "
                 "not from `loom activity run`"
             )
+        missing = [name for name in item.grants.secrets if name not in os.environ]
+        if missing:
+            click.echo(f"warning: granted secrets not set here: {', '.join(missing)}", err=True)
         secrets = {name: os.environ[name] for name in item.grants.secrets if name in os.environ}
-        result = await registry.run(item, value, secrets=secrets)
-        return result.output
+        return await registry.run(item, value, secrets=secrets)
 
-    output = _execute(ctx, database, operation)
-    click.echo(json.dumps(output))
+    result = _execute(ctx, database, operation)
+    if verbose:
+        if result.logs:
+            click.echo(result.logs.rstrip("\n"), err=True)
+        click.echo(f"usage: {result.usage.model_dump_json()}", err=True)
+    click.echo(json.dumps(result.output))
 
 
 @activity.command()

@@ -323,3 +323,33 @@ def test_other_examples_register_and_run(
     code, out, err = invoke("run", example, "--input", json.dumps(value), db=db)
     assert code == 0, err
     assert json.loads(out) == expected
+
+
+def test_verbose_run_prints_logs_and_usage_to_stderr(tmp_path: Path) -> None:
+    manifest = (REPO / "examples" / "activities" / "char-count" / "activity.toml").read_text()
+    (tmp_path / "activity.toml").write_text(
+        manifest.replace("memory_mb = 16", "memory_mb = 32")
+        + '\n[grants]\nsecrets = ["LOOM_TEST_UNSET_SECRET"]\n'
+    )
+    shutil.copy(build_example("char-count"), tmp_path / "char_count.wasm")
+    db = tmp_path / "loom.db"
+    assert invoke("register", str(tmp_path), db=db)[0] == 0
+    code, out, err = invoke("run", "char-count@1.0.0", "--input", '"x"', "-v", db=db)
+    assert code == 0, err
+    assert json.loads(out) == {"codepoints": 3, "bytes": 3, "lines": 1}
+    lines = err.splitlines()
+    assert lines[0] == "warning: granted secrets not set here: LOOM_TEST_UNSET_SECRET"
+    assert lines[1] == "char-count: counted"
+    usage = json.loads(lines[2].removeprefix("usage: "))
+    assert usage["output_bytes"] == len('{"codepoints":3,"bytes":3,"lines":1}')
+
+
+def test_unopenable_database_is_one_line(tmp_path: Path) -> None:
+    code, _, err = invoke("list", db=tmp_path / "missing-dir" / "loom.db")
+    assert code == 1
+    assert err.startswith("RegistryError: cannot open database ")
+    assert err.count("\n") == 1
+    (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
+    code, _, err = invoke("list", db=tmp_path / "garbage.db")
+    assert code == 1
+    assert "file is not a database" in err

@@ -158,6 +158,13 @@ class ActivityVersion(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     registered_at: int = Field(description="Unix time in milliseconds.")
 
+    @field_validator("abi")
+    @classmethod
+    def _abi_is_known(cls, value: str) -> str:
+        if value not in ABIS:
+            raise ValueError(f"abi {value!r} is not one of {', '.join(ABIS)}")
+        return value
+
     @property
     def ref(self) -> str:
         """`name@version`."""

@@ -62,7 +62,7 @@ class SchemaValidator:
         )
 
     def validate(self, value: JSON) -> None:
-        """Raise SchemaViolationError listing (up to a few) violations, best first."""
+        """Raise SchemaViolationError listing the first few violations, ordered by JSON path."""
         if self._validator.is_valid(value):
             return
         errors = _sorted_errors(self._validator.iter_errors(value))

@@ -19,6 +19,7 @@ from activity_files import (
 
 from activity_registry import (
     ActivityNotFoundError,
+    ActivityVersion,
     CorruptModuleError,
     GrantsWidenedError,
     ManifestError,
@@ -385,3 +386,16 @@ def test_errors_serialise_like_sandbox_errors() -> None:
         "spec": "x@^1",
         "registered": ["2.0.0"],
     }
+
+
+def test_activity_version_rejects_unknown_abi() -> None:
+    with pytest.raises(ValueError, match="abi 'wasi' is not one of"):
+        ActivityVersion(
+            name="x",
+            version="1.0.0",
+            abi="wasi",
+            sha256=None,
+            input_schema={},
+            output_schema={},
+            registered_at=0,
+        )

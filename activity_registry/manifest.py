@@ -20,6 +20,7 @@ from wasm_activities import Grants, Limits
 
 __all__ = [
     "ABIS",
+    "DEFINITION_FIELDS",
     "MANIFEST_FILENAME",
     "NAME_PATTERN",
     "ActivityVersion",
@@ -62,7 +63,27 @@ def _check_version(value: str) -> str:
     return value
 
 
-class Manifest(BaseModel):
+class _Definition(BaseModel):
+    """What a manifest and a registered version share: identity, schemas, limits, grants."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    description: str = ""
+    input_schema: dict[str, JSON]
+    output_schema: dict[str, JSON]
+    limits: Limits = Field(default_factory=Limits)
+    grants: Grants = Field(default_factory=Grants)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @property
+    def ref(self) -> str:
+        """`name@version`."""
+        return f"{self.name}@{self.version}"
+
+
+class Manifest(_Definition):
     """A validated `activity.toml`: one version of one WebAssembly activity.
 
     Schemas given as file names are loaded (relative to the manifest) and checked against the
@@ -70,18 +91,8 @@ class Manifest(BaseModel):
     against the manifest's directory. Unknown fields are errors, so typos never go unnoticed.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    version: str
     abi: WasmAbi
     module: str
-    description: str = ""
-    input_schema: dict[str, JSON]
-    output_schema: dict[str, JSON]
-    limits: Limits = Field(default_factory=Limits)
-    grants: Grants = Field(default_factory=Grants)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     path: Path = Field(description="The manifest file this was loaded from (absolute).")
 
     @field_validator("name")
@@ -93,11 +104,6 @@ class Manifest(BaseModel):
     @classmethod
     def _version_is_semver(cls, value: str) -> str:
         return _check_version(value)
-
-    @property
-    def ref(self) -> str:
-        """`name@version`."""
-        return f"{self.name}@{self.version}"
 
     @property
     def module_path(self) -> Path:
@@ -138,24 +144,14 @@ class Manifest(BaseModel):
         return manifest
 
 
-class ActivityVersion(BaseModel):
+class ActivityVersion(_Definition):
     """One registered, immutable version of an activity (WebAssembly or native).
 
     `sha256` identifies the module bytes (None for `native`, whose code is the worker's).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    version: str
     abi: str = Field(description="command | reactor | component | native")
     sha256: str | None
-    description: str = ""
-    input_schema: dict[str, JSON]
-    output_schema: dict[str, JSON]
-    limits: Limits = Field(default_factory=Limits)
-    grants: Grants = Field(default_factory=Grants)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     registered_at: int = Field(description="Unix time in milliseconds.")
 
     @field_validator("abi")
@@ -164,11 +160,6 @@ class ActivityVersion(BaseModel):
         if value not in ABIS:
             raise ValueError(f"abi {value!r} is not one of {', '.join(ABIS)}")
         return value
-
-    @property
-    def ref(self) -> str:
-        """`name@version`."""
-        return f"{self.name}@{self.version}"
 
     @property
     def is_native(self) -> bool:
@@ -284,3 +275,7 @@ def _check_module(manifest: Manifest, given: Path) -> None:
         raise ManifestError(
             manifest.path, "module", f"module file {module_path} does not exist; build it first"
         )
+
+
+# The fields a manifest hands over verbatim to the version it registers.
+DEFINITION_FIELDS = tuple(_Definition.model_fields)

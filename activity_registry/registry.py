@@ -27,7 +27,12 @@ from activity_registry.exceptions import (
     RegistryError,
     VersionConflictError,
 )
-from activity_registry.manifest import ActivityVersion, Manifest, RetryPolicy
+from activity_registry.manifest import (
+    DEFINITION_FIELDS,
+    ActivityVersion,
+    Manifest,
+    RetryPolicy,
+)
 from activity_registry.module_store import ModuleStore, now_ms
 from activity_registry.schema import JSON, SchemaValidator, check_schema
 from activity_registry.version_range import VersionRange, parse_version
@@ -227,16 +232,9 @@ class Registry:
         sha256 = hashlib.sha256(content).hexdigest()
         self._prepared[sha256] = self._prepare_bytes(content, manifest.abi, sha256)
         activity = ActivityVersion(
-            name=manifest.name,
-            version=manifest.version,
+            **{field: getattr(manifest, field) for field in DEFINITION_FIELDS},
             abi=manifest.abi,
             sha256=sha256,
-            description=manifest.description,
-            input_schema=manifest.input_schema,
-            output_schema=manifest.output_schema,
-            limits=manifest.limits,
-            grants=manifest.grants,
-            retry=manifest.retry,
             registered_at=now_ms(),
         )
         widened: list[str] = []

@@ -1,6 +1,7 @@
 """Loom: durable, typed workflows whose activities can be sandboxed WebAssembly modules."""
 
 from loom.activity import Activity, activity
+from loom.client import WorkflowHandle, configure, get_handle
 from loom.context import WorkflowContext
 from loom.exceptions import (
     ActivityFailedError,
@@ -17,6 +18,7 @@ from loom.exceptions import (
     WorkflowStillRunningError,
 )
 from loom.history import WorkflowStatus
+from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Workflow, step, workflow
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "LoomError",
     "NonDeterministicWorkflowError",
     "StateSerializationError",
+    "Worker",
     "Workflow",
     "WorkflowAlreadyExistsError",
     "WorkflowCancelledError",
@@ -34,10 +37,13 @@ __all__ = [
     "WorkflowContext",
     "WorkflowDefinitionError",
     "WorkflowExecutionError",
+    "WorkflowHandle",
     "WorkflowNotFoundError",
     "WorkflowStatus",
     "WorkflowStillRunningError",
     "activity",
+    "configure",
+    "get_handle",
     "step",
     "workflow",
 ]

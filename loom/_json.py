@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from typing import Any, TypeAlias
+
+from pydantic import PydanticUserError, TypeAdapter
 
 JSON: TypeAlias = Any
 """A JSON-compatible value; `Any` is confined to this alias."""
@@ -37,3 +40,17 @@ def is_json(value: object) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and is_json(v) for k, v in value.items())
     return False
+
+
+def type_adapter(tp: Any) -> TypeAdapter[Any]:
+    """A pydantic adapter for `tp`, also for `typing.TypedDict` on Python 3.11.
+
+    pydantic refuses `typing.TypedDict` before 3.12; such types are checked as plain JSON
+    objects rather than rejected, since users rightly write the stdlib form.
+    """
+    try:
+        return TypeAdapter(tp)
+    except PydanticUserError:
+        if typing.is_typeddict(tp):
+            return TypeAdapter(dict[str, Any])
+        raise

@@ -38,24 +38,23 @@ class LocalExecutor:
         return Event(self._sequence, kind, payload, self._clock)
 
     async def execute(self, compiled: CompiledWorkflow[Any, Any], input: Any) -> Any:
-        state = await self._run(compiled, compiled.encode_input(input), f"local-{uuid.uuid4()}")
-        return compiled.decode_state(state)
+        workflow_id = f"local-{uuid.uuid4()}"
+        outcome = await self._run(compiled, compiled.encode_input(input), workflow_id)
+        if outcome.status is not WorkflowStatus.COMPLETED:
+            raise decode_error(outcome.error or {}, workflow_id)
+        return compiled.decode_state(outcome.state)
 
     async def _run(
         self, compiled: CompiledWorkflow[Any, Any], input: JSON, workflow_id: str
-    ) -> dict[str, JSON]:
+    ) -> Activation:
         run = WorkflowRun(compiled, workflow_id)
         seed = random.getrandbits(63)
         inbox = [self._event(EventKind.WORKFLOW_STARTED, {"input": input, "seed": seed})]
         while True:
             run.apply(inbox, include_commands=False)
-            if run.failure is not None:
-                raise run.failure
             activation = run.take_activation()
-            if activation.status is WorkflowStatus.COMPLETED:
-                return activation.state
             if activation.status is not WorkflowStatus.RUNNING:
-                raise decode_error(activation.error or {}, workflow_id)
+                return activation
             inbox = await self._perform(activation, workflow_id)
             if not inbox:
                 raise LoomError(
@@ -115,7 +114,10 @@ class LocalExecutor:
                     error = encode_error(err, error_type=type(err).__name__)
                     error["details"]["retryable"] = activity.is_retryable(err)
                     return EventKind.ACTIVITY_FAILED, {
-                        "seq": seq, "name": name, "error": error, "attempt": attempt,
+                        "seq": seq,
+                        "name": name,
+                        "error": error,
+                        "attempt": attempt,
                     }
                 await asyncio.sleep(activity.retry.delay(attempt) * random.uniform(0.8, 1.2))
             else:
@@ -124,8 +126,7 @@ class LocalExecutor:
     async def _child(self, child: ChildStart) -> tuple[EventKind, dict[str, JSON]]:
         compiled = compiled_workflow(child.workflow_name)
         base: dict[str, JSON] = {"seq": child.parent_seq, "workflow_id": child.workflow_id}
-        try:
-            state = await self._run(compiled, child.input, child.workflow_id)
-        except Exception as err:
-            return EventKind.CHILD_FAILED, {**base, "error": encode_error(err)}
-        return EventKind.CHILD_COMPLETED, {**base, "state": state}
+        outcome = await self._run(compiled, child.input, child.workflow_id)
+        if outcome.status is WorkflowStatus.COMPLETED:
+            return EventKind.CHILD_COMPLETED, {**base, "state": outcome.state}
+        return EventKind.CHILD_FAILED, {**base, "error": outcome.error}

@@ -13,7 +13,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 
 from pydantic import TypeAdapter
 
-from loom._json import JSON
+from loom._json import JSON, type_adapter
 from loom.exceptions import ActivityTimeoutError, WorkflowDefinitionError
 
 P = ParamSpec("P")
@@ -64,8 +64,8 @@ class Activity(Generic[P, R]):
         if self._adapters is None:
             hints = get_type_hints(self.fn)
             returns = hints.pop("return", None)
-            params = {name: TypeAdapter(hint) for name, hint in hints.items()}
-            self._adapters = (params, TypeAdapter(returns) if returns is not None else None)
+            params = {name: type_adapter(hint) for name, hint in hints.items()}
+            self._adapters = (params, type_adapter(returns) if returns is not None else None)
         return self._adapters
 
     def encode_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JSON:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from loom._json import JSON, digest, is_json
+from loom._json import JSON, digest, dumps, is_json, loads, type_adapter
 from loom.activity import Activity
 from loom.history import EventKind
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
@@ -230,13 +230,13 @@ def _by_name(spec: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
             f"ctx.activity({spec!r}, {{...}}); got {len(args)} positional and "
             f"{sorted(kwargs)} keyword arguments"
         )
-    decode = _identity
+    decode: Callable[[JSON], Any] = _identity
     if result_type is not None:
-        from pydantic import TypeAdapter
-
-        adapter: TypeAdapter[Any] = TypeAdapter(result_type)
-        decode = adapter.validate_python
-    return spec, (args[0] if args else None), decode
+        decode = type_adapter(result_type).validate_python
+    value = args[0] if args else None
+    if not is_json(value):
+        raise TypeError(f"activity {spec!r}: input must be JSON-serialisable, got {value!r}")
+    return spec, loads(dumps(value)), decode
 
 
 def _identity(value: JSON) -> JSON:

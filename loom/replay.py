@@ -9,6 +9,7 @@ never touches the database itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom._json import JSON, digest, dumps
+from loom._json import JSON, dumps, loads
 from loom.exceptions import (
     ActivityFailedError,
     LoomError,
@@ -108,13 +109,18 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
             asyncio.events._set_running_loop(previous)
 
     def call_soon(  # type: ignore[override]  # Handle typing differs across Python versions
-        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+    def call_later(  # type: ignore[override]  # refuses every call, whatever its arguments
+        self, *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
         raise RuntimeError(
             "workflow code cannot use wall-clock timers (asyncio.sleep(n), asyncio.timeout, "
             "wait_for); use `await ctx.sleep(seconds)` or wait_for_signal(name, timeout=...)"
@@ -141,8 +147,12 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         return False
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # Unretrieved results (e.g. a child nobody awaited when cancelled) are not failures;
+        # an exception escaping a callback is.
         err = context.get("exception")
-        if isinstance(err, BaseException) and "destroyed" not in context.get("message", ""):
+        message = str(context.get("message", ""))
+        benign = "never retrieved" in message or "destroyed" in message
+        if isinstance(err, BaseException) and not benign:
             self.errors.append(err)
 
 
@@ -178,7 +188,7 @@ class WorkflowRun:
         self.compiled = compiled
         self.workflow_id = workflow_id
         self.registry = registry or {}
-        self.loop = _WorkflowLoop()
+        self.loop = _WorkflowLoop()  # type: ignore[abstract]  # only what Tasks use is needed
         self.state_data: dict[str, JSON] = compiled.initial_state()
         self.state = StateProxy(self, self.state_data)
         self.ctx: WorkflowContext[Any, Any] = WorkflowContext(self)
@@ -213,8 +223,11 @@ class WorkflowRun:
             if event.kind in COMMAND_KINDS:
                 if include_commands:
                     self._recorded.append(
-                        _Recorded(event.kind, _command_key(event.kind, event.payload),
-                                  int(event.payload["seq"]))
+                        _Recorded(
+                            event.kind,
+                            _command_key(event.kind, event.payload),
+                            int(event.payload["seq"]),
+                        )
                     )
             else:
                 deliverable.append(event)
@@ -292,15 +305,15 @@ class WorkflowRun:
         except WorkflowCancelledError as err:
             self._close(WorkflowStatus.CANCELED, encode_error(err))
         except asyncio.CancelledError:
-            err = WorkflowCancelledError(self._cancel_reason)
-            self._close(WorkflowStatus.CANCELED, encode_error(err))
+            cancelled = WorkflowCancelledError(self._cancel_reason)
+            self._close(WorkflowStatus.CANCELED, encode_error(cancelled))
         except Exception as err:  # the workflow's own failure becomes its recorded outcome
             self._close(WorkflowStatus.FAILED, encode_error(err))
         else:
             self._close(WorkflowStatus.COMPLETED, None)
 
     def _close(self, status: WorkflowStatus, error: dict[str, JSON] | None) -> None:
-        if self._failure is not None:
+        if self.is_finished:
             return
         out = self._out
         out.status = status
@@ -361,22 +374,26 @@ class WorkflowRun:
 
     def record_state_set(self, key: str, value: JSON) -> None:
         self.state_data[key] = value
-        self._remember_mutable(key, value)
-        self.issue(EventKind.STATE_SET, {"key": key, "value": value})
+        self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
 
     def record_state_update(self, changes: dict[str, JSON]) -> None:
         if not changes:
             return
+        recorded = {}
         for key, value in changes.items():
             self.state_data[key] = value
-            self._remember_mutable(key, value)
-        self.issue(EventKind.STATE_UPDATE, {"changes": changes})
+            recorded[key] = self._remember(key, value)
+        self.issue(EventKind.STATE_UPDATE, {"changes": recorded})
 
-    def _remember_mutable(self, key: str, value: JSON) -> None:
+    def _remember(self, key: str, value: JSON) -> JSON:
+        """Snapshot a mutable value so later in-place edits neither leak into the recorded
+        event nor go unnoticed (they are diffed before the next command)."""
         if isinstance(value, list | dict):
-            self._mutable_snapshot[key] = dumps(value)
-        else:
-            self._mutable_snapshot.pop(key, None)
+            encoded = dumps(value)
+            self._mutable_snapshot[key] = encoded
+            return loads(encoded)
+        self._mutable_snapshot.pop(key, None)
+        return value
 
     def _flush_nested_mutations(self) -> None:
         """Record in-place edits of nested lists/dicts at a deterministic point."""
@@ -386,7 +403,7 @@ class WorkflowRun:
                 encoded = dumps(value)
                 if self._mutable_snapshot.get(key) != encoded:
                     self._mutable_snapshot[key] = encoded
-                    changes[key] = value
+                    changes[key] = loads(encoded)
         if changes:
             self.issue(EventKind.STATE_UPDATE, {"changes": changes})
 
@@ -442,11 +459,12 @@ class WorkflowRun:
             return
         self._cancelled = True
         self._cancel_reason = None if reason is None else str(reason)
+        was_waiting = bool(self._pending)
         for seq in list(self._pending):
             self._reject(seq, WorkflowCancelledError(self._cancel_reason))
             self._out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
         self._signal_waiters.clear()
-        if self._main is not None and not self._pending and not self._main.done():
+        if self._main is not None and not was_waiting and not self._main.done():
             # Code blocked on something other than a command (e.g. a bare future): unwind it.
             self._main.cancel()
 
@@ -491,10 +509,8 @@ class WorkflowRun:
         if self._main is not None and not self._main.done():
             coro = self._main.get_coro()
             if hasattr(coro, "close"):
-                try:
+                with contextlib.suppress(RuntimeError, _Nondeterminism, LoomError):
                     coro.close()
-                except (RuntimeError, _Nondeterminism, LoomError):
-                    pass
         self._pending.clear()
 
 

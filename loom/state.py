@@ -75,10 +75,12 @@ class StateProxy:
         return self._data.get(key, default)
 
     def keys(self) -> KeysView[str]:
-        return self._data.keys()
+        data: dict[str, JSON] = self._data
+        return data.keys()
 
     def items(self) -> ItemsView[str, JSON]:
-        return self._data.items()
+        data: dict[str, JSON] = self._data
+        return data.items()
 
     def to_dict(self) -> dict[str, JSON]:
         """A deep copy of the current state."""

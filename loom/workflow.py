@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from loom._json import JSON
+from loom._json import JSON, type_adapter
 from loom.exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
     from loom.client import WorkflowHandle
-    from loom.context import WorkflowContext
 
 InT = TypeVar("InT")
 StateT = TypeVar("StateT")
@@ -72,7 +71,7 @@ def step(
                 f"step {method.__qualname__} must be an `async def` method taking (self, ctx)"
             )
         setattr(method, _STEP_ATTR, StepInfo(name or method.__name__, description))
-        return method
+        return typing.cast(F, method)
 
     return mark(fn) if fn is not None else mark
 
@@ -196,7 +195,8 @@ class CompiledWorkflow(Generic[InT, StateT]):
         """
         from loom.replay import execute_locally
 
-        return await execute_locally(self, input, signals=signals or {})
+        state: StateT = await execute_locally(self, input, signals=signals or {})
+        return state
 
     async def start(
         self, input: InT, *, workflow_id: str | None = None, owner: str | None = None
@@ -217,7 +217,7 @@ def _compile(cls: type[Workflow[Any, Any]]) -> CompiledWorkflow[Any, Any]:
     )
     steps = _collect_steps(cls)
     input_type, state_type = _type_arguments(cls)
-    state_adapter: TypeAdapter[Any] = TypeAdapter(state_type)
+    state_adapter = type_adapter(state_type)
     return CompiledWorkflow(
         cls=cls,
         name=info.name,
@@ -228,7 +228,7 @@ def _compile(cls: type[Workflow[Any, Any]]) -> CompiledWorkflow[Any, Any]:
         input_type=input_type,
         state_type=state_type,
         source_hash=_source_hash(cls),
-        _input=TypeAdapter(input_type),
+        _input=type_adapter(input_type),
         _state=state_adapter,
         _initial_state=_initial_state(cls, state_type, state_adapter),
     )

@@ -1,0 +1,5 @@
+"""`python -m loom` runs the CLI."""
+
+from loom.cli import main
+
+main()

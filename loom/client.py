@@ -1,0 +1,212 @@
+"""Client side: configuration, starting workflows and `WorkflowHandle`.
+
+Holds the process-wide store per database so in-process workers wake at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from loom._json import JSON, is_json
+from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
+from loom.history import WorkflowStatus
+from loom.replay import decode_error
+from loom.store import NewWorkflow, Store, Wakeups, WorkflowRecord
+from loom.workflow import CompiledWorkflow, compiled_workflow
+
+StateT = TypeVar("StateT")
+
+DEFAULT_DATABASE = "./loom.db"
+_POLL_MIN = 0.02
+_POLL_MAX = 0.5
+
+_configured: str | None = None
+_stores: dict[str, Store] = {}
+_lock = threading.Lock()
+
+
+def configure(*, database: str | os.PathLike[str] | None = None) -> None:
+    """Choose the database for this process (else `LOOM_DATABASE`, else ./loom.db).
+
+    Stores opened for other databases are closed.
+    """
+    global _configured
+    _configured = None if database is None else os.fspath(database)
+    with _lock:
+        for key in list(_stores):
+            if key != _resolve(_configured):
+                store = _stores.pop(key)
+                close_sync = getattr(store, "close_sync", None)
+                if close_sync is not None:
+                    close_sync()
+
+
+def database_url(database: str | os.PathLike[str] | None = None) -> str:
+    """The database in effect: argument, `configure()`, `LOOM_DATABASE`, then ./loom.db."""
+    if database is not None:
+        return os.fspath(database)
+    return _configured or os.environ.get("LOOM_DATABASE") or DEFAULT_DATABASE
+
+
+def _resolve(database: str | None) -> str:
+    url = database_url(database)
+    if "://" in url:
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+def get_store(database: str | os.PathLike[str] | None = None) -> Store:
+    """The process-wide store for `database` (one writer connection per process)."""
+    key = _resolve(None if database is None else os.fspath(database))
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            if key.startswith(("postgres://", "postgresql://")):
+                raise ValueError("PostgreSQL support is not available yet; use a SQLite path")
+            from loom.sqlite_store import SQLiteStore
+
+            store = SQLiteStore(key)
+            _stores[key] = store
+        return store
+
+
+async def start_workflow(
+    compiled: CompiledWorkflow[Any, StateT],
+    input: Any,
+    *,
+    workflow_id: str | None = None,
+    owner: str | None = None,
+    database: str | None = None,
+) -> WorkflowHandle[StateT]:
+    encoded = compiled.encode_input(input)
+    store = get_store(database)
+    record, _ = await store.create_workflow(
+        NewWorkflow(
+            workflow_id=workflow_id or str(uuid.uuid4()),
+            workflow_name=compiled.name,
+            workflow_version=compiled.version,
+            input=encoded,
+            state=compiled.initial_state(),
+            source_hash=compiled.source_hash,
+            total_steps=len(compiled.steps),
+            seed=random.getrandbits(63),
+            owner=owner,
+            agent=compiled.agent,
+        )
+    )
+    return WorkflowHandle(record.workflow_id, store, compiled)
+
+
+class WorkflowHandle(Generic[StateT]):
+    """A reference to a durable workflow: status, result, signals and cancellation."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        store: Store,
+        compiled: CompiledWorkflow[Any, StateT] | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self._store = store
+        self._compiled = compiled
+
+    @property
+    def id(self) -> str:
+        return self.workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    async def _record(self) -> WorkflowRecord:
+        record = await self._store.get_workflow(self.workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(self.workflow_id)
+        return record
+
+    async def status(self) -> WorkflowStatus:
+        """Current status (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)."""
+        return (await self._record()).status
+
+    async def state(self) -> dict[str, JSON]:
+        """The latest committed state as JSON (also while running)."""
+        return (await self._record()).state
+
+    async def result(self, timeout: float | None = None) -> StateT:
+        """Wait for the workflow to finish and return its typed final State.
+
+        Raises the workflow's error (ActivityFailedError, WorkflowExecutionError,
+        NonDeterministicWorkflowError, WorkflowCancelledError) or WorkflowStillRunningError
+        when `timeout` seconds pass first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = _POLL_MIN
+        wakeups: Wakeups | None = self._store.wakeups
+        while True:
+            waiter = wakeups.closed_future(self.workflow_id) if wakeups else None
+            record = await self._record()
+            if record.status.is_closed:
+                if waiter is not None and wakeups is not None:
+                    wakeups.forget(self.workflow_id, waiter)
+                return self._outcome(record)
+            wait = delay if deadline is None else min(delay, deadline - loop.time())
+            if wait <= 0:
+                if waiter is not None and wakeups is not None:
+                    wakeups.forget(self.workflow_id, waiter)
+                raise WorkflowStillRunningError(self.workflow_id, record.status.value)
+            if waiter is not None:
+                done, _ = await asyncio.wait([waiter], timeout=wait)
+                if not done and wakeups is not None:
+                    wakeups.forget(self.workflow_id, waiter)
+                    waiter.cancel()
+            else:
+                await asyncio.sleep(wait)
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _outcome(self, record: WorkflowRecord) -> StateT:
+        if record.status is WorkflowStatus.COMPLETED:
+            compiled = self._compiled or _known(record.workflow_name)
+            if compiled is None:
+                return record.state  # type: ignore[return-value]  # untyped reattach: JSON
+            return compiled.decode_state(record.state)
+        raise decode_error(record.error or {"type": record.status.value}, self.workflow_id)
+
+    async def signal(self, name: str, payload: JSON = None, **fields: JSON) -> None:
+        """Send signal `name`; buffered if the workflow is not waiting for it yet."""
+        if fields:
+            if payload is not None and not isinstance(payload, Mapping):
+                raise TypeError("signal(): keyword fields combine only with a dict payload")
+            payload = {**(payload or {}), **fields}
+        if not is_json(payload):
+            raise TypeError(f"signal {name!r}: payload must be JSON-serialisable, got {payload!r}")
+        await self._store.signal_workflow(self.workflow_id, name, payload)
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Request cancellation; the workflow sees WorkflowCancelledError at its next await."""
+        if not await self._store.cancel_workflow(self.workflow_id, reason):
+            await self._record()  # raises WorkflowNotFoundError for unknown ids
+
+
+def _known(name: str) -> CompiledWorkflow[Any, Any] | None:
+    try:
+        return compiled_workflow(name)
+    except LookupError:
+        return None
+
+
+def get_handle(
+    workflow_id: str,
+    workflow: type[Any] | CompiledWorkflow[Any, StateT] | None = None,
+    *,
+    database: str | None = None,
+) -> WorkflowHandle[Any]:
+    """Reattach to a workflow by id; pass its class to get a typed `result()`."""
+    compiled = workflow.compile() if isinstance(workflow, type) else workflow
+    return WorkflowHandle(workflow_id, get_store(database), compiled)

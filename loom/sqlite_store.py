@@ -1,0 +1,845 @@
+"""SQLite store: one writer thread per database, group commit, lease fencing in-transaction.
+
+Every operation is a plain function run on the writer thread; the thread drains its queue and
+commits all pending operations in one transaction (each inside a SAVEPOINT so one failing
+operation cannot undo its neighbours), then wakes the awaiting coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loom._json import JSON, dumps, loads
+from loom.exceptions import (
+    LoomError,
+    WorkflowAlreadyExistsError,
+    WorkflowClosedError,
+    WorkflowNotFoundError,
+)
+from loom.history import Event, EventKind, NewEvent, WorkflowStatus
+from loom.replay import WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
+from loom.store import (
+    ClaimedTask,
+    CommitResult,
+    CursorLookup,
+    NewWorkflow,
+    StepProgress,
+    Store,
+    Wakeups,
+    WorkflowRecord,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 512
+SCHEMA_COMPONENT = "loom"
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS workflows (
+        workflow_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        workflow_version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        owner TEXT,
+        agent TEXT,
+        parent_id TEXT,
+        parent_seq INTEGER,
+        source_hash TEXT NOT NULL,
+        current_step TEXT,
+        step_description TEXT,
+        step_index INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL,
+        last_sequence INTEGER NOT NULL,
+        processed_sequence INTEGER NOT NULL DEFAULT 0,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
+    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
+    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
+    CREATE TABLE IF NOT EXISTS events (
+        workflow_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, sequence)
+    );
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id INTEGER PRIMARY KEY,
+        task_key TEXT NOT NULL UNIQUE,
+        workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        run_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
+    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
+    CREATE TABLE IF NOT EXISTS logs (
+        log_id INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
+    """,
+]
+
+_WORKFLOW_COLUMNS = (
+    "workflow_id, workflow_name, workflow_version, status, input, state, error, owner, agent, "
+    "parent_id, current_step, step_description, step_index, total_steps, last_sequence, "
+    "processed_sequence, epoch, created_at, updated_at"
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Fenced(Exception):
+    """The task's lease was lost; the operation's writes are rolled back."""
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...]) -> WorkflowRecord:
+    return WorkflowRecord(
+        workflow_id=row[0],
+        workflow_name=row[1],
+        workflow_version=row[2],
+        status=WorkflowStatus(row[3]),
+        input=loads(row[4]),
+        state=loads(row[5]),
+        error=loads(row[6]) if row[6] else None,
+        owner=row[7],
+        agent=row[8],
+        parent_id=row[9],
+        current_step=row[10],
+        step_description=row[11],
+        step_index=row[12],
+        total_steps=row[13],
+        last_sequence=row[14],
+        processed_sequence=row[15],
+        epoch=row[16],
+        created_at=row[17],
+        updated_at=row[18],
+    )
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open a connection with the engine's pragmas (WAL, busy timeout, full sync)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, "
+            "version INTEGER NOT NULL, applied_at INTEGER NOT NULL, "
+            "PRIMARY KEY (component, version))"
+        )
+        row = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
+            (SCHEMA_COMPONENT,),
+        ).fetchone()
+        current = int(row[0])
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
+                (SCHEMA_COMPONENT, version, now_ms()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]
+
+
+class _Writer:
+    """The single DB thread: drains queued operations and commits them together."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"loom-db:{path}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((fn, args, future, write))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _main(self) -> None:
+        try:
+            conn = connect(self._path)
+            migrate(conn)
+        except BaseException as err:  # surfaced to the constructor's caller
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    extra = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if extra is None:
+                    stop = True
+                    break
+                batch.append(extra)
+            self._run_batch(conn, batch)
+            if stop:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[bool, Any]] = []
+        for attempt in range(20):
+            try:
+                results = self._transaction(conn, batch)
+                break
+            except sqlite3.OperationalError as err:
+                # busy_timeout already waited; another process holds the lock for long.
+                if not _is_busy(err):
+                    results = [(False, err)] * len(batch)
+                    break
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                time.sleep(0.01 * (attempt + 1))
+        else:
+            results = [(False, LoomError("database stayed locked by another process"))] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_, _, future, _), (ok, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, items)
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        writes = any(op[3] for op in batch)
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        results: list[tuple[bool, Any]] = []
+        single = len(batch) == 1
+        try:
+            for fn, args, _, _ in batch:
+                if not single:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, fn(conn, *args)))
+                except Exception as err:
+                    if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+                        raise
+                    results.append((False, err))
+                    if not single:
+                        conn.execute("ROLLBACK TO op")
+                if not single:
+                    conn.execute("RELEASE op")
+            # A lone failed operation must not commit its partial writes.
+            conn.execute("ROLLBACK" if single and not results[0][0] else "COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    return "locked" in str(err) or "busy" in str(err)
+
+
+def _deliver(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class SQLiteStore(Store):
+    """The embedded default store (one file, WAL); see module docstring."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.wakeups = Wakeups()
+        self._writer = _Writer(self.path)
+        self._closed = False
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._writer.submit(fn, args, True)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._writer.submit(fn, args, False)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+
+    def close_sync(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.stop()
+
+    # -- operations -------------------------------------------------------------------
+
+    async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
+        result = await self._write(_create_workflow, spec, now_ms())
+        if result[1]:
+            self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return result
+
+    async def claim_tasks(
+        self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
+    ) -> list[ClaimedTask]:
+        return await self._write(_claim_tasks, owner, limit, lease_ms, cursor_of, now_ms())
+
+    async def commit_workflow_task(
+        self,
+        task: ClaimedTask,
+        activation: Activation,
+        seen_sequence: int,
+        step: StepProgress | None,
+    ) -> CommitResult:
+        result = await self._write(
+            _commit_workflow_task, task, activation, seen_sequence, step, now_ms()
+        )
+        if result.is_committed:
+            if activation.tasks or activation.children or result.needs_rerun:
+                self.wakeups.tasks_ready()
+            if activation.status is not WorkflowStatus.RUNNING:
+                self.wakeups.workflow_closed(task.workflow_id)
+                self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return result
+
+    async def complete_activity(
+        self, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
+    ) -> bool:
+        ok = await self._write(_complete_task, task, NewEvent(kind, payload), now_ms())
+        if ok:
+            self.wakeups.tasks_ready()
+        return ok
+
+    async def retry_activity(
+        self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
+    ) -> bool:
+        ok = await self._write(_retry_activity, task, run_at, payload, error, now_ms())
+        if ok:
+            self.wakeups.tasks_ready()
+        return ok
+
+    async def fire_timer(self, task: ClaimedTask) -> bool:
+        event = NewEvent(EventKind.TIMER_FIRED, {"seq": task.payload["seq"]})
+        ok = await self._write(_complete_task, task, event, now_ms())
+        if ok:
+            self.wakeups.tasks_ready()
+        return ok
+
+    async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
+        event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
+        await self._write(_append_external, workflow_id, event, "receive signals", now_ms())
+        self.wakeups.tasks_ready()
+
+    async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
+        event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
+        try:
+            await self._write(_append_external, workflow_id, event, "be cancelled", now_ms())
+        except WorkflowClosedError:
+            return False
+        self.wakeups.tasks_ready()
+        return True
+
+    async def extend_leases(self, owner: str, lease_ms: int) -> None:
+        await self._write(_extend_leases, owner, lease_ms, now_ms())
+
+    async def release_tasks(self, owner: str) -> None:
+        await self._write(_release_tasks, owner, now_ms())
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        return await self._read(_get_workflow, workflow_id)
+
+    async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]:
+        return await self._read(_get_workflows, list(workflow_ids))
+
+    async def list_events(self, workflow_id: str) -> list[Event]:
+        return await self._read(_load_events, workflow_id, 0)
+
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        statuses: Sequence[WorkflowStatus] | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowRecord]:
+        wanted = list(statuses or ([status] if status else []))
+        return await self._read(_list_workflows, wanted, name, owner, limit)
+
+    async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]:
+        return await self._read(_list_logs, workflow_id)
+
+    async def count_tasks(self) -> dict[str, int]:
+        return await self._read(_count_tasks, now_ms())
+
+
+# -- operation bodies (run on the writer thread, inside a transaction) ------------------
+
+
+def _get_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRecord | None:
+    row = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchone()
+    return _record(row) if row else None
+
+
+def _get_workflows(conn: sqlite3.Connection, workflow_ids: list[str]) -> list[WorkflowRecord]:
+    records: list[WorkflowRecord] = []
+    for start in range(0, len(workflow_ids), 500):
+        chunk = workflow_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", chunk
+        ).fetchall()
+        records.extend(_record(row) for row in rows)
+    return records
+
+
+def _list_workflows(
+    conn: sqlite3.Connection,
+    statuses: list[WorkflowStatus],
+    name: str | None,
+    owner: str | None,
+    limit: int,
+) -> list[WorkflowRecord]:
+    clauses: list[str] = []
+    params: list[str] = []
+    if statuses:
+        clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(str(s) for s in statuses)
+    if name:
+        clauses.append("workflow_name = ?")
+        params.append(name)
+    if owner:
+        clauses.append("owner = ?")
+        params.append(owner)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows {where} "
+        f"ORDER BY created_at DESC, workflow_id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [_record(row) for row in rows]
+
+
+def _list_logs(conn: sqlite3.Connection, workflow_id: str) -> list[tuple[int, str, str]]:
+    rows = conn.execute(
+        "SELECT created_at, level, message FROM logs WHERE workflow_id = ? ORDER BY log_id",
+        (workflow_id,),
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def _count_tasks(conn: sqlite3.Connection, now: int) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT "
+        "COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at >= ? THEN 1 END),0),"
+        "COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at < ? THEN 1 END), 0),"
+        "COALESCE(SUM(CASE WHEN lease_owner IS NULL THEN 1 END), 0) FROM tasks",
+        (now, now),
+    ).fetchone()
+    return {"leased": int(row[0]), "expired": int(row[1]), "queued": int(row[2])}
+
+
+def _load_events(conn: sqlite3.Connection, workflow_id: str, after: int) -> list[Event]:
+    rows = conn.execute(
+        "SELECT sequence, kind, payload, created_at FROM events "
+        "WHERE workflow_id = ? AND sequence > ? ORDER BY sequence",
+        (workflow_id, after),
+    ).fetchall()
+    return [Event(r[0], EventKind(r[1]), loads(r[2]), r[3]) for r in rows]
+
+
+def _insert_workflow(conn: sqlite3.Connection, spec: NewWorkflow, now: int) -> None:
+    started = {
+        "input": spec.input,
+        "seed": spec.seed,
+        "workflow_name": spec.workflow_name,
+        "workflow_version": spec.workflow_version,
+        "source_hash": spec.source_hash,
+    }
+    if spec.parent_id:
+        started["parent_id"] = spec.parent_id
+    conn.execute(
+        "INSERT INTO workflows (workflow_id, workflow_name, workflow_version, status, input, "
+        "state, owner, agent, parent_id, parent_seq, source_hash, total_steps, last_sequence, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+        (
+            spec.workflow_id,
+            spec.workflow_name,
+            spec.workflow_version,
+            WorkflowStatus.PENDING.value,
+            dumps(spec.input),
+            dumps(spec.state),
+            spec.owner,
+            spec.agent,
+            spec.parent_id,
+            spec.parent_seq,
+            spec.source_hash,
+            spec.total_steps,
+            now,
+            now,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+        "VALUES (?, 1, ?, ?, ?)",
+        (spec.workflow_id, EventKind.WORKFLOW_STARTED.value, dumps(started), now),
+    )
+    _ensure_workflow_task(conn, spec.workflow_id, now)
+
+
+def _create_workflow(
+    conn: sqlite3.Connection, spec: NewWorkflow, now: int
+) -> tuple[WorkflowRecord, bool]:
+    existing = _get_workflow(conn, spec.workflow_id)
+    if existing is not None:
+        if existing.workflow_name != spec.workflow_name:
+            raise WorkflowAlreadyExistsError(
+                spec.workflow_id, existing.workflow_name, spec.workflow_name
+            )
+        return existing, False
+    _insert_workflow(conn, spec, now)
+    record = _get_workflow(conn, spec.workflow_id)
+    assert record is not None
+    return record, True
+
+
+def _ensure_workflow_task(conn: sqlite3.Connection, workflow_id: str, now: int) -> None:
+    conn.execute(
+        "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+        "VALUES (?, ?, ?, '{}', ?) ON CONFLICT (task_key) DO NOTHING",
+        (workflow_task_key(workflow_id), workflow_id, WORKFLOW_TASK, now),
+    )
+
+
+def _claim_tasks(
+    conn: sqlite3.Connection,
+    owner: str,
+    limit: int,
+    lease_ms: int,
+    cursor_of: CursorLookup,
+    now: int,
+) -> list[ClaimedTask]:
+    # A leased task's run_at is its lease expiry, so one index finds due and expired tasks.
+    rows = conn.execute(
+        "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, run_at = ?, "
+        "attempts = attempts + 1 WHERE task_id IN "
+        "(SELECT task_id FROM tasks WHERE run_at <= ? ORDER BY run_at LIMIT ?) "
+        "RETURNING task_id, task_key, kind, workflow_id, payload, attempts",
+        (owner, now + lease_ms, now + lease_ms, now, limit),
+    ).fetchall()
+    claimed = []
+    for task_id, key, kind, workflow_id, payload, attempts in rows:
+        task = ClaimedTask(task_id, key, kind, workflow_id, loads(payload), attempts, owner)
+        if kind == WORKFLOW_TASK and not _load_workflow_task(conn, task, cursor_of):
+            continue
+        claimed.append(task)
+    return claimed
+
+
+def _load_workflow_task(
+    conn: sqlite3.Connection, task: ClaimedTask, cursor_of: CursorLookup
+) -> bool:
+    record = _get_workflow(conn, task.workflow_id)
+    if record is None or record.status.is_closed:
+        conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
+        return False
+    cached = cursor_of(task.workflow_id)
+    after = cached[0] if cached is not None and cached[1] == record.epoch else 0
+    task.workflow = record
+    task.is_full_history = after == 0
+    task.events = _load_events(conn, task.workflow_id, after)
+    return True
+
+
+def _check_lease(conn: sqlite3.Connection, task: ClaimedTask) -> None:
+    row = conn.execute(
+        "SELECT lease_owner, attempts FROM tasks WHERE task_id = ?", (task.task_id,)
+    ).fetchone()
+    if row is None or row[0] != task.owner or row[1] != task.attempt:
+        raise _Fenced
+
+
+def _append_events(
+    conn: sqlite3.Connection, workflow_id: str, events: Sequence[NewEvent], now: int
+) -> int:
+    """Append after the current last event; returns the previous last sequence."""
+    row = conn.execute(
+        "SELECT last_sequence FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchone()
+    last = int(row[0])
+    conn.executemany(
+        "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (workflow_id, last + i, e.kind.value, dumps(e.payload), now)
+            for i, e in enumerate(events, start=1)
+        ],
+    )
+    conn.execute(
+        "UPDATE workflows SET last_sequence = ?, updated_at = ? WHERE workflow_id = ?",
+        (last + len(events), now, workflow_id),
+    )
+    return last
+
+
+def _commit_workflow_task(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    activation: Activation,
+    seen_sequence: int,
+    step: StepProgress | None,
+    now: int,
+) -> CommitResult:
+    try:
+        _check_lease(conn, task)
+    except _Fenced:
+        return CommitResult(is_committed=False)
+    workflow_id = task.workflow_id
+    previous_last = _append_events(conn, workflow_id, activation.events, now)
+    if activation.tasks:
+        conn.executemany(
+            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_key) DO NOTHING",
+            [
+                (t.key, workflow_id, t.kind, dumps(t.payload), t.run_at or now)
+                for t in activation.tasks
+            ],
+        )
+    if activation.cancel_task_keys:
+        conn.executemany(
+            "DELETE FROM tasks WHERE task_key = ?", [(k,) for k in activation.cancel_task_keys]
+        )
+    for child in activation.children:
+        _start_child(conn, task, child, now)
+    if activation.logs:
+        conn.executemany(
+            "INSERT INTO logs (workflow_id, level, message, created_at) VALUES (?, ?, ?, ?)",
+            [(workflow_id, level, message, at or now) for level, message, at in activation.logs],
+        )
+    closed = activation.status is not WorkflowStatus.RUNNING
+    conn.execute(
+        "UPDATE workflows SET status = ?, state = ?, error = ?, step_index = ?, "
+        "current_step = COALESCE(?, current_step), "
+        "step_description = COALESCE(?, step_description), processed_sequence = ?, "
+        "epoch = epoch + 1, updated_at = ? WHERE workflow_id = ?",
+        (
+            activation.status.value,
+            dumps(activation.state),
+            dumps(activation.error) if activation.error else None,
+            activation.step_index,
+            step.name if step else None,
+            step.description if step else None,
+            seen_sequence,
+            now,
+            workflow_id,
+        ),
+    )
+    epoch = int(
+        conn.execute(
+            "SELECT epoch FROM workflows WHERE workflow_id = ?", (workflow_id,)
+        ).fetchone()[0]
+    )
+    if closed:
+        _close_workflow(conn, workflow_id, activation, now)
+        return CommitResult(is_committed=True, epoch=epoch)
+    if previous_last > seen_sequence:
+        # Events arrived while this task ran: keep the task so they are processed next.
+        conn.execute(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? "
+            "WHERE task_id = ?",
+            (now, task.task_id),
+        )
+        return CommitResult(is_committed=True, needs_rerun=True, epoch=epoch)
+    conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
+    return CommitResult(is_committed=True, epoch=epoch)
+
+
+def _start_child(conn: sqlite3.Connection, task: ClaimedTask, child: ChildStart, now: int) -> None:
+    exists = conn.execute(
+        "SELECT 1 FROM workflows WHERE workflow_id = ?", (child.workflow_id,)
+    ).fetchone()
+    if exists:
+        return
+    parent = task.workflow
+    _insert_workflow(
+        conn,
+        NewWorkflow(
+            workflow_id=child.workflow_id,
+            workflow_name=child.workflow_name,
+            workflow_version=child.workflow_version,
+            input=child.input,
+            state=child.state,
+            source_hash=child.source_hash,
+            total_steps=child.total_steps,
+            seed=child.seed,
+            owner=parent.owner if parent else None,
+            parent_id=task.workflow_id,
+            parent_seq=child.parent_seq,
+        ),
+        now,
+    )
+
+
+def _close_workflow(
+    conn: sqlite3.Connection, workflow_id: str, activation: Activation, now: int
+) -> None:
+    conn.execute("DELETE FROM tasks WHERE workflow_id = ?", (workflow_id,))
+    row = conn.execute(
+        "SELECT parent_id, parent_seq FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchone()
+    parent_id, parent_seq = row[0], row[1]
+    if parent_id:
+        base: dict[str, JSON] = {"seq": parent_seq, "workflow_id": workflow_id}
+        if activation.status is WorkflowStatus.COMPLETED:
+            event = NewEvent(EventKind.CHILD_COMPLETED, {**base, "state": activation.state})
+        else:
+            event = NewEvent(EventKind.CHILD_FAILED, {**base, "error": activation.error})
+        _append_to_open(conn, parent_id, event, now)
+    if activation.status is WorkflowStatus.CANCELED:
+        children = conn.execute(
+            "SELECT workflow_id FROM workflows WHERE parent_id = ? AND status IN (?, ?)",
+            (workflow_id, WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value),
+        ).fetchall()
+        reason = {"reason": f"parent workflow {workflow_id!r} was cancelled"}
+        for (child_id,) in children:
+            _append_to_open(conn, child_id, NewEvent(EventKind.CANCEL_REQUESTED, reason), now)
+
+
+def _append_to_open(conn: sqlite3.Connection, workflow_id: str, event: NewEvent, now: int) -> bool:
+    row = conn.execute(
+        "SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchone()
+    if row is None or WorkflowStatus(row[0]).is_closed:
+        return False
+    _append_events(conn, workflow_id, [event], now)
+    _ensure_workflow_task(conn, workflow_id, now)
+    return True
+
+
+def _complete_task(conn: sqlite3.Connection, task: ClaimedTask, event: NewEvent, now: int) -> bool:
+    """Record an activity outcome or timer firing exactly once (the task row is the guard)."""
+    try:
+        _check_lease(conn, task)
+    except _Fenced:
+        return False
+    conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
+    _append_to_open(conn, task.workflow_id, event, now)
+    return True
+
+
+def _retry_activity(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    run_at: int,
+    payload: dict[str, JSON],
+    error: str,
+    now: int,
+) -> bool:
+    try:
+        _check_lease(conn, task)
+    except _Fenced:
+        return False
+    conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ?, payload = ? "
+        "WHERE task_id = ?",
+        (run_at, dumps(payload), task.task_id),
+    )
+    conn.execute(
+        "INSERT INTO logs (workflow_id, level, message, created_at) VALUES (?, 'WARNING', ?, ?)",
+        (task.workflow_id, error, now),
+    )
+    return True
+
+
+def _append_external(
+    conn: sqlite3.Connection, workflow_id: str, event: NewEvent, action: str, now: int
+) -> None:
+    row = conn.execute(
+        "SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchone()
+    if row is None:
+        raise WorkflowNotFoundError(workflow_id)
+    if WorkflowStatus(row[0]).is_closed:
+        raise WorkflowClosedError(workflow_id, row[0], action)
+    _append_events(conn, workflow_id, [event], now)
+    _ensure_workflow_task(conn, workflow_id, now)
+
+
+def _extend_leases(conn: sqlite3.Connection, owner: str, lease_ms: int, now: int) -> None:
+    conn.execute(
+        "UPDATE tasks SET lease_expires_at = ?, run_at = ? WHERE lease_owner = ?",
+        (now + lease_ms, now + lease_ms, owner),
+    )
+
+
+def _release_tasks(conn: sqlite3.Connection, owner: str, now: int) -> None:
+    conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? "
+        "WHERE lease_owner = ?",
+        (now, owner),
+    )

@@ -1,0 +1,244 @@
+"""The store interface: whole operations on workflows, history and tasks.
+
+Each method is one transaction (one thread hop); fencing checks happen inside it. SQLite is
+the embedded default (`loom.sqlite_store`); PostgreSQL implements the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from loom._json import JSON
+from loom.history import Event, EventKind, WorkflowStatus
+from loom.replay import Activation
+
+CursorLookup = Callable[[str], tuple[int, int] | None]
+"""workflow_id -> (cursor, epoch) of a cached run, so a claim loads only unseen events."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflow:
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str
+    input: JSON
+    state: dict[str, JSON]
+    source_hash: str
+    total_steps: int
+    seed: int
+    owner: str | None = None
+    agent: str | None = None
+    parent_id: str | None = None
+    parent_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """One row of `workflows` as the client and CLI see it."""
+
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str
+    status: WorkflowStatus
+    input: JSON
+    state: dict[str, JSON]
+    error: dict[str, JSON] | None
+    owner: str | None
+    agent: str | None
+    parent_id: str | None
+    current_step: str | None
+    step_description: str | None
+    step_index: int
+    total_steps: int
+    last_sequence: int
+    processed_sequence: int
+    epoch: int
+    created_at: int
+    updated_at: int
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    """A task leased to this worker; `lease` = (owner, attempt) is the fencing token."""
+
+    task_id: int
+    task_key: str
+    kind: str
+    workflow_id: str
+    payload: dict[str, JSON]
+    attempt: int
+    owner: str
+    workflow: WorkflowRecord | None = None
+    events: list[Event] | None = None
+    is_full_history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    is_committed: bool
+    needs_rerun: bool = False
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    name: str
+    description: str
+
+
+class Store(abc.ABC):
+    """Persistence for the engine; every method is one atomic operation."""
+
+    wakeups: Wakeups
+
+    @abc.abstractmethod
+    async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
+        """Insert a workflow with its WORKFLOW_STARTED event and first task.
+
+        Returns (record, created); an existing id of the same type is returned unchanged.
+        """
+
+    @abc.abstractmethod
+    async def claim_tasks(
+        self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
+    ) -> list[ClaimedTask]:
+        """Lease up to `limit` due tasks (expired leases included), with unseen events."""
+
+    @abc.abstractmethod
+    async def commit_workflow_task(
+        self,
+        task: ClaimedTask,
+        activation: Activation,
+        seen_sequence: int,
+        step: StepProgress | None,
+    ) -> CommitResult:
+        """Write one activation atomically if `task`'s lease is still held."""
+
+    @abc.abstractmethod
+    async def complete_activity(
+        self, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
+    ) -> bool:
+        """Record an activity's final outcome once; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def retry_activity(
+        self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
+    ) -> bool:
+        """Release the task for another attempt at `run_at`; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def fire_timer(self, task: ClaimedTask) -> bool:
+        """Append TIMER_FIRED for a due timer; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
+        """Buffer a signal in history and wake the workflow."""
+
+    @abc.abstractmethod
+    async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
+        """Request cancellation; False when the workflow had already finished."""
+
+    @abc.abstractmethod
+    async def extend_leases(self, owner: str, lease_ms: int) -> None:
+        """Heartbeat: push the expiry of every task leased by `owner`."""
+
+    @abc.abstractmethod
+    async def release_tasks(self, owner: str) -> None:
+        """Give back every task leased by `owner` (graceful shutdown)."""
+
+    @abc.abstractmethod
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]: ...
+
+    @abc.abstractmethod
+    async def list_events(self, workflow_id: str) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        statuses: Sequence[WorkflowStatus] | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowRecord]: ...
+
+    @abc.abstractmethod
+    async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]: ...
+
+    @abc.abstractmethod
+    async def count_tasks(self) -> dict[str, int]:
+        """Task counts by state (due, leased, scheduled), for diagnostics and tests."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Wakeups:
+    """In-process notifications: new runnable tasks and closed workflows.
+
+    Listeners may live on other event loops; each is called on its own loop.
+    """
+
+    def __init__(self) -> None:
+        self._task_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._closed: dict[str, list[asyncio.Future[None]]] = {}
+        self._progress: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+
+    def on_tasks(self, callback: Callable[[], None]) -> Callable[[], None]:
+        entry = (asyncio.get_running_loop(), callback)
+        self._task_listeners.append(entry)
+        return lambda: self._task_listeners.remove(entry)
+
+    def on_progress(self, callback: Callable[[], None]) -> Callable[[], None]:
+        entry = (asyncio.get_running_loop(), callback)
+        self._progress.append(entry)
+        return lambda: self._progress.remove(entry)
+
+    def tasks_ready(self) -> None:
+        _call_all(self._task_listeners)
+
+    def progress_changed(self) -> None:
+        _call_all(self._progress)
+
+    def closed_future(self, workflow_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed.setdefault(workflow_id, []).append(future)
+        return future
+
+    def forget(self, workflow_id: str, future: asyncio.Future[None]) -> None:
+        waiters = self._closed.get(workflow_id)
+        if waiters and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._closed[workflow_id]
+
+    def workflow_closed(self, workflow_id: str) -> None:
+        for future in self._closed.pop(workflow_id, ()):
+            loop = future.get_loop()
+            if loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(_set_done, future)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _call_all(listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]) -> None:
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, callback in list(listeners):
+        if loop is current:
+            callback()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(callback)

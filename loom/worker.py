@@ -1,0 +1,329 @@
+"""The worker: claims tasks under a lease, advances workflows, runs activities and timers.
+
+Live workflows stay suspended in a bounded LRU cache so the common path never replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from loom._json import JSON, is_json
+from loom.activity import Activity
+from loom.client import database_url, get_store
+from loom.history import EventKind, WorkflowStatus, encode_error
+from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
+from loom.store import ClaimedTask, StepProgress, Store
+from loom.workflow import CompiledWorkflow, Workflow
+
+logger = logging.getLogger("loom.worker")
+
+DEFAULT_CONCURRENCY = 100
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_POLL_INTERVAL = 0.5
+DEFAULT_CACHE_SIZE = 10_000
+CLAIM_BATCH = 256
+UNKNOWN_WORKFLOW_DELAY_MS = 5_000
+
+
+class Worker:
+    """Runs workflows and activities from the database.
+
+    Use `async with Worker(...)` to run in the background of this process (tests,
+    notebooks) or `await worker.run()` to run until SIGINT/SIGTERM or `stop()`.
+    """
+
+    def __init__(
+        self,
+        workflows: Iterable[type[Workflow[Any, Any]] | CompiledWorkflow[Any, Any]] = (),
+        activities: Iterable[Activity[..., Any]] = (),
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        database: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_cached_workflows: int = DEFAULT_CACHE_SIZE,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError("lease_seconds and poll_interval must be > 0")
+        self._workflows: dict[str, CompiledWorkflow[Any, Any]] = {}
+        for wf in workflows:
+            compiled = wf if isinstance(wf, CompiledWorkflow) else wf.compile()
+            self._workflows[compiled.name] = compiled
+        self._activities: dict[str, Activity[..., Any]] = {}
+        for act in activities:
+            if not isinstance(act, Activity):
+                raise TypeError(f"activities must be @loom.activity functions, got {act!r}")
+            self._activities[act.name] = act
+        self.database = database_url(database)
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_cached_workflows = max_cached_workflows
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._store: Store | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._main: asyncio.Task[None] | None = None
+        self._started: asyncio.Event | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._started = asyncio.Event()
+        self._main = asyncio.create_task(self._serve(), name=f"loom-worker:{self.worker_id}")
+        started = asyncio.ensure_future(self._started.wait())
+        done, _ = await asyncio.wait([started, self._main], return_when=asyncio.FIRST_COMPLETED)
+        if self._main in done:
+            started.cancel()
+            self._main.result()  # re-raises the start-up error
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM or `stop()`; in-flight tasks finish first."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._request_stop)
+                installed.append(sig)
+        try:
+            self._main = asyncio.current_task()
+            await self._serve()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, let in-flight tasks finish (up to `timeout`), release leases."""
+        self._request_stop()
+        main = self._main
+        if main is not None and main is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(main), timeout + 5)
+
+    # -- main loop --------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        store = self._store = get_store(self.database)
+        self._wake = asyncio.Event()
+        unsubscribe = store.wakeups.on_tasks(self._wake.set)
+        heartbeat = asyncio.create_task(self._heartbeat(store))
+        if self._started is not None:
+            self._started.set()
+        try:
+            await self._claim_loop(store)
+        finally:
+            unsubscribe()
+            await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await store.release_tasks(self.worker_id)
+            for run in self._cache.values():
+                run.close()
+            self._cache.clear()
+
+    async def _claim_loop(self, store: Store) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._inflight)
+            claimed: list[ClaimedTask] = []
+            if free > 0:
+                limit = min(free, CLAIM_BATCH)
+                claimed = await store.claim_tasks(
+                    self.worker_id, limit, self.lease_ms, self._cursor_of
+                )
+                for task in claimed:
+                    self._spawn(self._process(store, task))
+                if len(claimed) == limit:
+                    continue
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._wake is not None:
+            self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("worker task crashed", exc_info=task.exception())
+
+    async def _drain(self, timeout: float = 10.0) -> None:
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+
+    async def _heartbeat(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                await store.extend_leases(self.worker_id, self.lease_ms)
+            except Exception:
+                logger.exception("lease heartbeat failed; retrying")
+
+    def _cursor_of(self, workflow_id: str) -> tuple[int, int] | None:
+        # Called on the store's thread: a plain dict lookup, no mutation.
+        run = self._cache.get(workflow_id)
+        return None if run is None else (run.cursor, run.epoch)
+
+    async def _process(self, store: Store, task: ClaimedTask) -> None:
+        try:
+            if task.kind == ACTIVITY_TASK:
+                await self._run_activity(store, task)
+            elif task.kind == TIMER_TASK:
+                await store.fire_timer(task)
+            else:
+                await self._advance(store, task)
+        except Exception:
+            logger.exception(
+                "task %s of workflow %s failed in the worker; it will be retried after its lease",
+                task.task_key,
+                task.workflow_id,
+            )
+
+    # -- workflows --------------------------------------------------------------------
+
+    async def _advance(self, store: Store, task: ClaimedTask) -> None:
+        record = task.workflow
+        assert record is not None and task.events is not None
+        compiled = self._workflows.get(record.workflow_name)
+        if compiled is None:
+            logger.warning(
+                "workflow %s is a %r, which this worker does not know; leaving it for others",
+                task.workflow_id,
+                record.workflow_name,
+            )
+            await store.retry_activity(
+                task,
+                int(time.time() * 1000) + UNKNOWN_WORKFLOW_DELAY_MS,
+                task.payload,
+                f"worker {self.worker_id} does not know workflow {record.workflow_name!r}",
+            )
+            return
+        run = self._cache.pop(task.workflow_id, None)
+        if task.is_full_history or run is None:
+            if run is not None:
+                run.close()
+            run = WorkflowRun(compiled, task.workflow_id, replay_until=record.processed_sequence)
+            run.apply(task.events)
+        else:
+            run.apply(task.events, include_commands=False)
+        activation = run.take_activation()
+        index = min(activation.step_index, len(compiled.steps) - 1)
+        info = compiled.steps[index].info
+        result = await store.commit_workflow_task(
+            task, activation, run.cursor, StepProgress(info.name, info.description)
+        )
+        if not result.is_committed or activation.status is not WorkflowStatus.RUNNING:
+            run.close()
+            return
+        run.epoch = result.epoch
+        self._cache[task.workflow_id] = run
+        if len(self._cache) > self.max_cached_workflows:
+            _, evicted = self._cache.popitem(last=False)
+            evicted.close()
+
+    # -- activities -------------------------------------------------------------------
+
+    async def _run_activity(self, store: Store, task: ClaimedTask) -> None:
+        payload = task.payload
+        name = str(payload["name"])
+        activity = self._activities.get(name)
+        if activity is None:
+            await self._fail_activity(
+                store,
+                task,
+                LookupError(
+                    f"activity {name!r} is not registered with this worker "
+                    f"(known: {', '.join(sorted(self._activities)) or 'none'})"
+                ),
+                retryable=False,
+            )
+            return
+        try:
+            result = await activity.attempt(payload["input"])
+            if not is_json(result):
+                raise TypeError(
+                    f"activity {name!r} returned {type(result).__name__}, which is not JSON; "
+                    f"annotate its return type or return JSON values"
+                )
+        except Exception as err:
+            retryable = activity.is_retryable(err) and not isinstance(err, TypeError)
+            if retryable and task.attempt < activity.retry.max_attempts:
+                delay = activity.retry.delay(task.attempt) * random.uniform(0.8, 1.2)
+                await store.retry_activity(
+                    task,
+                    int((time.time() + delay) * 1000),
+                    payload,
+                    f"activity {name!r} attempt {task.attempt} failed: "
+                    f"{type(err).__name__}: {err}; retrying in {delay:.2f}s",
+                )
+                return
+            await self._fail_activity(store, task, err, retryable=retryable)
+            return
+        await store.complete_activity(
+            task,
+            EventKind.ACTIVITY_COMPLETED,
+            {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt},
+        )
+
+    async def _fail_activity(
+        self, store: Store, task: ClaimedTask, err: BaseException, *, retryable: bool
+    ) -> None:
+        error = encode_error(err, error_type=type(err).__name__, retryable=retryable)
+        details: dict[str, JSON] = error["details"]
+        details["activity_name"] = task.payload["name"]
+        await store.complete_activity(
+            task,
+            EventKind.ACTIVITY_FAILED,
+            {
+                "seq": task.payload["seq"],
+                "name": task.payload["name"],
+                "error": error,
+                "attempt": task.attempt,
+            },
+        )
+
+    @property
+    def workflows(self) -> Sequence[str]:
+        return list(self._workflows)

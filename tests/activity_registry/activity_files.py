@@ -1,6 +1,6 @@
 """Tiny activities for tests: WAT modules and manifests written into a directory.
 
-Shared by tests/activity_registry and tests/e2e (which puts this folder on sys.path).
+Shared by tests/activity_registry and tests/e2e.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from activity_files import ActivityFactory, write_activity
 
 from activity_registry import Registry
+from tests.activity_registry.activity_files import ActivityFactory, write_activity
 
 
 @pytest.fixture

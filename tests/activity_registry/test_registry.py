@@ -9,13 +9,6 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from activity_files import (
-    ECHO_WAT,
-    NO_EXPORTS_WAT,
-    SPIN_WAT,
-    ActivityFactory,
-    constant_wat,
-)
 
 from activity_registry import (
     ActivityNotFoundError,
@@ -27,6 +20,13 @@ from activity_registry import (
     RetryPolicy,
     SchemaViolationError,
     VersionConflictError,
+)
+from tests.activity_registry.activity_files import (
+    ECHO_WAT,
+    NO_EXPORTS_WAT,
+    SPIN_WAT,
+    ActivityFactory,
+    constant_wat,
 )
 from wasm_activities import ActivityTimeout
 

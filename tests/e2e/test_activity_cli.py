@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "activity_registry")]
-
-from activity_files import SPIN_WAT, constant_wat, write_activity  # noqa: E402
-
-from loom.cli import main  # noqa: E402
-from tests.wasm_activities.build import build_example  # noqa: E402
+from loom.cli import main
+from tests.activity_registry.activity_files import SPIN_WAT, constant_wat, write_activity
+from tests.wasm_activities.build import REPO_ROOT as REPO
+from tests.wasm_activities.build import build_example
 
 WORD_COUNT = REPO / "examples" / "activities" / "word-count"
 SHA_LINE = re.compile(r"^word-count@1\.0\.0 sha256:[0-9a-f]{64}\n$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from activity_registry import Registry
 from loom.cli import main
 from tests.activity_registry.activity_files import SPIN_WAT, constant_wat, write_activity
 from tests.wasm_activities.build import REPO_ROOT as REPO
@@ -350,3 +352,21 @@ def test_unopenable_database_is_one_line(tmp_path: Path) -> None:
     code, _, err = invoke("list", db=tmp_path / "garbage.db")
     assert code == 1
     assert "file is not a database" in err
+
+
+def test_native_activities_are_listed_but_not_run_from_the_cli(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+
+    async def register_native() -> None:
+        async with Registry(db) as registry:
+            await registry.register_native(
+                "charge", description="charges a card", input_schema={}, output_schema={}
+            )
+
+    asyncio.run(register_native())
+    code, out, _ = invoke("list", db=db)
+    assert code == 0
+    assert re.search(r"charge\s+0\.0\.0\s+native\s+-\s", out)
+    code, out, err = invoke("run", "charge", db=db)
+    assert (code, out) == (1, "")
+    assert err.startswith("RegistryError: charge@0.0.0 is a native activity")

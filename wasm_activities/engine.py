@@ -7,6 +7,7 @@ Knows nothing about workflows, registries or manifests.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -16,6 +17,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +46,12 @@ from .exceptions import (
     WasmTrap,
 )
 from .grants import Grants
-from .host import CallContext, define_component_host_imports, define_host_imports
+from .host import (
+    CallContext,
+    define_component_host_imports,
+    define_host_imports,
+    stream_writer,
+)
 from .limits import Limits, RunResult, Usage
 
 __all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
@@ -129,10 +136,10 @@ class _Call:
         return 0 if self.memory is None else fast.mem_size(self.store, self.memory)
 
     def near_memory_limit(self) -> bool:
-        # wasmtime-py exposes no limiter callback, so a failed memory.grow is inferred: the call
-        # failed while less than 1 MiB (or 1/8th) of headroom was left under the limit.
-        headroom = self.limits.memory_bytes - self.memory_bytes()
-        return headroom < max(1024 * 1024, self.limits.memory_bytes // 8)
+        # wasmtime-py exposes no limiter callback, so a refused memory.grow is inferred: the call
+        # failed (trap or exit) holding more than half of its memory limit. Allocators grow in
+        # large steps (dlmalloc asked for ~1.7 MiB at 2.3 MiB of a 4 MiB limit), hence half.
+        return self.memory_bytes() * 2 > self.limits.memory_bytes
 
     def fuel_used(self) -> int | None:
         if not self.limits.fuel:
@@ -203,6 +210,7 @@ class SandboxRuntime:
         self._ticker = threading.Thread(target=self._tick, name="loom-wasm-epoch", daemon=True)
         self._ticker.start()
         self._closed = False
+        _live_runtimes.add(self)
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
@@ -357,18 +365,15 @@ class SandboxRuntime:
 
     def _configure_wasi(self, call: _Call, grants: Grants, stdin: bytes | None) -> None:
         """WASI with nothing inherited: env, files and stdio exist only as granted/captured."""
-        context = call.context
         wasi = wasmtime.WasiConfig()
         env = [(name, os.environ[name]) for name in grants.env if name in os.environ]
         if env:
             wasi.env = env
         # command: stdout is the output; reactor/component: stdout is just more log
-        wasi.stdout_custom = context.stream_writer(
-            context.write_output if stdin is not None else context.write_log
-        )
+        wasi.stdout_custom = stream_writer(call.context, is_output=stdin is not None)
         if stdin is not None:
             _set_stdin(wasi, stdin)
-        wasi.stderr_custom = context.stream_writer(context.write_log)
+        wasi.stderr_custom = stream_writer(call.context, is_output=False)
         for grant in grants.fs:
             wasi.preopen_dir(str(Path(grant.host).resolve()), grant.guest, grant.mode == "rw")
         call.store.set_wasi(wasi)
@@ -479,6 +484,18 @@ def _set_stdin(wasi: wasmtime.WasiConfig, payload: bytes) -> None:
     data = (ffi.wasm_byte_t * len(payload)).from_buffer_copy(payload)
     ffi.wasm_byte_vec_new(ctypes.byref(vec), len(payload), data)
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+# wasmtime drops WASI output streams on its own I/O threads, which call back into Python; if
+# that happens during interpreter finalization the process aborts. Closing every live runtime
+# at exit (before finalization) lets those drops finish while Python can still run them.
+_live_runtimes: weakref.WeakSet[SandboxRuntime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_runtimes() -> None:
+    for runtime in list(_live_runtimes):
+        runtime.close()
 
 
 _default: SandboxRuntime | None = None

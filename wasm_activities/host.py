@@ -10,6 +10,7 @@ import http.client
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ SECRET_OPEN, SECRET_CLOSE = "{{secret:", "}}"
 _local = threading.local()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class CallContext:
     """Mutable state of one call, reachable from host imports on the calling thread."""
 
@@ -74,21 +75,31 @@ class CallContext:
             return
         self.logs += data
 
-    def stream_writer(self, sink: Callable[[bytes], None]) -> Callable[[bytes], int]:
-        """A WASI custom-output callback; it never raises (wasmtime would only print it)."""
-
-        def write(data: bytes) -> int:
-            sink(data)
-            return len(data)
-
-        return write
-
     def __enter__(self) -> CallContext:
         _local.context = self
         return self
 
     def __exit__(self, *exc: object) -> None:
         _local.context = None
+
+
+def stream_writer(context: CallContext, *, is_output: bool) -> Callable[[bytes], int]:
+    """A WASI custom stdout/stderr callback appending to the output or the logs.
+
+    wasmtime calls it from its own I/O thread, so it cannot use the thread-local context; it
+    holds a weak reference because a strong one would form a Store -> WasiConfig -> callback ->
+    context -> Store cycle through C that the garbage collector cannot break (a leaked Store
+    per call). It never raises: wasmtime would only print the exception.
+    """
+    ref = weakref.ref(context)
+
+    def write(data: bytes) -> int:
+        target = ref()
+        if target is not None:
+            (target.write_output if is_output else target.write_log)(data)
+        return len(data)
+
+    return write
 
 
 def current() -> CallContext:

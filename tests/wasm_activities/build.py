@@ -63,6 +63,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 def build_c(source: Path, *, reactor: bool, extra_flags: list[str] | None = None) -> Path:
     """Compile one C file (with the SDK header on the include path) to a cached .wasm."""
+    source = source.resolve()
     flags = [*C_FLAGS, *(["-mexec-model=reactor"] if reactor else []), *(extra_flags or [])]
     key = _sources_digest([source, SDK_DIR / "loom.h"], flags, f"ziglang={version('ziglang')}")
     out = BUILD_DIR / f"{source.stem}-{key}.wasm"
@@ -77,6 +78,7 @@ def build_c(source: Path, *, reactor: bool, extra_flags: list[str] | None = None
 
 def build_zig(source: Path) -> Path:
     """Compile a Zig reactor (root file `source`, SDK `loom.zig` beside it) to a cached .wasm."""
+    source = source.resolve()
     flags = ["-target", "wasm32-wasi", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic"]
     key = _sources_digest([source, SDK_DIR / "loom.zig"], flags, f"ziglang={version('ziglang')}")
     out = BUILD_DIR / f"{source.stem}-{key}.wasm"

@@ -4,11 +4,13 @@
  * Output: {"code": n, "response": "<response JSON>", "config": "<value>", "leaks": k}. */
 #include "loom.h"
 
-extern unsigned char __heap_base;
+/* volatile: address 0 is valid wasm memory, but a literal null pointer would let the
+ * optimiser delete the scan as undefined behaviour. */
+static volatile uintptr_t memory_base = 0;
 
 static size_t scan(const unsigned char *needle, size_t n) {
     size_t hits = 0, end = __builtin_wasm_memory_size(0) * 65536;
-    const unsigned char *mem = (const unsigned char *)0;
+    const unsigned char *mem = (const unsigned char *)memory_base;
     for (size_t i = 1; n && i + n <= end; i++) {
         if (mem + i == needle) continue;
         if (mem[i] == needle[0] && memcmp(mem + i, needle, n) == 0) hits++;

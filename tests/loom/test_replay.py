@@ -1,0 +1,118 @@
+"""Replay: code changed under a running workflow fails visibly, naming both commands;
+committed golden histories still replay against the current code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import loom
+from examples.order import OrderWorkflow
+from loom.client import get_store
+from loom.history import Event, EventKind
+from loom.replay import WorkflowRun
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@loom.activity
+async def reserve(item: str) -> str:
+    return f"reserved {item}"
+
+
+@loom.activity
+async def release(item: str) -> str:
+    return f"released {item}"
+
+
+def _shipping(first: object) -> type[loom.Workflow[dict, dict]]:  # type: ignore[type-arg]
+    """Two versions of one workflow type; they differ in their first activity."""
+
+    class Shipping(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+        @loom.step
+        async def ship(self, ctx):  # type: ignore[no-untyped-def]
+            ctx.state.first = await ctx.activity(first, "box")
+            ctx.state.approval = await ctx.wait_for_signal("approve")
+
+    return loom.workflow(name="Shipping")(Shipping)
+
+
+async def test_changed_code_raises_non_determinism_naming_both(db_path, make_worker) -> None:
+    original = _shipping(reserve)
+    async with make_worker([original], [reserve, release]):
+        handle = await original.start({}, workflow_id="ship-1")
+        while (await handle.state()).get("first") is None:
+            await __import__("asyncio").sleep(0.02)
+    changed = _shipping(release)
+    async with make_worker([changed], [reserve, release]):
+        await handle.signal("approve", {"ok": True})
+        with pytest.raises(loom.NonDeterministicWorkflowError) as info:
+            await handle.result(timeout=10)
+    assert "ACTIVITY_SCHEDULED reserve(args" in info.value.expected
+    assert "ACTIVITY_SCHEDULED release(args" in info.value.actual
+    assert await handle.status() is loom.WorkflowStatus.FAILED
+    record = await get_store().get_workflow("ship-1")
+    assert record is not None and record.error is not None
+    assert record.error["type"] == "NonDeterministicWorkflowError"
+    assert "reserve" in record.error["message"] and "release" in record.error["message"]
+
+
+def _load(name: str) -> list[Event]:
+    rows = json.loads((HISTORIES / name).read_text())
+    return [Event(r["sequence"], EventKind(r["kind"]), r["payload"], r["created_at"]) for r in rows]
+
+
+def test_golden_order_history_replays() -> None:
+    run = WorkflowRun(OrderWorkflow.compile(), "golden-order")
+    run.apply(_load("order_completed.json"))
+    assert run.failure is None
+    activation = run.take_activation()
+    assert activation.status is loom.WorkflowStatus.COMPLETED
+    assert activation.state == {
+        "paid": True,
+        "receipt": "rcpt-o-7-4200",
+        "email_sent": True,
+    }
+    # Replay reproduces exactly the recorded commands: nothing new is emitted.
+    assert [e.kind for e in activation.events] == [EventKind.WORKFLOW_COMPLETED]
+
+
+def test_golden_history_against_reordered_steps_is_non_deterministic() -> None:
+    @loom.workflow(name="Order")
+    class Reordered(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+        @loom.step(name="confirm")
+        async def confirm(self, ctx):  # type: ignore[no-untyped-def]
+            pass
+
+        @loom.step(name="pay")
+        async def pay(self, ctx):  # type: ignore[no-untyped-def]
+            pass
+
+    try:
+        run = WorkflowRun(Reordered.compile(), "golden-order")
+        run.apply(_load("order_completed.json"))
+    finally:
+        OrderWorkflow.__loom_compiled__ = None
+        OrderWorkflow.compile()  # restore the name -> class mapping for other tests
+    assert isinstance(run.failure, loom.NonDeterministicWorkflowError)
+    assert run.failure.expected == "STEP_STARTED pay"
+    assert run.failure.actual == "STEP_STARTED confirm"
+
+
+def test_history_with_missing_command_is_non_deterministic() -> None:
+    events = _load("order_completed.json")
+
+    # Code that stops early leaves recorded commands unmatched.
+    @loom.workflow(name="OrderShort")
+    class Short(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+        @loom.step(name="pay")
+        async def pay(self, ctx):  # type: ignore[no-untyped-def]
+            await ctx.wait_for_signal("never")
+
+    run = WorkflowRun(Short.compile(), "golden-order")
+    run.apply(events)
+    assert isinstance(run.failure, loom.NonDeterministicWorkflowError)
+    assert "ACTIVITY_SCHEDULED charge" in run.failure.expected
+    assert "SIGNAL_WAIT_STARTED never" in run.failure.actual

@@ -18,6 +18,7 @@ from loom.exceptions import (
     WorkflowStillRunningError,
 )
 from loom.history import WorkflowStatus
+from loom.progress import get_progress, stream_progress
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Workflow, step, workflow
 
@@ -44,6 +45,8 @@ __all__ = [
     "activity",
     "configure",
     "get_handle",
+    "get_progress",
     "step",
+    "stream_progress",
     "workflow",
 ]

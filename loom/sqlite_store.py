@@ -24,15 +24,17 @@ from loom.exceptions import (
     WorkflowClosedError,
     WorkflowNotFoundError,
 )
-from loom.history import Event, EventKind, NewEvent, WorkflowStatus
+from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
 from loom.replay import WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.store import (
     ClaimedTask,
     CommitResult,
     CursorLookup,
+    Diagnosis,
     NewWorkflow,
     StepProgress,
     Store,
+    StoreStats,
     Wakeups,
     WorkflowRecord,
 )
@@ -434,6 +436,12 @@ class SQLiteStore(Store):
 
     async def count_tasks(self) -> dict[str, int]:
         return await self._read(_count_tasks, now_ms())
+
+    async def collect_stats(self) -> StoreStats:
+        return await self._read(_collect_stats, now_ms())
+
+    async def diagnose(self) -> Diagnosis:
+        return await self._read(_diagnose, now_ms())
 
 
 # -- operation bodies (run on the writer thread, inside a transaction) ------------------
@@ -842,4 +850,66 @@ def _release_tasks(conn: sqlite3.Connection, owner: str, now: int) -> None:
         "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? "
         "WHERE lease_owner = ?",
         (now, owner),
+    )
+
+
+# -- operator views (read-only; portable SQL apart from the PRAGMA reads) ---------------
+
+
+def _collect_stats(conn: sqlite3.Connection, now: int) -> StoreStats:
+    workflows = {status.value: 0 for status in WorkflowStatus}
+    for status, count in conn.execute("SELECT status, COUNT(*) FROM workflows GROUP BY status"):
+        workflows[str(status)] = int(count)
+    row = conn.execute(
+        "SELECT "
+        "COALESCE(SUM(CASE WHEN lease_owner IS NULL AND run_at <= ? THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN lease_owner IS NULL AND run_at > ? THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at >= ? "
+        "THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at < ? "
+        "THEN 1 ELSE 0 END), 0) FROM tasks",
+        (now, now, now, now),
+    ).fetchone()
+    tasks = dict(zip(("due", "scheduled", "leased", "expired"), map(int, row), strict=True))
+    return StoreStats(workflows=workflows, tasks=tasks)
+
+
+def _diagnose(conn: sqlite3.Connection, now: int) -> Diagnosis:
+    settings = {
+        pragma: str(conn.execute(f"PRAGMA {pragma}").fetchone()[0])
+        for pragma in ("journal_mode", "synchronous", "busy_timeout")
+    }
+    version = conn.execute(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
+        (SCHEMA_COMPONENT,),
+    ).fetchone()[0]
+    expired = conn.execute(
+        "SELECT task_id, workflow_id, lease_owner FROM tasks "
+        "WHERE lease_owner IS NOT NULL AND lease_expires_at < ? ORDER BY task_id",
+        (now,),
+    ).fetchall()
+    # Open, no task row, and an event the code has not seen yet: nothing will ever run it.
+    # (Events after processed_sequence that the workflow wrote itself do not count.)
+    delivered = [k.value for k in EventKind if k not in COMMAND_KINDS and k not in CLOSING_KINDS]
+    without_task = (
+        "FROM workflows w WHERE w.status IN (?, ?) "
+        "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = w.workflow_id)"
+    )
+    open_statuses = (WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value)
+    stuck = conn.execute(
+        f"SELECT w.workflow_id {without_task} AND EXISTS (SELECT 1 FROM events e "
+        "WHERE e.workflow_id = w.workflow_id AND e.sequence > w.processed_sequence "
+        f"AND e.kind IN ({','.join('?' * len(delivered))})) ORDER BY w.created_at",
+        (*open_statuses, *delivered),
+    ).fetchall()
+    waiting = conn.execute(f"SELECT COUNT(*) {without_task}", open_statuses).fetchone()[0]
+    idle = int(waiting) - len(stuck)
+    return Diagnosis(
+        backend="sqlite",
+        settings=settings,
+        schema_version=int(version),
+        latest_schema_version=len(MIGRATIONS),
+        expired_leases=[(int(r[0]), str(r[1]), str(r[2])) for r in expired],
+        stuck=[str(r[0]) for r in stuck],
+        idle=idle,
     )

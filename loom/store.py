@@ -89,6 +89,32 @@ class StepProgress:
     description: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for `loom stats`: every status is present, zero when empty."""
+
+    workflows: dict[str, int]
+    tasks: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """Health facts for `loom doctor`.
+
+    `stuck` are open workflows with work no task will ever pick up: PENDING, or with
+    unprocessed events, and no task row. `idle` are RUNNING with everything processed and no
+    task: waiting for a signal or a child (normal, but shown so operators can tell).
+    """
+
+    backend: str
+    settings: dict[str, str]
+    schema_version: int
+    latest_schema_version: int
+    expired_leases: list[tuple[int, str, str]]
+    stuck: list[str]
+    idle: int
+
+
 class Store(abc.ABC):
     """Persistence for the engine; every method is one atomic operation."""
 
@@ -178,6 +204,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    # -- operator views (read-only) ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def collect_stats(self) -> StoreStats:
+        """Workflow counts by status and the task queue (due, scheduled, leased, expired)."""
+
+    @abc.abstractmethod
+    async def diagnose(self) -> Diagnosis:
+        """Connection settings, schema version, expired leases and stuck workflows."""
 
 
 class Wakeups:

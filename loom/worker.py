@@ -19,6 +19,15 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from activity_registry import (
+    ActivityNotFoundError,
+    ActivityVersion,
+    CorruptModuleError,
+    Registry,
+    RegistryError,
+    RetryPolicy,
+    parse_spec,
+)
 from loom._json import JSON, is_json
 from loom.activity import Activity
 from loom.client import database_url, get_store
@@ -26,6 +35,7 @@ from loom.history import EventKind, WorkflowStatus, encode_error
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
 from loom.store import ClaimedTask, StepProgress, Store
 from loom.workflow import CompiledWorkflow, Workflow
+from wasm_activities import SandboxError
 
 logger = logging.getLogger("loom.worker")
 
@@ -82,6 +92,7 @@ class Worker:
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
+        self._activity_registry: Registry | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -136,6 +147,7 @@ class Worker:
     async def _serve(self) -> None:
         store = self._store = get_store(self.database)
         self._wake = asyncio.Event()
+        await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
         heartbeat = asyncio.create_task(self._heartbeat(store))
         if self._started is not None:
@@ -152,6 +164,9 @@ class Worker:
             for run in self._cache.values():
                 run.close()
             self._cache.clear()
+            if self._activity_registry is not None:
+                await self._activity_registry.close()
+                self._activity_registry = None
 
     async def _claim_loop(self, store: Store) -> None:
         assert self._wake is not None
@@ -270,15 +285,7 @@ class Worker:
         name = str(payload["name"])
         activity = self._activities.get(name)
         if activity is None:
-            await self._fail_activity(
-                store,
-                task,
-                LookupError(
-                    f"activity {name!r} is not registered with this worker "
-                    f"(known: {', '.join(sorted(self._activities)) or 'none'})"
-                ),
-                retryable=False,
-            )
+            await self._run_registered(store, task)
             return
         try:
             result = await activity.attempt(payload["input"])
@@ -308,9 +315,16 @@ class Worker:
         )
 
     async def _fail_activity(
-        self, store: Store, task: ClaimedTask, err: BaseException, *, retryable: bool
+        self,
+        store: Store,
+        task: ClaimedTask,
+        err: BaseException,
+        *,
+        retryable: bool,
+        extra: dict[str, JSON] | None = None,
     ) -> None:
-        error = encode_error(err, error_type=type(err).__name__, retryable=retryable)
+        error_type = str(getattr(err, "error_type", type(err).__name__))
+        error = encode_error(err, error_type=error_type, retryable=retryable)
         details: dict[str, JSON] = error["details"]
         details["activity_name"] = task.payload["name"]
         await store.complete_activity(
@@ -321,6 +335,90 @@ class Worker:
                 "name": task.payload["name"],
                 "error": error,
                 "attempt": task.attempt,
+                **(extra or {}),
+            },
+        )
+
+    # -- registered (WebAssembly) activities --------------------------------------------
+
+    async def _registry(self) -> Registry:
+        if self._activity_registry is None:
+            self._activity_registry = Registry(self.database)
+            for activity in self._activities.values():
+                await self._activity_registry.register_native(
+                    activity.name,
+                    description=(activity.fn.__doc__ or "").strip().split("\n")[0],
+                    input_schema=activity.input_schema(),
+                    output_schema=activity.output_schema(),
+                    retry=RetryPolicy(
+                        max_attempts=activity.retry.max_attempts,
+                        initial_interval_ms=int(activity.retry.initial_interval * 1000),
+                        backoff=activity.retry.backoff,
+                        max_interval_ms=int(activity.retry.max_interval * 1000),
+                    ),
+                )
+        return self._activity_registry
+
+    async def _resolve(self, registry: Registry, task: ClaimedTask) -> ActivityVersion:
+        """The version this call runs: the workflow's pin for this spec, else a fresh resolve."""
+        pin = task.payload.get("pin")
+        if isinstance(pin, dict):
+            name, _ = parse_spec(str(task.payload["name"]))
+            activity = await registry.get(name, str(pin["version"]))
+            if activity.sha256 != pin.get("sha256"):
+                raise CorruptModuleError(
+                    f"{activity.ref} now has sha256 {activity.sha256}, but this workflow is "
+                    f"pinned to {pin.get('sha256')}; versions must stay immutable"
+                )
+            return activity
+        activity = await registry.resolve(str(task.payload["name"]))
+        if activity.is_native:
+            raise ActivityNotFoundError(
+                str(task.payload["name"]),
+                reason="it is a native activity that no running worker serves",
+            )
+        return activity
+
+    async def _run_registered(self, store: Store, task: ClaimedTask) -> None:
+        payload = task.payload
+        registry = await self._registry()
+        try:
+            activity = await self._resolve(registry, task)
+        except (RegistryError, ValueError) as err:
+            await self._fail_activity(store, task, err, retryable=False)
+            return
+        pin: dict[str, JSON] = {"version": activity.version, "sha256": activity.sha256}
+        secrets = {s: os.environ[s] for s in activity.grants.secrets if s in os.environ}
+        try:
+            result = await registry.run(activity, payload["input"], secrets=secrets)
+        except (SandboxError, RegistryError) as err:
+            retryable = bool(getattr(err, "retryable", False))
+            policy = activity.retry
+            if retryable and task.attempt < policy.max_attempts:
+                delay_ms = min(
+                    policy.initial_interval_ms * policy.backoff ** (task.attempt - 1),
+                    policy.max_interval_ms,
+                ) * random.uniform(0.8, 1.2)
+                await store.retry_activity(
+                    task,
+                    int(time.time() * 1000 + delay_ms),
+                    {**payload, "pin": pin},
+                    f"activity {activity.ref} attempt {task.attempt} failed: "
+                    f"{type(err).__name__}: {err}; retrying in {delay_ms / 1000:.2f}s",
+                )
+                return
+            await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})
+            return
+        await store.complete_activity(
+            task,
+            EventKind.ACTIVITY_COMPLETED,
+            {
+                "seq": payload["seq"],
+                "name": payload["name"],
+                "result": result.output,
+                "attempt": task.attempt,
+                "pin": pin,
+                "usage": result.usage.model_dump(),
             },
         )
 

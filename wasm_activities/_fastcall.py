@@ -12,7 +12,7 @@ from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as ffi
-from wasmtime._func import enter_wasm
+from wasmtime._func import maybe_raise_last_exn
 
 __all__ = [
     "Export",
@@ -20,6 +20,7 @@ __all__ = [
     "call_i64",
     "call_void",
     "export",
+    "instantiate",
     "mem_read",
     "mem_size",
     "mem_write",
@@ -44,12 +45,33 @@ def _call(
     for i, value in enumerate(args):
         params[i].kind = ffi.WASMTIME_I32.value  # type: ignore[assignment]  # stubs say c_ubyte
         params[i].of.i32 = value
-    with enter_wasm(store) as trap:
-        error = ffi.wasmtime_func_call(
-            store._context(), byref(func.of.func), params, len(args), results, len(results), trap
-        )
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi.wasmtime_func_call(
+        store._context(), byref(func.of.func), params, len(args), results, len(results), byref(trap)
+    )
+    _raise_failure(error, trap)
+
+
+def _raise_failure(error: Any, trap: Any) -> None:
+    """Raise what wasmtime-py's `enter_wasm` would, without its generator overhead."""
+    if trap:
+        trap_obj = wasmtime.Trap._from_ptr(trap)
+        maybe_raise_last_exn()
+        raise trap_obj
+    if error:
+        maybe_raise_last_exn()
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def instantiate(store: wasmtime.Store, pre: wasmtime.InstancePre) -> wasmtime.Instance:
+    """`InstancePre.instantiate` without the generator-based trap plumbing."""
+    instance = ffi.wasmtime_instance_t()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi.wasmtime_instance_pre_instantiate(
+        pre.ptr(), store._context(), byref(instance), byref(trap)
+    )
+    _raise_failure(error, trap)
+    return wasmtime.Instance._from_raw(instance)
 
 
 def call_void(store: wasmtime.Store, func: Export) -> None:

@@ -879,6 +879,9 @@ def _diagnose(conn: sqlite3.Connection, now: int) -> Diagnosis:
         pragma: str(conn.execute(f"PRAGMA {pragma}").fetchone()[0])
         for pragma in ("journal_mode", "synchronous", "busy_timeout")
     }
+    synchronous = ("off", "normal", "full", "extra")
+    if settings["synchronous"].isdigit() and int(settings["synchronous"]) < len(synchronous):
+        settings["synchronous"] = synchronous[int(settings["synchronous"])]
     version = conn.execute(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
         (SCHEMA_COMPONENT,),

@@ -23,6 +23,7 @@ __all__ = [
     "instantiate",
     "mem_read",
     "mem_size",
+    "mem_view",
     "mem_write",
 ]
 
@@ -98,25 +99,26 @@ def mem_size(store: wasmtime.Store, memory: Export) -> int:
     return int(ffi.wasmtime_memory_data_size(store._context(), byref(memory.of.memory)))
 
 
-def _base(store: wasmtime.Store, memory: Export) -> int:
-    pointer = ffi.wasmtime_memory_data(store._context(), byref(memory.of.memory))
-    return ctypes.addressof(pointer.contents)
+def mem_view(store: wasmtime.Store, memory: Export) -> tuple[int, int]:
+    """(base address, byte length) of a memory; valid until the guest runs again (it may grow)."""
+    context = store._context()
+    size = int(ffi.wasmtime_memory_data_size(context, byref(memory.of.memory)))
+    pointer = ffi.wasmtime_memory_data(context, byref(memory.of.memory))
+    return ctypes.addressof(pointer.contents), size
 
 
 def mem_write(store: wasmtime.Store, memory: Export, offset: int, data: bytes) -> bool:
     """Copy `data` into memory at `offset`; False when it would not fit."""
-    if offset < 0 or offset + len(data) > mem_size(store, memory):
+    base, size = mem_view(store, memory)
+    if offset < 0 or offset + len(data) > size:
         return False
-    if not data:
-        return True
-    ctypes.memmove(_base(store, memory) + offset, data, len(data))
+    ctypes.memmove(base + offset, data, len(data))
     return True
 
 
 def mem_read(store: wasmtime.Store, memory: Export, offset: int, length: int) -> bytes | None:
     """Copy `length` bytes out of memory at `offset`; None when out of bounds."""
-    if offset < 0 or length < 0 or offset + length > mem_size(store, memory):
+    base, size = mem_view(store, memory)
+    if offset < 0 or length < 0 or offset + length > size:
         return None
-    if length == 0:
-        return b""
-    return ctypes.string_at(_base(store, memory) + offset, length)
+    return ctypes.string_at(base + offset, length)

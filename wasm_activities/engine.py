@@ -111,6 +111,15 @@ def _backtrace(trap: wasmtime.Trap) -> list[str]:
     return frames
 
 
+def _trap_code_from_text(message: str) -> wasmtime.TrapCode | None:
+    """Components surface traps as WasmtimeError without a trap code; recover the two we need."""
+    if "wasm trap: interrupt" in message:
+        return wasmtime.TrapCode.INTERRUPT
+    if "all fuel consumed" in message:
+        return wasmtime.TrapCode.OUT_OF_FUEL
+    return None
+
+
 def _trap_reason(message: str, err: Exception) -> str:
     """The "Caused by" chain of a wasmtime error, without its (separately kept) backtrace."""
     if "Caused by:" in message:
@@ -157,7 +166,7 @@ class _Call:
                 return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail="exit")
             tail = self.context.logs[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
             return NonZeroExit(code=err.code, stderr_tail=tail)
-        code = err.trap_code if isinstance(err, wasmtime.Trap) else None
+        code = err.trap_code if isinstance(err, wasmtime.Trap) else _trap_code_from_text(str(err))
         if code is wasmtime.TrapCode.INTERRUPT:
             return ActivityTimeout(timeout_ms=self.limits.timeout_ms)
         if code is wasmtime.TrapCode.OUT_OF_FUEL:
@@ -364,14 +373,17 @@ class SandboxRuntime:
             if context.abort is not None:
                 raise context.abort
         output = _parse_output(raw)
-        usage = Usage(
+        usage = Usage.model_construct(
             wall_ms=(time.monotonic() - started) * 1000,
             fuel_used=call.fuel_used(),
             peak_memory_bytes=call.memory_bytes(),
             output_bytes=len(raw),
             http_calls=context.http_calls,
         )
-        return RunResult(output=output, usage=usage, logs=context.logs.decode("utf-8", "replace"))
+        logs = context.logs.decode("utf-8", "replace")
+        return RunResult.model_construct(
+            output=output, usage=usage, logs=logs
+        )  # fields typed above
 
     def _configure(self, call: _Call) -> None:
         store, limits = call.store, call.limits

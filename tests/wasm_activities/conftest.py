@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +81,7 @@ class LoopbackServer:
     connections: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     reply_extra: str = ""
+    delay_s: float = 0.0
 
     @property
     def host(self) -> str:
@@ -103,6 +105,7 @@ def http_server() -> Iterator[LoopbackServer]:
             }
             with lock:
                 state.requests.append(record)
+            time.sleep(state.delay_s)
             payload = json.dumps({"seen": record, "extra": state.reply_extra}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -100,6 +100,12 @@ def test_component_err_is_a_guest_error(runtime: SandboxRuntime, prepared: Prepa
     assert info.value.retryable
 
 
+def test_component_is_metered_too(runtime: SandboxRuntime, prepared: Prepared) -> None:
+    limits = Limits(memory_mb=128, timeout_ms=10_000, fuel=1000)
+    with pytest.raises(FuelExhausted):
+        runtime.run_sync(prepared("py-greet"), {"name": "x"}, limits=limits)
+
+
 def test_reactor_negative_result_is_a_guest_error(
     runtime: SandboxRuntime, prepared: Prepared
 ) -> None:

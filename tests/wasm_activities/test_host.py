@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.wasm_activities.conftest import LoopbackServer
-from wasm_activities import CapabilityDenied, Grants, Limits, PreparedModule, SandboxRuntime
+from wasm_activities import (
+    ActivityTimeout,
+    CapabilityDenied,
+    Grants,
+    Limits,
+    PreparedModule,
+    SandboxRuntime,
+)
 
 Prepared = Callable[[str], PreparedModule]
 SECRET = "sk-live-7f3a9c1e2d4b"
@@ -135,3 +143,17 @@ def test_config_and_logs_reach_the_guest(runtime: SandboxRuntime, prepared: Prep
     )
     assert result.output["greeting"] == "Bonjour, Ada."
     assert result.logs == "greeting 3 characters\n"
+
+
+def test_slow_server_counts_against_the_activity_deadline(
+    runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
+) -> None:
+    http_server.delay_s = 1.0
+    grants = Grants(net=[http_server.host])
+    payload = {"request": json.dumps({"url": f"http://{http_server.host}/slow"}), "needle_xor": ""}
+    begin = time.monotonic()
+    with pytest.raises(ActivityTimeout):
+        runtime.run_sync(
+            prepared("http_client.c"), payload, grants=grants, limits=Limits(timeout_ms=300)
+        )
+    assert time.monotonic() - begin < 0.6

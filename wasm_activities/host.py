@@ -18,7 +18,14 @@ from typing import Any
 import wasmtime
 import wasmtime.component as wc
 
-from .exceptions import ActivityTimeout, CapabilityDenied, LogTooLarge, OutputTooLarge, SandboxError
+from .exceptions import (
+    ActivityTimeout,
+    CapabilityDenied,
+    LogTooLarge,
+    OutputTooLarge,
+    SandboxError,
+    WasmTrap,
+)
 from .grants import Grants, split_url
 from .limits import Limits
 
@@ -228,46 +235,90 @@ def _substitute_secrets(context: CallContext, request: dict[str, Any]) -> dict[s
     }
 
 
+def _remaining(context: CallContext) -> float:
+    return context.deadline - time.monotonic()
+
+
 def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> int:
-    remaining = context.deadline - time.monotonic()
-    if remaining <= 0:
+    """Send the (substituted) request; every wait is bounded by the activity's deadline."""
+    if _remaining(context) <= 0:
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR
     scheme, host, port = split_url(request["url"])
     parts = request["url"].split("/", 3)
     path = "/" + (parts[3] if len(parts) > 3 else "")
     conn_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = conn_type(host, port, timeout=remaining)
+    conn = conn_type(host, port, timeout=_remaining(context))
     context.http_calls += 1
     try:
         conn.request(
             request["method"], path, body=request["body"].encode(), headers=request["headers"]
         )
         response = conn.getresponse()
-        body = response.read(HTTP_MAX_BODY_BYTES + 1)
-        headers = dict(response.getheaders())
-        status = response.status
+        body = _read_body(context, conn, response)
     except TimeoutError:
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR
+    except ValueError as err:  # e.g. CR/LF in a header: http.client refuses to send it
+        detail = redact(str(err), context.secrets)
+        return _http_error(context, HTTP_BAD_REQUEST, f"request to {shown_url} refused: {detail}")
     except (OSError, http.client.HTTPException) as err:
         detail = redact(f"{type(err).__name__}: {err}", context.secrets)
         return _http_error(context, HTTP_NETWORK_ERROR, f"request to {shown_url} failed: {detail}")
     finally:
         conn.close()
-    if len(body) > HTTP_MAX_BODY_BYTES:
+    if body is None:
         return _http_error(context, HTTP_RESPONSE_TOO_LARGE, "response body larger than 4 MiB")
-    text = json.dumps(
-        {"status": status, "headers": headers, "body": body.decode("utf-8", "replace")},
-        ensure_ascii=False,
-    )
-    context.pending = redact(text, context.secrets).encode()
+    # Redact field by field, before JSON escaping could split a secret's bytes.
+    headers = {
+        redact(k, context.secrets): redact(v, context.secrets) for k, v in response.getheaders()
+    }
+    text = redact(body.decode("utf-8", "replace"), context.secrets)
+    context.pending = json.dumps(
+        {"status": response.status, "headers": headers, "body": text}, ensure_ascii=False
+    ).encode()
     return len(context.pending)
+
+
+def _read_body(
+    context: CallContext, conn: http.client.HTTPConnection, response: http.client.HTTPResponse
+) -> bytes | None:
+    """Read at most HTTP_MAX_BODY_BYTES, re-arming the socket timeout with the time left so a
+    trickling server cannot hold the activity past its deadline. None when too large."""
+    body = bytearray()
+    while len(body) <= HTTP_MAX_BODY_BYTES:
+        remaining = _remaining(context)
+        if remaining <= 0:
+            raise TimeoutError
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)
+        chunk = response.read1(65536)
+        if not chunk:
+            return bytes(body)
+        body += chunk
+    return None
 
 
 def _http_error(context: CallContext, code: int, message: str) -> int:
     context.pending = json.dumps({"error": message}).encode()
     return code
+
+
+def _guarded(name: str, func: Callable[..., Any], default: int | None) -> Callable[..., Any]:
+    """Never let a host import raise: wasmtime-py parks the exception in a process-global slot
+    that a concurrent call could pick up. An unexpected failure aborts this call as a trap."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return func(*args)
+        except Exception as err:  # any bug or surprise in a host import fails only this call
+            context = getattr(_local, "context", None)
+            if context is not None:
+                message = redact(f"host import loom.{name} failed: {err!r}", context.secrets)
+                context.fail(WasmTrap(trap=message, trap_code=None, backtrace=[]))
+            return default
+
+    return call
 
 
 def define_host_imports(linker: wasmtime.Linker) -> None:
@@ -281,7 +332,11 @@ def define_host_imports(linker: wasmtime.Linker) -> None:
     ]
     for name, params, results, func in imports:
         linker.define_func(
-            HOST_MODULE, name, wasmtime.FuncType(params, results), func, access_caller=True
+            HOST_MODULE,
+            name,
+            wasmtime.FuncType(params, results),
+            _guarded(name, func, default=None if not results else -1),
+            access_caller=True,
         )
 
 

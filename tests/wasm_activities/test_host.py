@@ -157,3 +157,16 @@ def test_slow_server_counts_against_the_activity_deadline(
             prepared("http_client.c"), payload, grants=grants, limits=Limits(timeout_ms=300)
         )
     assert time.monotonic() - begin < 0.6
+
+
+def test_header_injection_is_refused_without_leaking_the_secret(
+    runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
+) -> None:
+    grants = Grants(net=[http_server.host], secrets=["API_KEY"])
+    request = {
+        "url": f"http://{http_server.host}/",
+        "headers": {"X": "a\r\nInjected: {{secret:API_KEY}}"},
+    }
+    out = call(runtime, prepared, request, grants, secrets={"API_KEY": SECRET})
+    assert out["code"] == -3 and "refused" in out["response"]
+    assert http_server.connections == 0

@@ -6,6 +6,7 @@ Behaviour against a real worker subprocess lives in tests/e2e/test_operator_cli.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -57,6 +58,13 @@ def assert_error(result: Result, error_type: str, *fragments: str) -> None:
     assert line.startswith(f"{error_type}: "), line
     for fragment in fragments:
         assert fragment in line
+
+
+def execute_sql(db: Path, *statements: str) -> None:
+    """Edit the database behind the engine's back (simulates manual surgery or lost rows)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        for statement in statements:
+            conn.execute(statement)
 
 
 def start_quiz(db: Path, workflow_id: str, *, owner: str = "u1") -> None:
@@ -224,8 +232,7 @@ def test_signal_cancel_stats_and_doctor(db_path: Path) -> None:
     assert report["is_healthy"] is True and report["stuck_workflows"] == []
 
     # A task row lost (e.g. by manual surgery) leaves q1 with unseen events and nothing to run it.
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("DELETE FROM tasks WHERE workflow_id = 'q1'")
+    execute_sql(db_path, "DELETE FROM tasks WHERE workflow_id = 'q1'")
     sick = loom_cli("doctor", db=db_path)
     assert sick.exit_code == 1
     assert "stuck workflows: 1" in sick.stdout
@@ -260,3 +267,52 @@ def test_init_creates_and_is_idempotent(tmp_path: Path) -> None:
         assert result.exit_code == 0
         assert result.stdout == f"database {db} ready (schema version 1)\n"
     assert db.exists()
+
+
+def test_terminal_output_uses_rich_tables(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    start_quiz(db_path, "q1")
+    monkeypatch.setattr("loom.cli.is_terminal", lambda: True)
+    for args, expected in (
+        (("list",), ("WORKFLOW ID", "q1", "PENDING")),
+        (("inspect", "q1"), ("workflow", "Robin is getting started")),
+        (("stats",), ("WORKFLOWS", "TASKS", "due")),
+        (("doctor",), ("journal_mode", "no problems found")),
+    ):
+        result = loom_cli(*args, db=db_path)
+        assert result.exit_code == 0, result.output
+        assert "\t" not in result.stdout
+        for text in expected:
+            assert text in result.stdout
+
+
+def test_replay_skips_workflow_types_the_app_does_not_define(db_path: Path) -> None:
+    start_quiz(db_path, "q1")
+    order = json.dumps({"order_id": "o1", "amount_cents": 5, "email": "a@b.c"})
+    started = loom_cli(
+        "start", "Order", "--app", "examples.order", "--input", order, "--id", "o1", db=db_path
+    )
+    assert started.exit_code == 0, started.output
+    result = loom_cli("replay", "--all", "--app", "examples.quiz", "--json", db=db_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["replayed"], report["ok"], report["skipped"]) == (1, 1, 1)
+    [skipped] = [w for w in report["workflows"] if w["result"] == "skipped"]
+    assert skipped["workflow_id"] == "o1"
+    plain = loom_cli("replay", "--all", "--app", "examples.quiz", db=db_path)
+    assert plain.stdout.splitlines()[0].startswith("skipped\to1\t")
+
+
+def test_cancel_of_a_closed_workflow(db_path: Path) -> None:
+    start_quiz(db_path, "q1")
+    start_quiz(db_path, "q2")
+    assert loom_cli("cancel", "q1", db=db_path).exit_code == 0
+    # Close both by hand: no worker needed to check how cancel treats closed workflows.
+    execute_sql(
+        db_path,
+        "UPDATE workflows SET status = 'CANCELED' WHERE workflow_id = 'q1'",
+        "UPDATE workflows SET status = 'COMPLETED' WHERE workflow_id = 'q2'",
+    )
+    again = loom_cli("cancel", "q1", db=db_path)
+    assert again.exit_code == 0
+    assert "already cancelled" in again.stdout
+    assert_error(loom_cli("cancel", "q2", db=db_path), "WorkflowClosedError", "COMPLETED")

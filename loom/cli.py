@@ -8,6 +8,7 @@ stdout carries results only (rich tables on a terminal, plain tab-separated text
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -345,7 +346,10 @@ def worker(
         f"{len(activities)} activity(ies) from {database}",
         err=True,
     )
-    asyncio.run(instance.run())
+    # run() turns SIGINT/SIGTERM into a graceful stop; a Ctrl-C that lands before its
+    # handlers are installed (during start-up) just ends the process without a traceback.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(instance.run())
     click.echo(f"worker {instance.worker_id} stopped", err=True)
 
 

@@ -206,3 +206,28 @@ def test_replay_reports_non_determinism_and_changes_nothing(tmp_path: Path) -> N
     assert single.returncode == 1
     assert single.stdout.startswith("non_deterministic\td1\t")
     assert loom_json("inspect", "d1", "--events", db=db) == before
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "loom.db"
+    missing = loom_cli("list", db=db)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("DatabaseNotFoundError: ")
+    assert missing.stderr.count("\n") == 1
+    assert not db.exists()
+
+    assert loom_cli("init", db=db).returncode == 0
+    unknown = loom_cli("inspect", "nope", db=db)
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr == (
+        "WorkflowNotFoundError: workflow 'nope' not found; "
+        "check the id (loom list shows known workflows)\n"
+    )
+    debug = loom_cli("--debug", "inspect", "nope", db=db)
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.splitlines()[-1].startswith("WorkflowNotFoundError: ")
+
+    usage = loom_cli("list", "--limit", "zero", db=db)
+    assert usage.returncode == 2
+    assert "Traceback" not in usage.stderr

@@ -55,6 +55,7 @@ class Activity(Generic[P, R]):
     _adapters: tuple[dict[str, TypeAdapter[Any]], TypeAdapter[Any] | None] | None = field(
         default=None, repr=False
     )
+    _signature: inspect.Signature | None = field(default=None, repr=False)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self.fn(*args, **kwargs)
@@ -71,8 +72,16 @@ class Activity(Generic[P, R]):
     def encode_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JSON:
         """Bind and serialise call arguments to JSON (`{"args": [...], "kwargs": {...}}`)."""
         params, _ = self._resolve()
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn)
+        if not kwargs and len(args) == len(params) == len(self._signature.parameters):
+            # Fast path: every parameter given positionally and annotated.
+            return {
+                name: adapter.dump_python(value, mode="json")
+                for (name, adapter), value in zip(params.items(), args, strict=True)
+            }
         try:
-            bound = inspect.signature(self.fn).bind(*args, **kwargs)
+            bound = self._signature.bind(*args, **kwargs)
         except TypeError as err:
             raise TypeError(f"activity {self.name!r}: {err}") from err
         encoded: dict[str, JSON] = {}
@@ -94,7 +103,8 @@ class Activity(Generic[P, R]):
     async def attempt(self, arguments: JSON) -> JSON:
         """One attempt under the per-attempt timeout; ActivityTimeoutError when it runs over."""
         try:
-            return await asyncio.wait_for(self.invoke(arguments), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await self.invoke(arguments)
         except TimeoutError as err:
             raise ActivityTimeoutError(self.name, self.timeout) from err
 

@@ -18,14 +18,13 @@ from loom._json import JSON, is_json
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
 from loom.history import WorkflowStatus
 from loom.replay import decode_error
-from loom.store import NewWorkflow, Store, Wakeups, WorkflowRecord
+from loom.store import NewWorkflow, Store, WorkflowRecord
 from loom.workflow import CompiledWorkflow, compiled_workflow
 
 StateT = TypeVar("StateT")
 
 DEFAULT_DATABASE = "./loom.db"
-_POLL_MIN = 0.02
-_POLL_MAX = 0.5
+_POLL_INTERVAL = 0.1
 
 _configured: str | None = None
 _stores: dict[str, Store] = {}
@@ -62,9 +61,16 @@ def _resolve(database: str | None) -> str:
     return str(Path(url).expanduser().resolve())
 
 
+_resolved: dict[tuple[str | None, str | None, str | None], str] = {}
+
+
 def get_store(database: str | os.PathLike[str] | None = None) -> Store:
     """The process-wide store for `database` (one writer connection per process)."""
-    key = _resolve(None if database is None else os.fspath(database))
+    given = None if database is None else os.fspath(database)
+    lookup = (given, _configured, os.environ.get("LOOM_DATABASE"))
+    key = _resolved.get(lookup)
+    if key is None:
+        key = _resolved[lookup] = _resolve(given)
     with _lock:
         store = _stores.get(key)
         if store is None:
@@ -145,30 +151,16 @@ class WorkflowHandle(Generic[StateT]):
         NonDeterministicWorkflowError, WorkflowCancelledError) or WorkflowStillRunningError
         when `timeout` seconds pass first.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = _POLL_MIN
-        wakeups: Wakeups | None = self._store.wakeups
-        while True:
-            waiter = wakeups.closed_future(self.workflow_id) if wakeups else None
+        record = await self._record()
+        if not record.status.is_closed:
+            try:
+                await _watcher(self._store).wait(self.workflow_id, timeout)
+            except TimeoutError:
+                record = await self._record()
+                if not record.status.is_closed:
+                    raise WorkflowStillRunningError(self.workflow_id, record.status.value) from None
             record = await self._record()
-            if record.status.is_closed:
-                if waiter is not None and wakeups is not None:
-                    wakeups.forget(self.workflow_id, waiter)
-                return self._outcome(record)
-            wait = delay if deadline is None else min(delay, deadline - loop.time())
-            if wait <= 0:
-                if waiter is not None and wakeups is not None:
-                    wakeups.forget(self.workflow_id, waiter)
-                raise WorkflowStillRunningError(self.workflow_id, record.status.value)
-            if waiter is not None:
-                done, _ = await asyncio.wait([waiter], timeout=wait)
-                if not done and wakeups is not None:
-                    wakeups.forget(self.workflow_id, waiter)
-                    waiter.cancel()
-            else:
-                await asyncio.sleep(wait)
-            delay = min(delay * 2, _POLL_MAX)
+        return self._outcome(record)
 
     def _outcome(self, record: WorkflowRecord) -> StateT:
         if record.status is WorkflowStatus.COMPLETED:
@@ -192,6 +184,56 @@ class WorkflowHandle(Generic[StateT]):
         """Request cancellation; the workflow sees WorkflowCancelledError at its next await."""
         if not await self._store.cancel_workflow(self.workflow_id, reason):
             await self._record()  # raises WorkflowNotFoundError for unknown ids
+
+
+class _ClosedWatcher:
+    """Waits for workflows to finish: woken at once in-process, and one query per poll for
+    all waiters together across processes (not one query per waiting handle)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def wait(self, workflow_id: str, timeout: float | None) -> None:
+        future = self._store.wakeups.closed_future(workflow_id)
+        self._waiting.setdefault(workflow_id, []).append(future)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            self._store.wakeups.forget(workflow_id, future)
+            waiters = self._waiting.get(workflow_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiting.pop(workflow_id, None)
+
+    async def _poll(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(_POLL_INTERVAL)
+            ids = list(self._waiting)
+            if not ids:
+                break
+            for workflow_id in await self._store.closed_among(ids):
+                for future in self._waiting.pop(workflow_id, []):
+                    if not future.done():
+                        future.set_result(None)
+
+
+_watchers: dict[tuple[int, asyncio.AbstractEventLoop], _ClosedWatcher] = {}
+
+
+def _watcher(store: Store) -> _ClosedWatcher:
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _watchers if k[1].is_closed()]:
+        del _watchers[key]
+    key = (id(store), loop)
+    watcher = _watchers.get(key)
+    if watcher is None:
+        watcher = _watchers[key] = _ClosedWatcher(store)
+    return watcher
 
 
 def _known(name: str) -> CompiledWorkflow[Any, Any] | None:

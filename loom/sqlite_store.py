@@ -25,16 +25,18 @@ from loom.exceptions import (
     WorkflowNotFoundError,
 )
 from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
-from loom.replay import WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
+from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.store import (
     ClaimedTask,
     CommitResult,
+    Completion,
     CursorLookup,
     Diagnosis,
     NewWorkflow,
     StepProgress,
     Store,
     StoreStats,
+    TaskWorkflow,
     Wakeups,
     WorkflowRecord,
 )
@@ -115,10 +117,6 @@ _WORKFLOW_COLUMNS = (
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class _Fenced(Exception):
-    """The task's lease was lost; the operation's writes are rolled back."""
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> WorkflowRecord:
@@ -268,31 +266,34 @@ class _Writer:
                     loop.call_soon_threadsafe(_deliver, items)
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
-        writes = any(op[3] for op in batch)
-        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-        results: list[tuple[bool, Any]] = []
-        single = len(batch) == 1
-        try:
-            for fn, args, _, _ in batch:
-                if not single:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    results.append((True, fn(conn, *args)))
-                except Exception as err:
-                    if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
-                        raise
-                    results.append((False, err))
-                    if not single:
-                        conn.execute("ROLLBACK TO op")
-                if not single:
-                    conn.execute("RELEASE op")
-            # A lone failed operation must not commit its partial writes.
-            conn.execute("ROLLBACK" if single and not results[0][0] else "COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return results
+        """Run the batch in one transaction; an operation that raises is dropped and the rest
+        re-run in a fresh transaction (optimistic: no per-operation savepoint on the hot path).
+        """
+        failed: dict[int, Exception] = {}
+        while True:
+            writes = any(op[3] for i, op in enumerate(batch) if i not in failed)
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            results: list[tuple[bool, Any]] = []
+            try:
+                for index, (fn, args, _, _) in enumerate(batch):
+                    if index in failed:
+                        results.append((False, failed[index]))
+                        continue
+                    try:
+                        results.append((True, fn(conn, *args)))
+                    except Exception as err:
+                        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+                            raise
+                        failed[index] = err
+                        break
+                else:
+                    conn.execute("COMMIT")
+                    return results
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("ROLLBACK")
 
 
 def _is_busy(err: sqlite3.OperationalError) -> bool:
@@ -354,12 +355,18 @@ class SQLiteStore(Store):
         activation: Activation,
         seen_sequence: int,
         step: StepProgress | None,
+        *,
+        eager_lease_ms: int = 0,
     ) -> CommitResult:
         result = await self._write(
-            _commit_workflow_task, task, activation, seen_sequence, step, now_ms()
+            _commit_workflow_task, task, activation, seen_sequence, step, eager_lease_ms, now_ms()
         )
         if result.is_committed:
-            if activation.tasks or activation.children or result.needs_rerun:
+            if (
+                len(result.tasks) < len(activation.tasks)
+                or activation.children
+                or result.needs_rerun
+            ):
                 self.wakeups.tasks_ready()
             if activation.status is not WorkflowStatus.RUNNING:
                 self.wakeups.workflow_closed(task.workflow_id)
@@ -368,12 +375,19 @@ class SQLiteStore(Store):
         return result
 
     async def complete_activity(
-        self, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
-    ) -> bool:
-        ok = await self._write(_complete_task, task, NewEvent(kind, payload), now_ms())
-        if ok:
+        self,
+        task: ClaimedTask,
+        kind: EventKind,
+        payload: dict[str, JSON],
+        *,
+        continue_with: CursorLookup | None = None,
+        lease_ms: int = 0,
+    ) -> Completion:
+        event = NewEvent(kind, payload)
+        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
-        return ok
+        return done
 
     async def retry_activity(
         self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
@@ -383,12 +397,14 @@ class SQLiteStore(Store):
             self.wakeups.tasks_ready()
         return ok
 
-    async def fire_timer(self, task: ClaimedTask) -> bool:
+    async def fire_timer(
+        self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
+    ) -> Completion:
         event = NewEvent(EventKind.TIMER_FIRED, {"seq": task.payload["seq"]})
-        ok = await self._write(_complete_task, task, event, now_ms())
-        if ok:
+        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
-        return ok
+        return done
 
     async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
         event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
@@ -415,6 +431,9 @@ class SQLiteStore(Store):
 
     async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]:
         return await self._read(_get_workflows, list(workflow_ids))
+
+    async def closed_among(self, workflow_ids: Sequence[str]) -> list[str]:
+        return await self._read(_closed_among, list(workflow_ids))
 
     async def list_events(self, workflow_id: str) -> list[Event]:
         return await self._read(_load_events, workflow_id, 0)
@@ -464,6 +483,20 @@ def _get_workflows(conn: sqlite3.Connection, workflow_ids: list[str]) -> list[Wo
         ).fetchall()
         records.extend(_record(row) for row in rows)
     return records
+
+
+def _closed_among(conn: sqlite3.Connection, workflow_ids: list[str]) -> list[str]:
+    closed: list[str] = []
+    for start in range(0, len(workflow_ids), 500):
+        chunk = workflow_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT workflow_id FROM workflows WHERE workflow_id IN ({marks}) "
+            "AND status IN ('COMPLETED', 'FAILED', 'CANCELED')",
+            chunk,
+        ).fetchall()
+        closed.extend(row[0] for row in rows)
+    return closed
 
 
 def _list_workflows(
@@ -571,8 +604,27 @@ def _create_workflow(
             )
         return existing, False
     _insert_workflow(conn, spec, now)
-    record = _get_workflow(conn, spec.workflow_id)
-    assert record is not None
+    record = WorkflowRecord(
+        workflow_id=spec.workflow_id,
+        workflow_name=spec.workflow_name,
+        workflow_version=spec.workflow_version,
+        status=WorkflowStatus.PENDING,
+        input=spec.input,
+        state=spec.state,
+        error=None,
+        owner=spec.owner,
+        agent=spec.agent,
+        parent_id=spec.parent_id,
+        current_step=None,
+        step_description=None,
+        step_index=0,
+        total_steps=spec.total_steps,
+        last_sequence=1,
+        processed_sequence=0,
+        epoch=0,
+        created_at=now,
+        updated_at=now,
+    )
     return record, True
 
 
@@ -603,56 +655,84 @@ def _claim_tasks(
     claimed = []
     for task_id, key, kind, workflow_id, payload, attempts in rows:
         task = ClaimedTask(task_id, key, kind, workflow_id, loads(payload), attempts, owner)
-        if kind == WORKFLOW_TASK and not _load_workflow_task(conn, task, cursor_of):
+        if kind == WORKFLOW_TASK and not _attach_history(conn, task, cursor_of):
             continue
         claimed.append(task)
     return claimed
 
 
-def _load_workflow_task(
-    conn: sqlite3.Connection, task: ClaimedTask, cursor_of: CursorLookup
-) -> bool:
-    record = _get_workflow(conn, task.workflow_id)
-    if record is None or record.status.is_closed:
+def _attach_history(conn: sqlite3.Connection, task: ClaimedTask, cursor_of: CursorLookup) -> bool:
+    """Load what a workflow task needs: only unseen events when the caller's cache is current."""
+    row = conn.execute(
+        "SELECT workflow_name, status, epoch, processed_sequence, owner FROM workflows "
+        "WHERE workflow_id = ?",
+        (task.workflow_id,),
+    ).fetchone()
+    if row is None or WorkflowStatus(row[1]).is_closed:
         conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
         return False
     cached = cursor_of(task.workflow_id)
-    after = cached[0] if cached is not None and cached[1] == record.epoch else 0
-    task.workflow = record
+    after = cached[0] if cached is not None and cached[1] == row[2] else 0
+    task.workflow = TaskWorkflow(row[0], row[2], row[3], row[4])
     task.is_full_history = after == 0
     task.events = _load_events(conn, task.workflow_id, after)
     return True
 
 
-def _check_lease(conn: sqlite3.Connection, task: ClaimedTask) -> None:
+def _holds_lease(conn: sqlite3.Connection, task: ClaimedTask) -> bool:
+    # (owner, attempts) identifies one claim: a re-claim after expiry bumps attempts.
     row = conn.execute(
-        "SELECT lease_owner, attempts FROM tasks WHERE task_id = ?", (task.task_id,)
+        "SELECT 1 FROM tasks WHERE task_id = ? AND lease_owner = ? AND attempts = ?",
+        (task.task_id, task.owner, task.attempt),
     ).fetchone()
-    if row is None or row[0] != task.owner or row[1] != task.attempt:
-        raise _Fenced
+    return row is not None
+
+
+def _delete_leased(conn: sqlite3.Connection, task: ClaimedTask) -> bool:
+    """Delete the task if this claim still holds it; the task row is the exactly-once guard."""
+    cursor = conn.execute(
+        "DELETE FROM tasks WHERE task_id = ? AND lease_owner = ? AND attempts = ?",
+        (task.task_id, task.owner, task.attempt),
+    )
+    return cursor.rowcount == 1
 
 
 def _append_events(
-    conn: sqlite3.Connection, workflow_id: str, events: Sequence[NewEvent], now: int
-) -> int:
-    """Append after the current last event; returns the previous last sequence."""
+    conn: sqlite3.Connection,
+    workflow_id: str,
+    events: Sequence[NewEvent],
+    now: int,
+    *,
+    open_only: bool = False,
+) -> TaskWorkflow | None:
+    """Append after the last event (None: the workflow is missing or, if `open_only`, closed).
+
+    Returns the workflow's task view, so callers continuing it need no extra read.
+    """
+    guard = " AND status IN ('PENDING', 'RUNNING')" if open_only else ""
     row = conn.execute(
-        "SELECT last_sequence FROM workflows WHERE workflow_id = ?", (workflow_id,)
+        "UPDATE workflows SET last_sequence = last_sequence + ?, updated_at = ? "
+        f"WHERE workflow_id = ?{guard} "
+        "RETURNING last_sequence, workflow_name, epoch, processed_sequence, owner",
+        (len(events), now, workflow_id),
     ).fetchone()
-    last = int(row[0])
+    if row is None:
+        return None
+    _insert_events(conn, workflow_id, int(row[0]) - len(events), events, now)
+    return TaskWorkflow(row[1], row[2], row[3], row[4])
+
+
+def _insert_events(
+    conn: sqlite3.Connection, workflow_id: str, after: int, events: Sequence[NewEvent], now: int
+) -> None:
     conn.executemany(
         "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
         "VALUES (?, ?, ?, ?, ?)",
         [
-            (workflow_id, last + i, e.kind.value, dumps(e.payload), now)
+            (workflow_id, after + i, e.kind.value, dumps(e.payload), now)
             for i, e in enumerate(events, start=1)
         ],
     )
-    conn.execute(
-        "UPDATE workflows SET last_sequence = ?, updated_at = ? WHERE workflow_id = ?",
-        (last + len(events), now, workflow_id),
-    )
-    return last
 
 
 def _commit_workflow_task(
@@ -661,23 +741,36 @@ def _commit_workflow_task(
     activation: Activation,
     seen_sequence: int,
     step: StepProgress | None,
+    eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    try:
-        _check_lease(conn, task)
-    except _Fenced:
+    # Deleting the task under its lease is the fence: a reclaimed task matches no row.
+    if not _delete_leased(conn, task):
         return CommitResult(is_committed=False)
     workflow_id = task.workflow_id
-    previous_last = _append_events(conn, workflow_id, activation.events, now)
-    if activation.tasks:
-        conn.executemany(
-            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_key) DO NOTHING",
-            [
-                (t.key, workflow_id, t.kind, dumps(t.payload), t.run_at or now)
-                for t in activation.tasks
-            ],
-        )
+    count = len(activation.events)
+    row = conn.execute(
+        "UPDATE workflows SET last_sequence = last_sequence + ?, status = ?, state = ?, "
+        "error = ?, step_index = ?, current_step = COALESCE(?, current_step), "
+        "step_description = COALESCE(?, step_description), processed_sequence = ?, "
+        "epoch = epoch + 1, updated_at = ? WHERE workflow_id = ? RETURNING last_sequence, epoch",
+        (
+            count,
+            activation.status.value,
+            dumps(activation.state),
+            dumps(activation.error) if activation.error else None,
+            activation.step_index,
+            step.name if step else None,
+            step.description if step else None,
+            seen_sequence,
+            now,
+            workflow_id,
+        ),
+    ).fetchone()
+    previous_last, epoch = int(row[0]) - count, int(row[1])
+    _insert_events(conn, workflow_id, previous_last, activation.events, now)
+    closed = activation.status is not WorkflowStatus.RUNNING
+    eager = _insert_tasks(conn, task, activation, 0 if closed else eager_lease_ms, now)
     if activation.cancel_task_keys:
         conn.executemany(
             "DELETE FROM tasks WHERE task_key = ?", [(k,) for k in activation.cancel_task_keys]
@@ -689,42 +782,50 @@ def _commit_workflow_task(
             "INSERT INTO logs (workflow_id, level, message, created_at) VALUES (?, ?, ?, ?)",
             [(workflow_id, level, message, at or now) for level, message, at in activation.logs],
         )
-    closed = activation.status is not WorkflowStatus.RUNNING
-    conn.execute(
-        "UPDATE workflows SET status = ?, state = ?, error = ?, step_index = ?, "
-        "current_step = COALESCE(?, current_step), "
-        "step_description = COALESCE(?, step_description), processed_sequence = ?, "
-        "epoch = epoch + 1, updated_at = ? WHERE workflow_id = ?",
-        (
-            activation.status.value,
-            dumps(activation.state),
-            dumps(activation.error) if activation.error else None,
-            activation.step_index,
-            step.name if step else None,
-            step.description if step else None,
-            seen_sequence,
-            now,
-            workflow_id,
-        ),
-    )
-    epoch = int(
-        conn.execute(
-            "SELECT epoch FROM workflows WHERE workflow_id = ?", (workflow_id,)
-        ).fetchone()[0]
-    )
     if closed:
         _close_workflow(conn, workflow_id, activation, now)
         return CommitResult(is_committed=True, epoch=epoch)
     if previous_last > seen_sequence:
-        # Events arrived while this task ran: keep the task so they are processed next.
-        conn.execute(
-            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? "
-            "WHERE task_id = ?",
-            (now, task.task_id),
+        # Events arrived while this task ran: schedule the workflow again to process them.
+        _ensure_workflow_task(conn, workflow_id, now)
+        return CommitResult(is_committed=True, needs_rerun=True, epoch=epoch, tasks=eager)
+    return CommitResult(is_committed=True, epoch=epoch, tasks=eager)
+
+
+def _insert_tasks(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    activation: Activation,
+    eager_lease_ms: int,
+    now: int,
+) -> tuple[ClaimedTask, ...]:
+    """Create the activation's tasks; activity tasks leased to `task.owner` when eager."""
+    workflow_id = task.workflow_id
+    lazy = [t for t in activation.tasks if not eager_lease_ms or t.kind != ACTIVITY_TASK]
+    if lazy:
+        conn.executemany(
+            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_key) DO NOTHING",
+            [(t.key, workflow_id, t.kind, dumps(t.payload), t.run_at or now) for t in lazy],
         )
-        return CommitResult(is_committed=True, needs_rerun=True, epoch=epoch)
-    conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
-    return CommitResult(is_committed=True, epoch=epoch)
+    if not eager_lease_ms:
+        return ()
+    expires = now + eager_lease_ms
+    eager = []
+    for spec in activation.tasks:
+        if spec.kind != ACTIVITY_TASK:
+            continue
+        row = conn.execute(
+            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
+            "lease_owner, lease_expires_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+            "ON CONFLICT (task_key) DO NOTHING RETURNING task_id",
+            (spec.key, workflow_id, spec.kind, dumps(spec.payload), expires, task.owner, expires),
+        ).fetchone()
+        if row is not None:
+            eager.append(
+                ClaimedTask(row[0], spec.key, spec.kind, workflow_id, spec.payload, 1, task.owner)
+            )
+    return tuple(eager)
 
 
 def _start_child(conn: sqlite3.Connection, task: ClaimedTask, child: ChildStart, now: int) -> None:
@@ -779,25 +880,50 @@ def _close_workflow(
 
 
 def _append_to_open(conn: sqlite3.Connection, workflow_id: str, event: NewEvent, now: int) -> bool:
-    row = conn.execute(
-        "SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)
-    ).fetchone()
-    if row is None or WorkflowStatus(row[0]).is_closed:
+    if _append_events(conn, workflow_id, [event], now, open_only=True) is None:
         return False
-    _append_events(conn, workflow_id, [event], now)
     _ensure_workflow_task(conn, workflow_id, now)
     return True
 
 
-def _complete_task(conn: sqlite3.Connection, task: ClaimedTask, event: NewEvent, now: int) -> bool:
+def _complete_task(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    event: NewEvent,
+    continue_with: CursorLookup | None,
+    lease_ms: int,
+    now: int,
+) -> Completion:
     """Record an activity outcome or timer firing exactly once (the task row is the guard)."""
-    try:
-        _check_lease(conn, task)
-    except _Fenced:
-        return False
-    conn.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
-    _append_to_open(conn, task.workflow_id, event, now)
-    return True
+    if not _delete_leased(conn, task):
+        return Completion(is_recorded=False)
+    workflow_id = task.workflow_id
+    workflow = _append_events(conn, workflow_id, [event], now, open_only=True)
+    if workflow is None:
+        return Completion(is_recorded=True)  # the workflow already finished: nothing to wake
+    cached = None if continue_with is None else continue_with(workflow_id)
+    if cached is None:
+        _ensure_workflow_task(conn, workflow_id, now)
+        return Completion(is_recorded=True)
+    # The caller holds the live run: lease its workflow task here unless someone else has it.
+    expires = now + lease_ms
+    key = workflow_task_key(workflow_id)
+    row = conn.execute(
+        "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, lease_owner, "
+        "lease_expires_at) VALUES (?, ?, ?, '{}', ?, 1, ?, ?) ON CONFLICT (task_key) DO UPDATE "
+        "SET lease_owner = excluded.lease_owner, attempts = tasks.attempts + 1, "
+        "run_at = excluded.run_at, lease_expires_at = excluded.lease_expires_at "
+        "WHERE tasks.lease_owner IS NULL OR tasks.lease_expires_at < ? RETURNING task_id, attempts",
+        (key, workflow_id, WORKFLOW_TASK, expires, task.owner, expires, now),
+    ).fetchone()
+    if row is None:
+        return Completion(is_recorded=True)
+    claimed = ClaimedTask(row[0], key, WORKFLOW_TASK, workflow_id, {}, row[1], task.owner)
+    after = cached[0] if cached[1] == workflow.epoch else 0
+    claimed.workflow = workflow
+    claimed.is_full_history = after == 0
+    claimed.events = _load_events(conn, workflow_id, after)
+    return Completion(is_recorded=True, next_task=claimed)
 
 
 def _retry_activity(
@@ -808,9 +934,7 @@ def _retry_activity(
     error: str,
     now: int,
 ) -> bool:
-    try:
-        _check_lease(conn, task)
-    except _Fenced:
+    if not _holds_lease(conn, task):
         return False
     conn.execute(
         "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ?, payload = ? "

@@ -60,6 +60,16 @@ class WorkflowRecord:
     updated_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class TaskWorkflow:
+    """What a worker needs of the workflow row to run a workflow task (no JSON parsing)."""
+
+    workflow_name: str
+    epoch: int
+    processed_sequence: int
+    owner: str | None
+
+
 @dataclass(slots=True)
 class ClaimedTask:
     """A task leased to this worker; `lease` = (owner, attempt) is the fencing token."""
@@ -71,7 +81,7 @@ class ClaimedTask:
     payload: dict[str, JSON]
     attempt: int
     owner: str
-    workflow: WorkflowRecord | None = None
+    workflow: TaskWorkflow | None = None
     events: list[Event] | None = None
     is_full_history: bool = False
 
@@ -81,6 +91,15 @@ class CommitResult:
     is_committed: bool
     needs_rerun: bool = False
     epoch: int = 0
+    tasks: tuple[ClaimedTask, ...] = ()
+    """Activity tasks created already leased to the committing worker (eager dispatch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    is_recorded: bool
+    next_task: ClaimedTask | None = None
+    """The workflow task, leased to the caller, when it asked to continue the workflow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +159,30 @@ class Store(abc.ABC):
         activation: Activation,
         seen_sequence: int,
         step: StepProgress | None,
+        *,
+        eager_lease_ms: int = 0,
     ) -> CommitResult:
-        """Write one activation atomically if `task`'s lease is still held."""
+        """Write one activation atomically if `task`'s lease is still held.
+
+        With `eager_lease_ms`, new activity tasks are created leased to the same owner and
+        returned, so the worker runs them without a claim round trip.
+        """
 
     @abc.abstractmethod
     async def complete_activity(
-        self, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
-    ) -> bool:
-        """Record an activity's final outcome once; False if the lease was lost."""
+        self,
+        task: ClaimedTask,
+        kind: EventKind,
+        payload: dict[str, JSON],
+        *,
+        continue_with: CursorLookup | None = None,
+        lease_ms: int = 0,
+    ) -> Completion:
+        """Record an activity's final outcome once (not if the lease was lost).
+
+        With `continue_with`, and when the caller has the workflow cached, its workflow task
+        is leased to the caller in the same transaction and returned with the new events.
+        """
 
     @abc.abstractmethod
     async def retry_activity(
@@ -156,8 +191,10 @@ class Store(abc.ABC):
         """Release the task for another attempt at `run_at`; False if the lease was lost."""
 
     @abc.abstractmethod
-    async def fire_timer(self, task: ClaimedTask) -> bool:
-        """Append TIMER_FIRED for a due timer; False if the lease was lost."""
+    async def fire_timer(
+        self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
+    ) -> Completion:
+        """Append TIMER_FIRED for a due timer (see `complete_activity` for continuation)."""
 
     @abc.abstractmethod
     async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
@@ -180,6 +217,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]: ...
+
+    @abc.abstractmethod
+    async def closed_among(self, workflow_ids: Sequence[str]) -> list[str]:
+        """The ids among `workflow_ids` whose workflows have finished (one query)."""
 
     @abc.abstractmethod
     async def list_events(self, workflow_id: str) -> list[Event]: ...

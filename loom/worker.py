@@ -33,7 +33,7 @@ from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.history import EventKind, WorkflowStatus, encode_error
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
-from loom.store import ClaimedTask, StepProgress, Store
+from loom.store import ClaimedTask, Completion, StepProgress, Store
 from loom.workflow import CompiledWorkflow, Workflow
 from wasm_activities import SandboxError
 
@@ -226,7 +226,10 @@ class Worker:
             if task.kind == ACTIVITY_TASK:
                 await self._run_activity(store, task)
             elif task.kind == TIMER_TASK:
-                await store.fire_timer(task)
+                done = await store.fire_timer(
+                    task, continue_with=self._cursor_of, lease_ms=self.lease_ms
+                )
+                await self._continue(store, done)
             else:
                 await self._advance(store, task)
         except Exception:
@@ -266,17 +269,37 @@ class Worker:
         activation = run.take_activation()
         index = min(activation.step_index, len(compiled.steps) - 1)
         info = compiled.steps[index].info
+        has_room = len(self._inflight) < self.concurrency
         result = await store.commit_workflow_task(
-            task, activation, run.cursor, StepProgress(info.name, info.description)
+            task,
+            activation,
+            run.cursor,
+            StepProgress(info.name, info.description),
+            eager_lease_ms=self.lease_ms if has_room and not self._stopping else 0,
         )
         if not result.is_committed or activation.status is not WorkflowStatus.RUNNING:
             run.close()
-            return
-        run.epoch = result.epoch
-        self._cache[task.workflow_id] = run
-        if len(self._cache) > self.max_cached_workflows:
-            _, evicted = self._cache.popitem(last=False)
-            evicted.close()
+        else:
+            run.epoch = result.epoch
+            self._cache[task.workflow_id] = run
+            if len(self._cache) > self.max_cached_workflows:
+                _, evicted = self._cache.popitem(last=False)
+                evicted.close()
+        for eager in result.tasks:
+            self._spawn(self._process(store, eager))
+
+    async def _continue(self, store: Store, done: Completion) -> None:
+        """Advance the workflow at once when completing its task handed us its lease."""
+        if done.next_task is not None:
+            await self._advance(store, done.next_task)
+
+    async def _complete(
+        self, store: Store, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
+    ) -> None:
+        done = await store.complete_activity(
+            task, kind, payload, continue_with=self._cursor_of, lease_ms=self.lease_ms
+        )
+        await self._continue(store, done)
 
     # -- activities -------------------------------------------------------------------
 
@@ -308,7 +331,8 @@ class Worker:
                 return
             await self._fail_activity(store, task, err, retryable=retryable)
             return
-        await store.complete_activity(
+        await self._complete(
+            store,
             task,
             EventKind.ACTIVITY_COMPLETED,
             {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt},
@@ -327,7 +351,8 @@ class Worker:
         error = encode_error(err, error_type=error_type, retryable=retryable)
         details: dict[str, JSON] = error["details"]
         details["activity_name"] = task.payload["name"]
-        await store.complete_activity(
+        await self._complete(
+            store,
             task,
             EventKind.ACTIVITY_FAILED,
             {
@@ -409,7 +434,8 @@ class Worker:
                 return
             await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})
             return
-        await store.complete_activity(
+        await self._complete(
+            store,
             task,
             EventKind.ACTIVITY_COMPLETED,
             {

@@ -1,0 +1,192 @@
+"""Engine throughput and latency on durable SQLite, with the raw SQLite baseline beside it.
+
+Cases (one process: the client and one worker share it, as `async with Worker` does):
+  sqlite-commit   raw sqlite3 WAL+FULL: single-row commits/s and rows/s in 100-row batches
+  throughput      workflows/s for N workflows of 3 native activities each (start -> complete)
+  latency         single workflow start -> result, p50/p99 (nothing else running)
+  per-step        cost per activity step in a 10-step and a 1,000-step workflow (ratio)
+  replay          cold replay of a ~1,000-event history (WorkflowRun.apply), p50
+
+Usage: python bench/throughput.py [--workflows 3000] [--reps 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loom  # noqa: E402
+from loom.client import get_store  # noqa: E402
+from loom.replay import WorkflowRun  # noqa: E402
+
+
+@loom.activity
+async def reserve(item: int) -> int:
+    return item + 1
+
+
+@loom.activity
+async def charge(amount: int) -> int:
+    return amount * 2
+
+
+@loom.activity
+async def notify(total: int) -> bool:
+    return total > 0
+
+
+@loom.workflow(name="BenchOrder")
+class BenchOrder(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        item = await ctx.activity(reserve, ctx.input["n"])
+        total = await ctx.activity(charge, item)
+        ctx.state.sent = await ctx.activity(notify, total)
+
+
+@loom.workflow(name="BenchSteps")
+class BenchSteps(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        value = 0
+        for _ in range(ctx.input["steps"]):
+            value = await ctx.activity(reserve, value)
+        ctx.state.value = value
+
+
+def sqlite_baseline(path: Path, seconds: float = 1.0) -> tuple[float, float]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload TEXT)")
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t (payload) VALUES ('x')")
+        conn.execute("COMMIT")
+        n += 1
+    commits = n / (time.perf_counter() - start)
+    rows, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (payload) VALUES (?)", [("x",)] * 100)
+        conn.execute("COMMIT")
+        rows += 100
+    conn.close()
+    return commits, rows / (time.perf_counter() - start)
+
+
+async def throughput(count: int) -> float:
+    start = time.perf_counter()
+    handles = await asyncio.gather(*(BenchOrder.start({"n": i}) for i in range(count)))
+    await asyncio.gather(*(h.result(timeout=600) for h in handles))
+    return count / (time.perf_counter() - start)
+
+
+async def latency(samples: int) -> list[float]:
+    times = []
+    for i in range(samples):
+        start = time.perf_counter()
+        handle = await BenchOrder.start({"n": i})
+        await handle.result(timeout=60)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+async def per_step(steps: int) -> tuple[float, str]:
+    start = time.perf_counter()
+    handle = await BenchSteps.start({"steps": steps})
+    await handle.result(timeout=600)
+    return (time.perf_counter() - start) * 1000 / steps, handle.workflow_id
+
+
+async def replay(workflow_id: str, reps: int) -> tuple[float, int]:
+    events = await get_store().list_events(workflow_id)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run = WorkflowRun(BenchSteps.compile(), workflow_id)
+        run.apply(events)
+        times.append((time.perf_counter() - start) * 1000)
+        assert run.failure is None
+    return statistics.median(times), len(events)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main_async(args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    loom.configure(database=db)
+    results: dict[str, Any] = {}
+    worker = loom.Worker(
+        workflows=[BenchOrder, BenchSteps], activities=[reserve, charge, notify], concurrency=500
+    )
+    async with worker:
+        await throughput(200)  # warm-up
+        rates = [await throughput(args.workflows) for _ in range(args.reps)]
+        results["throughput_wf_per_s"] = statistics.median(rates)
+        lat = await latency(args.latency_samples)
+        results["latency_p50_ms"] = pct(lat, 0.5)
+        results["latency_p99_ms"] = pct(lat, 0.99)
+        small = statistics.median([(await per_step(10))[0] for _ in range(5)])
+        large, big_id = await per_step(1000)
+        results["per_step_10_ms"] = small
+        results["per_step_1000_ms"] = large
+        results["per_step_ratio"] = large / small
+        _, replay_id = await per_step(330)
+        results["replay_ms"], results["replay_events"] = await replay(replay_id, 11)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workflows", type=int, default=3000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        commits, rows = sqlite_baseline(Path(tmp) / "raw.db")
+        results = asyncio.run(main_async(args, Path(tmp) / "loom.db"))
+        loom.configure(database=None)
+    results["sqlite_commits_per_s"] = commits
+    results["sqlite_rows_per_s_batched"] = rows
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(f"sqlite-commit  raw WAL+FULL {commits:8.0f} commits/s   {rows:9.0f} rows/s (batched)")
+    print(
+        f"throughput     {results['throughput_wf_per_s']:8.0f} workflows/s (3 activities each; "
+        f"target >= 1500)"
+    )
+    print(
+        f"latency        p50 {results['latency_p50_ms']:.2f} ms  p99 "
+        f"{results['latency_p99_ms']:.2f} ms (target p50 <= 3 ms)"
+    )
+    print(
+        f"per-step       10 steps {results['per_step_10_ms']:.3f} ms/step  1000 steps "
+        f"{results['per_step_1000_ms']:.3f} ms/step  ratio {results['per_step_ratio']:.2f} "
+        f"(target <= 1.5)"
+    )
+    print(
+        f"replay         {results['replay_events']} events in {results['replay_ms']:.2f} ms "
+        f"(target <= 20 ms for 1000)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import loom  # noqa: E402
-from loom.client import get_store  # noqa: E402
-from loom.replay import WorkflowRun  # noqa: E402
+import loom
+from loom.client import get_store
+from loom.replay import WorkflowRun
 
 
 @loom.activity
@@ -142,7 +142,7 @@ async def main_async(args: argparse.Namespace, db: Path) -> dict[str, Any]:
         results["latency_p50_ms"] = pct(lat, 0.5)
         results["latency_p99_ms"] = pct(lat, 0.99)
         small = statistics.median([(await per_step(10))[0] for _ in range(5)])
-        large, big_id = await per_step(1000)
+        large, _ = await per_step(1000)
         results["per_step_10_ms"] = small
         results["per_step_1000_ms"] = large
         results["per_step_ratio"] = large / small

@@ -254,7 +254,10 @@ def load_app(spec: str) -> tuple[list[Any], list[Any]]:
 def open_store(database: str, *, create: bool = False) -> Store:
     from loom.client import get_store
 
-    return get_store(database if create else require_database(database))
+    try:
+        return get_store(database if create else require_database(database))
+    except ValueError as err:  # an unsupported URL scheme: a bad --db value, not a failure
+        raise click.BadParameter(str(err), param_hint="--db") from err
 
 
 def workflow_json(record: WorkflowRecord, *, full: bool = False) -> dict[str, JSON]:
@@ -794,6 +797,8 @@ def _problems(found: Diagnosis) -> list[str]:
     problems = []
     if found.backend == "sqlite" and found.settings.get("journal_mode", "").lower() != "wal":
         problems.append(f"journal_mode is {found.settings.get('journal_mode')}, expected wal")
+    if found.backend == "sqlite" and found.settings.get("synchronous") == "off":
+        problems.append("synchronous is off: a power loss can drop committed workflow events")
     if found.schema_version < found.latest_schema_version:
         problems.append(
             f"schema version {found.schema_version} < {found.latest_schema_version}; "

@@ -15,7 +15,9 @@ Cases (one line each: p50 / p99 per call, and the ratio to the baseline where it
   cache-load          deserialize a compiled artifact from the on-disk cache (target <= 2 ms)...
   compile             ...versus compiling the module from its bytes (word-count, py-greet).
   parallel            N concurrent reactor calls (asyncio.gather) on the runtime's thread pool:
-                      calls/s, versus the same N run sequentially.
+                      calls/s, versus the same N run sequentially; once with the tiny input
+                      (call overhead, GIL-bound) and once counting 256 KiB of text per call
+                      (wasm-bound: wasmtime releases the GIL, so it scales with cores).
 
 Usage:
   python bench/wasm_overhead.py [--calls 5000] [--reps 3] [--parallel 2000] [--json]
@@ -55,6 +57,7 @@ MINIMAL_REACTOR = """(module
  (func (export "run") (param i32 i32) (result i64)
    local.get 0 i64.extend_i32_u i64.const 32 i64.shl local.get 1 i64.extend_i32_u i64.or))"""
 INPUT = {"text": "the quick brown fox jumps over the lazy dog"}
+HEAVY_INPUT = {"text": "lorem ipsum dolor sit amet " * 9709}  # 256 KiB
 COMPONENT_LIMITS = Limits(memory_mb=128, timeout_ms=10_000)
 
 
@@ -141,14 +144,14 @@ def time_one(call: Callable[[], Any]) -> float:
 
 
 async def bench_parallel(
-    runtime: SandboxRuntime, module: PreparedModule, n: int
+    runtime: SandboxRuntime, module: PreparedModule, n: int, value: Any
 ) -> dict[str, float]:
     start = time.perf_counter()
     for _ in range(n):
-        await runtime.run(module, INPUT)
+        await runtime.run(module, value)
     sequential = n / (time.perf_counter() - start)
     start = time.perf_counter()
-    await asyncio.gather(*(runtime.run(module, INPUT) for _ in range(n)))
+    await asyncio.gather(*(runtime.run(module, value) for _ in range(n)))
     parallel = n / (time.perf_counter() - start)
     return {"sequential_per_s": sequential, "parallel_per_s": parallel}
 
@@ -172,7 +175,12 @@ async def main() -> None:
             for case in reps[0]
         }
         cache_figures = bench_cache(runtime, wasm, args.reps)
-        parallel = await bench_parallel(runtime, modules["word-count"], args.parallel)
+        parallel = {
+            "tiny": await bench_parallel(runtime, modules["word-count"], args.parallel, INPUT),
+            "256KiB": await bench_parallel(
+                runtime, modules["word-count"], max(args.parallel // 20, 20), HEAVY_INPUT
+            ),
+        }
     report = {
         "cpus": os.cpu_count(),
         "calls": calls,
@@ -195,11 +203,12 @@ async def main() -> None:
             f"  cache {name:<10} load {fig['cache_load_ms']:7.2f} ms  compile "
             f"{fig['compile_ms']:8.2f} ms  ({fig['compile_ms'] / fig['cache_load_ms']:.0f}x)"
         )
-    print(
-        f"  parallel {args.parallel} reactor calls: {parallel['parallel_per_s']:,.0f} calls/s "
-        f"(sequential {parallel['sequential_per_s']:,.0f} calls/s, "
-        f"{parallel['parallel_per_s'] / parallel['sequential_per_s']:.2f}x)"
-    )
+    for label, fig in parallel.items():
+        print(
+            f"  parallel reactor ({label} input): {fig['parallel_per_s']:,.0f} calls/s "
+            f"(sequential {fig['sequential_per_s']:,.0f} calls/s, "
+            f"{fig['parallel_per_s'] / fig['sequential_per_s']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -492,6 +492,11 @@ class WorkflowRun:
         return self._out.status is not WorkflowStatus.RUNNING or self._failure is not None
 
     @property
+    def pending_count(self) -> int:
+        """Commands whose results the code still waits for."""
+        return len(self._pending)
+
+    @property
     def failure(self) -> BaseException | None:
         return self._failure
 

@@ -374,6 +374,29 @@ class SQLiteStore(Store):
             self.wakeups.progress_changed()
         return result
 
+    async def complete_and_continue(
+        self,
+        task: ClaimedTask,
+        result: NewEvent,
+        expected: tuple[int, int],
+        activation: Activation,
+        step: StepProgress | None,
+        *,
+        at: int,
+        eager_lease_ms: int = 0,
+    ) -> CommitResult:
+        done = await self._write(
+            _complete_and_continue, task, result, expected, activation, step, eager_lease_ms, at
+        )
+        if not done.is_committed or done.needs_rerun:
+            self.wakeups.tasks_ready()
+        if done.is_committed:
+            if activation.status is not WorkflowStatus.RUNNING:
+                self.wakeups.workflow_closed(task.workflow_id)
+                self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return done
+
     async def complete_activity(
         self,
         task: ClaimedTask,
@@ -747,28 +770,43 @@ def _commit_workflow_task(
     # Deleting the task under its lease is the fence: a reclaimed task matches no row.
     if not _delete_leased(conn, task):
         return CommitResult(is_committed=False)
+    return _write_activation(conn, task, activation, (), seen_sequence, step, eager_lease_ms, now)
+
+
+def _write_activation(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    activation: Activation,
+    leading: Sequence[NewEvent],
+    processed_sequence: int,
+    step: StepProgress | None,
+    eager_lease_ms: int,
+    now: int,
+) -> CommitResult:
+    """Append `leading` events, then the activation's, and apply its effects."""
     workflow_id = task.workflow_id
-    count = len(activation.events)
+    events = [*leading, *activation.events]
     row = conn.execute(
         "UPDATE workflows SET last_sequence = last_sequence + ?, status = ?, state = ?, "
         "error = ?, step_index = ?, current_step = COALESCE(?, current_step), "
         "step_description = COALESCE(?, step_description), processed_sequence = ?, "
         "epoch = epoch + 1, updated_at = ? WHERE workflow_id = ? RETURNING last_sequence, epoch",
         (
-            count,
+            len(events),
             activation.status.value,
             dumps(activation.state),
             dumps(activation.error) if activation.error else None,
             activation.step_index,
             step.name if step else None,
             step.description if step else None,
-            seen_sequence,
+            processed_sequence,
             now,
             workflow_id,
         ),
     ).fetchone()
-    previous_last, epoch = int(row[0]) - count, int(row[1])
-    _insert_events(conn, workflow_id, previous_last, activation.events, now)
+    last_sequence, epoch = int(row[0]), int(row[1])
+    previous_last = last_sequence - len(events) + len(leading)
+    _insert_events(conn, workflow_id, last_sequence - len(events), events, now)
     closed = activation.status is not WorkflowStatus.RUNNING
     eager = _insert_tasks(conn, task, activation, 0 if closed else eager_lease_ms, now)
     if activation.cancel_task_keys:
@@ -784,12 +822,53 @@ def _commit_workflow_task(
         )
     if closed:
         _close_workflow(conn, workflow_id, activation, now)
-        return CommitResult(is_committed=True, epoch=epoch)
-    if previous_last > seen_sequence:
+        return CommitResult(is_committed=True, epoch=epoch, last_sequence=last_sequence)
+    if previous_last > processed_sequence:
         # Events arrived while this task ran: schedule the workflow again to process them.
         _ensure_workflow_task(conn, workflow_id, now)
-        return CommitResult(is_committed=True, needs_rerun=True, epoch=epoch, tasks=eager)
-    return CommitResult(is_committed=True, epoch=epoch, tasks=eager)
+        return CommitResult(
+            is_committed=True,
+            needs_rerun=True,
+            epoch=epoch,
+            tasks=eager,
+            last_sequence=last_sequence,
+        )
+    return CommitResult(is_committed=True, epoch=epoch, tasks=eager, last_sequence=last_sequence)
+
+
+def _complete_and_continue(
+    conn: sqlite3.Connection,
+    task: ClaimedTask,
+    result: NewEvent,
+    expected: tuple[int, int],
+    activation: Activation,
+    step: StepProgress | None,
+    eager_lease_ms: int,
+    now: int,
+) -> CommitResult:
+    """Record an activity result and the activation it led to, if nothing else happened.
+
+    The worker drove its live run with the result before asking; that is valid only if the
+    history still ends where the run saw it (same last sequence and epoch) and no workflow
+    task is pending or running elsewhere. Otherwise only the result is recorded, as usual.
+    """
+    if not _delete_leased(conn, task):
+        return CommitResult(is_committed=False, is_recorded=False)
+    workflow_id = task.workflow_id
+    row = conn.execute(
+        "SELECT w.last_sequence, w.epoch, w.status, t.task_id FROM workflows w "
+        "LEFT JOIN tasks t ON t.task_key = ? WHERE w.workflow_id = ?",
+        (workflow_task_key(workflow_id), workflow_id),
+    ).fetchone()
+    if row is None or WorkflowStatus(row[2]).is_closed:
+        return CommitResult(is_committed=False)
+    if (row[0], row[1]) != expected or row[3] is not None:
+        _append_events(conn, workflow_id, [result], now)
+        _ensure_workflow_task(conn, workflow_id, now)
+        return CommitResult(is_committed=False)
+    return _write_activation(
+        conn, task, activation, [result], expected[0] + 1, step, eager_lease_ms, now
+    )
 
 
 def _insert_tasks(

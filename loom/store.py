@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loom._json import JSON
-from loom.history import Event, EventKind, WorkflowStatus
+from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.replay import Activation
 
 CursorLookup = Callable[[str], tuple[int, int] | None]
@@ -91,6 +91,9 @@ class CommitResult:
     is_committed: bool
     needs_rerun: bool = False
     epoch: int = 0
+    last_sequence: int = 0
+    is_recorded: bool = True
+    """For `complete_and_continue`: whether the activity result itself was recorded."""
     tasks: tuple[ClaimedTask, ...] = ()
     """Activity tasks created already leased to the committing worker (eager dispatch)."""
 
@@ -167,6 +170,23 @@ class Store(abc.ABC):
         With `eager_lease_ms`, new activity tasks are created leased to the same owner and
         returned, so the worker runs them without a claim round trip.
         """
+
+    @abc.abstractmethod
+    async def complete_and_continue(
+        self,
+        task: ClaimedTask,
+        result: NewEvent,
+        expected: tuple[int, int],
+        activation: Activation,
+        step: StepProgress | None,
+        *,
+        at: int,
+        eager_lease_ms: int = 0,
+    ) -> CommitResult:
+        """Record an activity result and the activation the live run computed from it, in
+        one transaction, if the history still ends at `expected` = (last sequence, epoch) and
+        no workflow task exists; otherwise record only the result (`is_committed` False).
+        Every event is written with time `at`, the time the run saw."""
 
     @abc.abstractmethod
     async def complete_activity(

@@ -31,9 +31,9 @@ from activity_registry import (
 from loom._json import JSON, is_json
 from loom.activity import Activity
 from loom.client import database_url, get_store
-from loom.history import EventKind, WorkflowStatus, encode_error
+from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
-from loom.store import ClaimedTask, Completion, StepProgress, Store
+from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
 from loom.workflow import CompiledWorkflow, Workflow
 from wasm_activities import SandboxError
 
@@ -267,21 +267,30 @@ class Worker:
         else:
             run.apply(task.events, include_commands=False)
         activation = run.take_activation()
-        index = min(activation.step_index, len(compiled.steps) - 1)
-        info = compiled.steps[index].info
-        has_room = len(self._inflight) < self.concurrency
         result = await store.commit_workflow_task(
             task,
             activation,
             run.cursor,
-            StepProgress(info.name, info.description),
-            eager_lease_ms=self.lease_ms if has_room and not self._stopping else 0,
+            _step_progress(compiled, activation.step_index),
+            eager_lease_ms=self._eager_lease_ms(),
         )
-        if not result.is_committed or activation.status is not WorkflowStatus.RUNNING:
+        self._committed(store, run, activation.status, result)
+
+    def _eager_lease_ms(self) -> int:
+        has_room = len(self._inflight) < self.concurrency
+        return self.lease_ms if has_room and not self._stopping else 0
+
+    def _committed(
+        self, store: Store, run: WorkflowRun, status: WorkflowStatus, result: CommitResult
+    ) -> None:
+        """Keep a run that committed and is still open; start the tasks it leased to us."""
+        if not result.is_committed or status is not WorkflowStatus.RUNNING:
             run.close()
         else:
             run.epoch = result.epoch
-            self._cache[task.workflow_id] = run
+            if not result.needs_rerun:
+                run.cursor = result.last_sequence  # everything up to here is ours or seen
+            self._cache[run.workflow_id] = run
             if len(self._cache) > self.max_cached_workflows:
                 _, evicted = self._cache.popitem(last=False)
                 evicted.close()
@@ -296,6 +305,26 @@ class Worker:
     async def _complete(
         self, store: Store, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
     ) -> None:
+        run = self._cache.get(task.workflow_id)
+        if run is not None and run.pending_count == 1 and not self._stopping:
+            # Sole outstanding command: drive the live run with the result now and record
+            # both in one transaction; the store refuses if anything else happened meanwhile.
+            del self._cache[task.workflow_id]
+            at = int(time.time() * 1000)
+            expected = (run.cursor, run.epoch)
+            run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
+            activation = run.take_activation()
+            result = await store.complete_and_continue(
+                task,
+                NewEvent(kind, payload),
+                expected,
+                activation,
+                _step_progress(run.compiled, activation.step_index),
+                at=at,
+                eager_lease_ms=self._eager_lease_ms(),
+            )
+            self._committed(store, run, activation.status, result)
+            return
         done = await store.complete_activity(
             task, kind, payload, continue_with=self._cursor_of, lease_ms=self.lease_ms
         )
@@ -451,3 +480,8 @@ class Worker:
     @property
     def workflows(self) -> Sequence[str]:
         return list(self._workflows)
+
+
+def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> StepProgress:
+    info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
+    return StepProgress(info.name, info.description)

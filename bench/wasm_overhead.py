@@ -17,7 +17,8 @@ Cases (one line each: p50 / p99 per call, and the ratio to the baseline where it
   parallel            N concurrent reactor calls (asyncio.gather) on the runtime's thread pool:
                       calls/s, versus the same N run sequentially; once with the tiny input
                       (call overhead, GIL-bound) and once counting 256 KiB of text per call
-                      (wasm-bound: wasmtime releases the GIL, so it scales with cores).
+                      (allocation-heavy wasm), and once for a pure-compute busy loop (wasmtime
+                      releases the GIL, so wasm-bound calls scale with cores).
 
 Usage:
   python bench/wasm_overhead.py [--calls 5000] [--reps 3] [--parallel 2000] [--json]
@@ -57,6 +58,12 @@ MINIMAL_REACTOR = """(module
  (func (export "run") (param i32 i32) (result i64)
    local.get 0 i64.extend_i32_u i64.const 32 i64.shl local.get 1 i64.extend_i32_u i64.or))"""
 INPUT = {"text": "the quick brown fox jumps over the lazy dog"}
+BUSY_REACTOR = MINIMAL_REACTOR.replace(
+    '(func (export "run") (param i32 i32) (result i64)',
+    '(func (export "run") (param i32 i32) (result i64) (local i32)'
+    " i32.const 3000000 local.set 2"
+    " (loop local.get 2 i32.const 1 i32.sub local.tee 2 br_if 0)",
+)  # ~1-2 ms of pure wasm compute, then echoes its input
 HEAVY_INPUT = {"text": "lorem ipsum dolor sit amet " * 9709}  # 256 KiB
 COMPONENT_LIMITS = Limits(memory_mb=128, timeout_ms=10_000)
 
@@ -169,6 +176,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as cache, SandboxRuntime(cache_dir=cache) as runtime:
         modules = {name: runtime.prepare(data, abis[name]) for name, data in wasm.items()}
         modules["minimal"] = runtime.prepare(wasmtime.wat2wasm(MINIMAL_REACTOR), "reactor")
+        modules["busy"] = runtime.prepare(wasmtime.wat2wasm(BUSY_REACTOR), "reactor")
         reps = [await bench_calls(runtime, modules, args.calls) for _ in range(args.reps)]
         calls = {
             case: {k: statistics.median(r[case][k] for r in reps) for k in reps[0][case]}
@@ -179,6 +187,9 @@ async def main() -> None:
             "tiny": await bench_parallel(runtime, modules["word-count"], args.parallel, INPUT),
             "256KiB": await bench_parallel(
                 runtime, modules["word-count"], max(args.parallel // 20, 20), HEAVY_INPUT
+            ),
+            "busy-loop": await bench_parallel(
+                runtime, modules["busy"], max(args.parallel // 20, 20), None
             ),
         }
     report = {

@@ -403,7 +403,15 @@ class SandboxRuntime:
             _set_stdin(wasi, stdin)
         wasi.stderr_custom = stream_writer(call.context, is_output=False)
         for grant in grants.fs:
-            wasi.preopen_dir(str(Path(grant.host).resolve()), grant.guest, grant.mode == "rw")
+            host = Path(grant.host).resolve()
+            if not host.is_dir():
+                raise ValueError(
+                    f"fs grant {grant.host!r} -> {grant.guest!r}: the host directory does not "
+                    "exist on this worker; create it or fix the activity's [grants]"
+                )
+            # fs_mutable=False opens the preopen read-only: WASI refuses writes, creates,
+            # renames and deletes under it (tested, not assumed)
+            wasi.preopen_dir(str(host), grant.guest, grant.mode == "rw")
         call.store.set_wasi(wasi)
 
     def _invoke(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:

@@ -151,3 +151,11 @@ def test_env_is_not_inherited_only_granted(
     granted = Grants(env=["LOOM_TEST_MODEL"])
     assert probe(runtime, prepared, granted, env="LOOM_TEST_MODEL")["env"] == "small"
     assert probe(runtime, prepared, granted, env="LOOM_TEST_TOKEN")["env"] is None
+
+
+def test_missing_fs_grant_directory_is_a_clear_error(
+    runtime: SandboxRuntime, prepared: Prepared, tmp_path: Path
+) -> None:
+    grants = Grants(fs=[FsGrant(host=str(tmp_path / "missing"), guest="/data")])
+    with pytest.raises(ValueError, match="does not exist"):
+        runtime.run_sync(prepared("probe.c"), {}, grants=grants)

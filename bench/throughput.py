@@ -146,7 +146,7 @@ async def main_async(args: argparse.Namespace, db: Path) -> dict[str, Any]:
         results["per_step_10_ms"] = small
         results["per_step_1000_ms"] = large
         results["per_step_ratio"] = large / small
-        _, replay_id = await per_step(330)
+        _, replay_id = await per_step(499)
         results["replay_ms"], results["replay_events"] = await replay(replay_id, 11)
     return results
 

@@ -18,7 +18,7 @@ from loom._json import JSON, is_json
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
 from loom.history import WorkflowStatus
 from loom.replay import decode_error
-from loom.store import NewWorkflow, Store, WorkflowRecord
+from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
 from loom.workflow import CompiledWorkflow, compiled_workflow
 
 StateT = TypeVar("StateT")
@@ -151,24 +151,37 @@ class WorkflowHandle(Generic[StateT]):
         NonDeterministicWorkflowError, WorkflowCancelledError) or WorkflowStillRunningError
         when `timeout` seconds pass first.
         """
+        status = (await self._store.get_statuses([self.workflow_id])).get(self.workflow_id)
+        if status is None:
+            raise WorkflowNotFoundError(self.workflow_id)
+        if not status.is_closed:
+            try:
+                outcome = await _watcher(self._store).wait(self.workflow_id, timeout)
+            except TimeoutError:
+                outcome = None
+            if outcome is not None:
+                return self._finish(outcome.status, outcome.state, outcome.error, "")
         record = await self._record()
         if not record.status.is_closed:
-            try:
-                await _watcher(self._store).wait(self.workflow_id, timeout)
-            except TimeoutError:
-                record = await self._record()
-                if not record.status.is_closed:
-                    raise WorkflowStillRunningError(self.workflow_id, record.status.value) from None
-            record = await self._record()
+            raise WorkflowStillRunningError(self.workflow_id, record.status.value)
         return self._outcome(record)
 
     def _outcome(self, record: WorkflowRecord) -> StateT:
-        if record.status is WorkflowStatus.COMPLETED:
-            compiled = self._compiled or _known(record.workflow_name)
+        return self._finish(record.status, record.state, record.error, record.workflow_name)
+
+    def _finish(
+        self,
+        status: WorkflowStatus,
+        state: dict[str, JSON],
+        error: dict[str, JSON] | None,
+        workflow_name: str,
+    ) -> StateT:
+        if status is WorkflowStatus.COMPLETED:
+            compiled = self._compiled or (_known(workflow_name) if workflow_name else None)
             if compiled is None:
-                return record.state  # type: ignore[return-value]  # untyped reattach: JSON
-            return compiled.decode_state(record.state)
-        raise decode_error(record.error or {"type": record.status.value}, self.workflow_id)
+                return state  # type: ignore[return-value]  # untyped reattach: plain JSON
+            return compiled.decode_state(state)
+        raise decode_error(error or {"type": status.value}, self.workflow_id)
 
     async def signal(self, name: str, payload: JSON = None, **fields: JSON) -> None:
         """Send signal `name`; buffered if the workflow is not waiting for it yet."""
@@ -192,16 +205,16 @@ class _ClosedWatcher:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiting: dict[str, list[asyncio.Future[Outcome | None]]] = {}
         self._poller: asyncio.Task[None] | None = None
 
-    async def wait(self, workflow_id: str, timeout: float | None) -> None:
+    async def wait(self, workflow_id: str, timeout: float | None) -> Outcome | None:
         future = self._store.wakeups.closed_future(workflow_id)
         self._waiting.setdefault(workflow_id, []).append(future)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         finally:
             self._store.wakeups.forget(workflow_id, future)
             waiters = self._waiting.get(workflow_id, [])
@@ -216,10 +229,12 @@ class _ClosedWatcher:
             ids = list(self._waiting)
             if not ids:
                 break
-            for workflow_id in await self._store.closed_among(ids):
-                for future in self._waiting.pop(workflow_id, []):
-                    if not future.done():
-                        future.set_result(None)
+            statuses = await self._store.get_statuses(ids)
+            for workflow_id, status in statuses.items():
+                if status.is_closed:
+                    for future in self._waiting.pop(workflow_id, []):
+                        if not future.done():
+                            future.set_result(None)
 
 
 _watchers: dict[tuple[int, asyncio.AbstractEventLoop], _ClosedWatcher] = {}

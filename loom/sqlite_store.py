@@ -33,6 +33,7 @@ from loom.store import (
     CursorLookup,
     Diagnosis,
     NewWorkflow,
+    Outcome,
     StepProgress,
     Store,
     StoreStats,
@@ -369,7 +370,7 @@ class SQLiteStore(Store):
             ):
                 self.wakeups.tasks_ready()
             if activation.status is not WorkflowStatus.RUNNING:
-                self.wakeups.workflow_closed(task.workflow_id)
+                self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
                 self.wakeups.tasks_ready()
             self.wakeups.progress_changed()
         return result
@@ -392,7 +393,7 @@ class SQLiteStore(Store):
             self.wakeups.tasks_ready()
         if done.is_committed:
             if activation.status is not WorkflowStatus.RUNNING:
-                self.wakeups.workflow_closed(task.workflow_id)
+                self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
                 self.wakeups.tasks_ready()
             self.wakeups.progress_changed()
         return done
@@ -455,8 +456,8 @@ class SQLiteStore(Store):
     async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]:
         return await self._read(_get_workflows, list(workflow_ids))
 
-    async def closed_among(self, workflow_ids: Sequence[str]) -> list[str]:
-        return await self._read(_closed_among, list(workflow_ids))
+    async def get_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        return await self._read(_get_statuses, list(workflow_ids))
 
     async def list_events(self, workflow_id: str) -> list[Event]:
         return await self._read(_load_events, workflow_id, 0)
@@ -508,18 +509,20 @@ def _get_workflows(conn: sqlite3.Connection, workflow_ids: list[str]) -> list[Wo
     return records
 
 
-def _closed_among(conn: sqlite3.Connection, workflow_ids: list[str]) -> list[str]:
-    closed: list[str] = []
+def _get_statuses(conn: sqlite3.Connection, workflow_ids: list[str]) -> dict[str, WorkflowStatus]:
+    statuses: dict[str, WorkflowStatus] = {}
     for start in range(0, len(workflow_ids), 500):
         chunk = workflow_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(
-            f"SELECT workflow_id FROM workflows WHERE workflow_id IN ({marks}) "
-            "AND status IN ('COMPLETED', 'FAILED', 'CANCELED')",
-            chunk,
+            f"SELECT workflow_id, status FROM workflows WHERE workflow_id IN ({marks})", chunk
         ).fetchall()
-        closed.extend(row[0] for row in rows)
-    return closed
+        statuses.update((row[0], WorkflowStatus(row[1])) for row in rows)
+    return statuses
+
+
+def _outcome(activation: Activation) -> Outcome:
+    return Outcome(activation.status, activation.state, activation.error)
 
 
 def _list_workflows(
@@ -619,7 +622,10 @@ def _insert_workflow(conn: sqlite3.Connection, spec: NewWorkflow, now: int) -> N
 def _create_workflow(
     conn: sqlite3.Connection, spec: NewWorkflow, now: int
 ) -> tuple[WorkflowRecord, bool]:
-    existing = _get_workflow(conn, spec.workflow_id)
+    exists = conn.execute(
+        "SELECT 1 FROM workflows WHERE workflow_id = ?", (spec.workflow_id,)
+    ).fetchone()
+    existing = _get_workflow(conn, spec.workflow_id) if exists else None
     if existing is not None:
         if existing.workflow_name != spec.workflow_name:
             raise WorkflowAlreadyExistsError(

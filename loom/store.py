@@ -239,8 +239,8 @@ class Store(abc.ABC):
     async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]: ...
 
     @abc.abstractmethod
-    async def closed_among(self, workflow_ids: Sequence[str]) -> list[str]:
-        """The ids among `workflow_ids` whose workflows have finished (one query)."""
+    async def get_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        """Status of each existing workflow among `workflow_ids` (one light query)."""
 
     @abc.abstractmethod
     async def list_events(self, workflow_id: str) -> list[Event]: ...
@@ -285,7 +285,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._task_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
-        self._closed: dict[str, list[asyncio.Future[None]]] = {}
+        self._closed: dict[str, list[asyncio.Future[Outcome | None]]] = {}
         self._progress: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     def on_tasks(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -304,29 +304,39 @@ class Wakeups:
     def progress_changed(self) -> None:
         _call_all(self._progress)
 
-    def closed_future(self, workflow_id: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def closed_future(self, workflow_id: str) -> asyncio.Future[Outcome | None]:
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self._closed.setdefault(workflow_id, []).append(future)
         return future
 
-    def forget(self, workflow_id: str, future: asyncio.Future[None]) -> None:
+    def forget(self, workflow_id: str, future: asyncio.Future[Outcome | None]) -> None:
         waiters = self._closed.get(workflow_id)
         if waiters and future in waiters:
             waiters.remove(future)
             if not waiters:
                 del self._closed[workflow_id]
 
-    def workflow_closed(self, workflow_id: str) -> None:
+    def workflow_closed(self, workflow_id: str, outcome: Outcome | None = None) -> None:
+        """Wake in-process waiters; `outcome` spares them reading the final row back."""
         for future in self._closed.pop(workflow_id, ()):
             loop = future.get_loop()
             if loop.is_closed():
                 continue
-            loop.call_soon_threadsafe(_set_done, future)
+            loop.call_soon_threadsafe(_set_done, future, outcome)
 
 
-def _set_done(future: asyncio.Future[None]) -> None:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a workflow finished, as its final commit wrote it."""
+
+    status: WorkflowStatus
+    state: dict[str, JSON]
+    error: dict[str, JSON] | None
+
+
+def _set_done(future: asyncio.Future[Outcome | None], outcome: Outcome | None) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(outcome)
 
 
 def _call_all(listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -43,6 +44,10 @@ DEFAULT_CONCURRENCY = 100
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_CACHE_SIZE = 10_000
+GC_GEN0_THRESHOLD = 50_000
+"""The engine allocates many short-lived objects per workflow (futures, events, handles);
+with CPython's default gen-0 threshold of 700 the collector runs every few workflows and
+scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
 CLAIM_BATCH = 256
 UNKNOWN_WORKFLOW_DELAY_MS = 5_000
 
@@ -65,6 +70,7 @@ class Worker:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         max_cached_workflows: int = DEFAULT_CACHE_SIZE,
         worker_id: str | None = None,
+        tune_gc: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -93,6 +99,8 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
         self._activity_registry: Registry | None = None
+        self.tune_gc = tune_gc
+        self._gc_threshold: tuple[int, int, int] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class Worker:
     async def _serve(self) -> None:
         store = self._store = get_store(self.database)
         self._wake = asyncio.Event()
+        self._raise_gc_threshold()
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
         heartbeat = asyncio.create_task(self._heartbeat(store))
@@ -167,6 +176,16 @@ class Worker:
             if self._activity_registry is not None:
                 await self._activity_registry.close()
                 self._activity_registry = None
+            if self._gc_threshold is not None:
+                gc.set_threshold(*self._gc_threshold)
+                self._gc_threshold = None
+
+    def _raise_gc_threshold(self) -> None:
+        """See GC_GEN0_THRESHOLD; restored when the worker stops. `tune_gc=False` opts out."""
+        current = gc.get_threshold()
+        if self.tune_gc and current[0] < GC_GEN0_THRESHOLD:
+            self._gc_threshold = (current[0], current[1], current[2])
+            gc.set_threshold(GC_GEN0_THRESHOLD, current[1], current[2])
 
     async def _claim_loop(self, store: Store) -> None:
         assert self._wake is not None

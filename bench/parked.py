@@ -1,0 +1,90 @@
+"""Memory of parked workflows: N workflows suspended in one worker's cache.
+
+Cases (one process, durable SQLite):
+  baseline   RSS of the process with the worker running and nothing parked
+  parked     RSS once N workflows have each run one activity and wait for a signal
+             (their coroutines stay live in the worker's cache), and the cost per workflow
+  drained    RSS after all were signalled and completed (the cache lets them go)
+
+Usage: python bench/parked.py [--workflows 10000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loom
+from loom.client import get_store
+
+
+@loom.activity
+async def reserve(item: int) -> int:
+    return item + 1
+
+
+@loom.workflow(name="Parked")
+class Parked(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.item = await ctx.activity(reserve, ctx.input["n"])
+        ctx.state.approval = await ctx.wait_for_signal("approve")
+
+
+def rss_mb() -> float:
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(count: int, database: Path) -> dict[str, float]:
+    loom.configure(database=database)
+    figures: dict[str, float] = {"workflows": count}
+    async with loom.Worker(workflows=[Parked], activities=[reserve], concurrency=500):
+        figures["baseline_mb"] = rss_mb()
+        start = time.perf_counter()
+        handles = await asyncio.gather(*(Parked.start({"n": i}) for i in range(count)))
+        ids = [h.workflow_id for h in handles]
+        while not all("item" in r.state for r in await get_store().get_workflows(ids)):
+            await asyncio.sleep(0.2)
+        figures["park_seconds"] = time.perf_counter() - start
+        figures["parked_mb"] = rss_mb()
+        await asyncio.gather(*(h.signal("approve", {"ok": True}) for h in handles))
+        states = await asyncio.gather(*(h.result(timeout=600) for h in handles))
+        assert all(s["approval"] == {"ok": True} for s in states)
+        figures["drained_mb"] = rss_mb()
+    loom.configure(database=None)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workflows", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = asyncio.run(measure(args.workflows, Path(tmp) / "loom.db"))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    per = (figures["parked_mb"] - figures["baseline_mb"]) * 1024 / args.workflows
+    print(f"baseline  RSS {figures['baseline_mb']:.0f} MB (worker running, nothing parked)")
+    print(
+        f"parked    RSS {figures['parked_mb']:.0f} MB with {args.workflows} parked workflows "
+        f"({per:.1f} KiB each; parked in {figures['park_seconds']:.1f} s; target <= 300 MB)"
+    )
+    print(f"drained   RSS {figures['drained_mb']:.0f} MB after all completed")
+
+
+if __name__ == "__main__":
+    main()

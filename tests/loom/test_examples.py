@@ -45,3 +45,13 @@ async def test_quiz_durably_waits_for_approval(db_path, make_worker) -> None:
     assert state == {"score": 4, "approved_by": "t9", "status": "final"}
     logs = await loom.get_handle("quiz-bo")._store.list_logs("quiz-bo")
     assert [message for _, _, message in logs] == ["graded bo: 4"]
+
+
+async def test_logger_is_silent_during_replay(db_path, make_worker) -> None:
+    # With no cache every activation replays the history: the log line is still written once.
+    async with make_worker([QuizWorkflow], [grade], max_cached_workflows=0):
+        handle = await QuizWorkflow.start({"student": "cy", "answers": []}, workflow_id="quiz-cy")
+        await handle.signal("approve", teacher="t1")
+        await handle.result(timeout=10)
+    logs = await loom.get_handle("quiz-cy")._store.list_logs("quiz-cy")
+    assert [message for _, _, message in logs] == ["graded cy: 0"]

@@ -1,6 +1,7 @@
 """Builds activity modules from committed sources into the git-ignored cache `.build/wasm/`.
 
-Importable by every package's tests (`from tests.wasm_activities.build import build_example`).
+Stdlib only (no `loom` import): used by `examples/demo.py`, the benchmarks and every package's
+tests (`from examples.build import build_example`; `tests.wasm_activities.build` re-exports it).
 The cache key hashes the sources, the SDK, the flags and the toolchain version, so any change
 rebuilds; building is serialised with a file lock so parallel test processes share one build.
 """
@@ -19,9 +20,17 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
-__all__ = ["BUILD_DIR", "EXAMPLES_DIR", "REPO_ROOT", "build_c", "build_example", "build_zig"]
+__all__ = [
+    "BUILD_DIR",
+    "EXAMPLES_DIR",
+    "REPO_ROOT",
+    "build_c",
+    "build_component",
+    "build_example",
+    "build_zig",
+]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = REPO_ROOT / ".build" / "wasm"
 EXAMPLES_DIR = REPO_ROOT / "examples" / "activities"
 SDK_DIR = REPO_ROOT / "wasm_activities" / "sdk"

@@ -7,22 +7,34 @@ syntax beyond the connection pragmas) so a PostgreSQL backend can reuse it with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from activity_registry.manifest import ActivityVersion, RetryPolicy
 from wasm_activities import Grants, Limits
 
-__all__ = ["COMPONENT", "SCHEMA_VERSION", "ModuleStore", "Registration"]
+__all__ = [
+    "COMPONENT",
+    "SCHEMA_VERSION",
+    "ModuleStore",
+    "PostgresModuleStore",
+    "Registration",
+    "is_postgres_url",
+]
 
 COMPONENT = "activity_registry"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK = 0x6C6F6F6D
+"""pg_advisory_xact_lock key; the engine's PostgreSQL store takes the same one to migrate."""
+POSTGRES_SCHEMES = ("postgres://", "postgresql://")
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -243,3 +255,71 @@ class ModuleStore:
                     (row[0], row[0]),
                 )
         return True
+
+
+def is_postgres_url(database: str) -> bool:
+    """Whether `database` names a PostgreSQL server rather than a SQLite file."""
+    return database.startswith(POSTGRES_SCHEMES)
+
+
+class _PostgresCursor:
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class _PostgresConnection:
+    """The slice of `sqlite3.Connection` ModuleStore uses, over one asyncpg connection.
+
+    asyncpg is async; this thread (the registry's database thread) owns a private event loop
+    and runs each statement to completion on it. `?` placeholders become `$n`, BLOB BYTEA.
+    """
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._conn = self._loop.run_until_complete(asyncpg.connect(url))
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> _PostgresCursor:
+        if sql == "BEGIN IMMEDIATE":  # serialize writers as SQLite's write lock does
+            self._run("BEGIN", ())
+            self._run("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK,))
+            return _PostgresCursor([])
+        pieces = sql.replace("BLOB", "BYTEA").replace("INTEGER", "BIGINT").split("?")
+        numbered = pieces[0] + "".join(f"${i}{rest}" for i, rest in enumerate(pieces[1:], 1))
+        return _PostgresCursor(self._run(numbered, params))
+
+    def _run(self, sql: str, params: Sequence[object]) -> list[Any]:
+        return cast(list[Any], self._loop.run_until_complete(self._conn.fetch(sql, *params)))
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(self._conn.close())
+        finally:
+            self._loop.close()
+
+
+class PostgresModuleStore(ModuleStore):
+    """The same tables in PostgreSQL (module bytes as BYTEA), so workers on any host load them.
+
+    Not thread-safe: use it from one thread only (the registry's database thread).
+    """
+
+    def __init__(self, url: str) -> None:  # no super().__init__: that opens SQLite
+        # Duck-typed: ModuleStore only calls execute() (and close()) on its connection.
+        self._connection = cast(sqlite3.Connection, _PostgresConnection(url))
+        try:
+            self._migrate()
+        except BaseException:
+            self._connection.close()
+            raise

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from activity_registry.exceptions import (
@@ -33,7 +34,12 @@ from activity_registry.manifest import (
     Manifest,
     RetryPolicy,
 )
-from activity_registry.module_store import ModuleStore, now_ms
+from activity_registry.module_store import (
+    ModuleStore,
+    PostgresModuleStore,
+    is_postgres_url,
+    now_ms,
+)
 from activity_registry.schema import JSON, SchemaValidator, check_schema
 from activity_registry.version_range import VersionRange, parse_version
 from wasm_activities import (
@@ -98,8 +104,10 @@ def _database_path(database: str | os.PathLike[str]) -> str:
     text = os.fspath(database)
     if text.startswith("sqlite:///"):
         return text.removeprefix("sqlite:///")
-    if "://" in text:
-        raise ValueError(f"unsupported database {text!r}: only SQLite file paths are supported")
+    if "://" in text and not is_postgres_url(text):
+        raise ValueError(
+            f"unsupported database {text!r}: use a SQLite file path or postgresql://..."
+        )
     return text
 
 
@@ -198,8 +206,9 @@ class Registry:
     def _on_thread(self, operation: Callable[[ModuleStore], _T]) -> _T:
         if self._store is None:
             try:
-                self._store = ModuleStore(self._path)
-            except sqlite3.Error as err:
+                is_postgres = is_postgres_url(self._path)
+                self._store = (PostgresModuleStore if is_postgres else ModuleStore)(self._path)
+            except (sqlite3.Error, OSError, asyncpg.PostgresError) as err:
                 raise RegistryError(
                     f"cannot open database {self._path!r}: {err}; check --db / LOOM_DATABASE",
                     database=self._path,

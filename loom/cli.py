@@ -91,10 +91,13 @@ def render_error(ctx: click.Context, err: BaseException) -> NoReturn:
 
 
 def _operational_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
     from activity_registry import RegistryError
     from wasm_activities import SandboxError
 
-    return (LoomError, RegistryError, SandboxError, sqlite3.Error, OSError)
+    database_errors = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+    return (LoomError, RegistryError, SandboxError, *database_errors, OSError)
 
 
 class LoomGroup(click.Group):
@@ -799,6 +802,9 @@ def _problems(found: Diagnosis) -> list[str]:
         problems.append(f"journal_mode is {found.settings.get('journal_mode')}, expected wal")
     if found.backend == "sqlite" and found.settings.get("synchronous") == "off":
         problems.append("synchronous is off: a power loss can drop committed workflow events")
+    for setting in ("fsync", "synchronous_commit"):
+        if found.backend == "postgresql" and found.settings.get(setting) == "off":
+            problems.append(f"{setting} is off: a crash can drop committed workflow events")
     if found.schema_version < found.latest_schema_version:
         problems.append(
             f"schema version {found.schema_version} < {found.latest_schema_version}; "

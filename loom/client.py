@@ -75,10 +75,18 @@ def get_store(database: str | os.PathLike[str] | None = None) -> Store:
         store = _stores.get(key)
         if store is None:
             if key.startswith(("postgres://", "postgresql://")):
-                raise ValueError("PostgreSQL support is not available yet; use a SQLite path")
-            from loom.sqlite_store import SQLiteStore
+                from loom.postgres_store import PostgresStore
 
-            store = SQLiteStore(key)
+                store = PostgresStore(key)
+            elif "://" in key:
+                raise ValueError(
+                    f"unsupported database URL {key!r}: use a SQLite file path or "
+                    "postgresql://user@host:port/dbname"
+                )
+            else:
+                from loom.sqlite_store import SQLiteStore
+
+                store = SQLiteStore(key)
             _stores[key] = store
         return store
 

@@ -266,6 +266,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def reserve(self, concurrency: int) -> None:
+        """Size connection resources for `concurrency` operations at once (workers call it).
+
+        A no-op for SQLite's single writer; PostgreSQL grows its connection pool.
+        """
+        return None
+
     # -- operator views (read-only) ------------------------------------------------------
 
     @abc.abstractmethod

@@ -154,6 +154,7 @@ class Worker:
 
     async def _serve(self) -> None:
         store = self._store = get_store(self.database)
+        await store.reserve(self.concurrency)
         self._wake = asyncio.Event()
         self._raise_gc_threshold()
         await self._registry()  # native activities become visible in `loom activity list`

@@ -1,19 +1,95 @@
-"""Fixtures shared by every test package: a real SQLite file per test."""
+"""Fixtures shared by every test package: a real SQLite file per test, or a fresh schema on
+the real PostgreSQL server (LOOM_TEST_POSTGRES, default 127.0.0.1:5432 database `test`)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import os
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 import loom
 
+POSTGRES_URL = os.environ.get("LOOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def run_sql(url: str, *statements: str) -> list[Any]:
+    """Run statements on PostgreSQL from sync code (on a thread: a test loop may be running)."""
+    results: list[Any] = []
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                results.append(await conn.fetch(statement))
+        finally:
+            await conn.close()
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return results
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the PostgreSQL leg cannot run, or None when the server answers."""
+    try:
+        run_sql(POSTGRES_URL, "SELECT 1")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+        return f"PostgreSQL not reachable at {POSTGRES_URL} ({type(err).__name__}: {err})"
+    return None
+
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Iterator[Path]:
-    """A fresh database file, configured as this process's default for the test."""
-    path = tmp_path / "loom.db"
-    loom.configure(database=path)
-    yield path
+def postgres_url() -> Iterator[str]:
+    """A fresh schema on the test server (via search_path), dropped afterwards."""
+    reason = postgres_unreachable()
+    if reason is not None:
+        pytest.skip(f"{reason}; set LOOM_TEST_POSTGRES or start the server")
+    schema = f"loom_test_{uuid.uuid4().hex[:12]}"
+    run_sql(POSTGRES_URL, f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    run_sql(POSTGRES_URL, "SET lock_timeout = '10s'", f"DROP SCHEMA {schema} CASCADE")
+
+
+def configured(database: Path | str) -> Iterator[Path | str]:
+    loom.configure(database=database)
+    yield database
     loom.configure(database=None)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Iterator[Path | str]:
+    """A fresh database file, configured as this process's default for the test."""
+    yield from configured(tmp_path / "loom.db")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """`db_path` on each backend in turn: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        yield from configured(tmp_path / "loom.db")
+    else:
+        yield from configured(request.getfixturevalue("postgres_url"))
+
+
+def is_postgres(database: Path | str) -> bool:
+    return str(database).startswith(("postgres://", "postgresql://"))

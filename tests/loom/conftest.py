@@ -12,6 +12,12 @@ from loom.store import Store
 
 
 @pytest.fixture
+def db_path(any_db: Path | str) -> Path | str:
+    """Engine tests run on both backends: a SQLite file and a fresh PostgreSQL schema."""
+    return any_db
+
+
+@pytest.fixture
 def store(db_path: Path) -> Store:
     return get_store(db_path)
 

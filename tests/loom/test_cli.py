@@ -19,6 +19,7 @@ import loom
 from examples.quiz import QuizWorkflow, grade
 from loom.cli import main
 from loom.client import get_store
+from tests.conftest import is_postgres, run_sql
 
 QUIZ_INPUT = json.dumps({"student": "ann", "answers": ["b", "a", "d", "x"]})
 WORKFLOW_KEYS = {
@@ -62,6 +63,9 @@ def assert_error(result: Result, error_type: str, *fragments: str) -> None:
 
 def execute_sql(db: Path, *statements: str) -> None:
     """Edit the database behind the engine's back (simulates manual surgery or lost rows)."""
+    if is_postgres(db):
+        run_sql(str(db), *statements)
+        return
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         for statement in statements:
             conn.execute(statement)
@@ -163,9 +167,16 @@ def test_usage_errors_exit_2(db_path: Path, args: tuple[str, ...]) -> None:
 
 
 def test_unsupported_database_url_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["stats", "--db", "postgresql://localhost/loom"])
+    result = CliRunner().invoke(main, ["stats", "--db", "mysql://localhost/loom"])
     assert result.exit_code == 2
-    assert "PostgreSQL" in result.stderr and "Traceback" not in result.stderr
+    assert "postgresql://" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_postgres_database_is_one_line(db_path: Path) -> None:
+    if not is_postgres(db_path):
+        pytest.skip("PostgreSQL only: a missing SQLite file has its own test above")
+    missing = str(db_path).replace("/test?", "/loom_no_such_database?")
+    assert_error(loom_cli("stats", db=missing), "InvalidCatalogNameError", "does not exist")
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -230,9 +241,13 @@ def test_signal_cancel_stats_and_doctor(db_path: Path) -> None:
     assert doctor.exit_code == 0, doctor.output
     report = json.loads(doctor.stdout)
     settings = report["settings"]
-    assert settings["journal_mode"] == "wal"
-    assert settings["synchronous"] in {"normal", "full", "extra"}
-    assert int(settings["busy_timeout"]) > 0
+    if is_postgres(db_path):
+        assert settings["fsync"] == "on" and settings["synchronous_commit"] != "off"
+        assert int(settings["max_connections"]) > 0
+    else:
+        assert settings["journal_mode"] == "wal"
+        assert settings["synchronous"] in {"normal", "full", "extra"}
+        assert int(settings["busy_timeout"]) > 0
     assert report["schema_version"] == report["latest_schema_version"] >= 1
     assert report["is_healthy"] is True and report["stuck_workflows"] == []
 
@@ -277,11 +292,12 @@ def test_init_creates_and_is_idempotent(tmp_path: Path) -> None:
 def test_terminal_output_uses_rich_tables(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     start_quiz(db_path, "q1")
     monkeypatch.setattr("loom.cli.is_terminal", lambda: True)
+    setting = "synchronous_commit" if is_postgres(db_path) else "journal_mode"
     for args, expected in (
         (("list",), ("WORKFLOW ID", "q1", "PENDING")),
         (("inspect", "q1"), ("workflow", "Robin is getting started")),
         (("stats",), ("WORKFLOWS", "TASKS", "due")),
-        (("doctor",), ("journal_mode", "no problems found")),
+        (("doctor",), (setting, "no problems found")),
     ):
         result = loom_cli(*args, db=db_path)
         assert result.exit_code == 0, result.output

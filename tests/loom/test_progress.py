@@ -10,9 +10,11 @@ from typing import Any
 
 import loom
 from loom.client import get_store
+from loom.postgres_store import PostgresStore
 from loom.progress import Progress, progress_message
 from loom.sqlite_store import SQLiteStore
 from loom.store import NewWorkflow, WorkflowRecord
+from tests.conftest import is_postgres
 
 
 @loom.activity
@@ -106,7 +108,7 @@ async def test_stream_unsubscribes_when_closed(db_path: Path) -> None:
 async def test_stream_polls_for_writes_from_another_process(db_path: Path) -> None:
     """A second store on the same file stands in for another process: its writes wake nobody."""
     compiled = PlainWorkflow.compile()
-    other = SQLiteStore(db_path)
+    other = PostgresStore(str(db_path)) if is_postgres(db_path) else SQLiteStore(db_path)
     try:
         stream = loom.stream_progress(owner="u3", poll_interval=0.05)
         async with contextlib.aclosing(stream):

@@ -272,11 +272,16 @@ def _print_result(result: DemoResult, options: DemoOptions) -> None:
     wid = result.workflow_id
     say()
     say(result.report or f"(no report; the workflow ended {result.status.value})")
+    commands = [
+        (f"inspect {wid}{db}", "status, current step, state"),
+        (f"inspect {wid} --events{db}", "the whole history"),
+        (f"logs {wid}{db}", "what the agent logged"),
+        (f"activity list{db}", "the registered tools"),
+    ]
+    width = max(len(command) for command, _ in commands)
     say("Look at it:")
-    say(f"  {loom_bin} inspect {wid}{db}             # status, current step, state")
-    say(f"  {loom_bin} inspect {wid} --events{db}    # the whole history")
-    say(f"  {loom_bin} logs {wid}{db}                # what the agent logged")
-    say(f"  {loom_bin} activity list{db}                      # the registered tools")
+    for command, what in commands:
+        say(f"  {loom_bin} {command:<{width}}  # {what}")
     say()
 
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -242,8 +242,7 @@ async def run_demo(options: DemoOptions) -> DemoResult:
         worker = start_worker(options, api_key)
         stack.callback(stop_worker, worker)
         say("[5/6] running the ResearchAgent workflow")
-        async with AsyncExitStack():
-            handle = await run_workflow(options, servers, worker)
+        handle = await run_workflow(options, servers, worker)
         status = await handle.status()
         state = await handle.state()
         requests = dict(servers.requests)

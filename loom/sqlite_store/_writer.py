@@ -1,0 +1,259 @@
+"""The SQLite writer thread: one connection per database, group commit, schema migrations.
+
+Operations are plain functions run on this thread; it drains its queue and commits every
+pending operation in one transaction, then wakes the awaiting coroutines. Knows nothing of
+what the operations do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from loom.exceptions import (
+    LoomError,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 512
+SCHEMA_COMPONENT = "loom"
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS workflows (
+        workflow_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        workflow_version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        owner TEXT,
+        agent TEXT,
+        parent_id TEXT,
+        parent_seq INTEGER,
+        source_hash TEXT NOT NULL,
+        current_step TEXT,
+        step_description TEXT,
+        step_index INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL,
+        last_sequence INTEGER NOT NULL,
+        processed_sequence INTEGER NOT NULL DEFAULT 0,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
+    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
+    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
+    CREATE TABLE IF NOT EXISTS events (
+        workflow_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, sequence)
+    );
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id INTEGER PRIMARY KEY,
+        task_key TEXT NOT NULL UNIQUE,
+        workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        run_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
+    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
+    CREATE TABLE IF NOT EXISTS logs (
+        log_id INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
+    """,
+]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open a connection with the engine's pragmas (WAL, busy timeout, full sync)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, "
+            "version INTEGER NOT NULL, applied_at INTEGER NOT NULL, "
+            "PRIMARY KEY (component, version))"
+        )
+        row = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
+            (SCHEMA_COMPONENT,),
+        ).fetchone()
+        current = int(row[0])
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
+                (SCHEMA_COMPONENT, version, now_ms()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]
+
+
+class _Writer:
+    """The single DB thread: drains queued operations and commits them together."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"loom-db:{path}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((fn, args, future, write))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _main(self) -> None:
+        try:
+            conn = connect(self._path)
+            migrate(conn)
+        except BaseException as err:  # surfaced to the constructor's caller
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    extra = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if extra is None:
+                    stop = True
+                    break
+                batch.append(extra)
+            self._run_batch(conn, batch)
+            if stop:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[bool, Any]] = []
+        for attempt in range(20):
+            try:
+                results = self._transaction(conn, batch)
+                break
+            except sqlite3.OperationalError as err:
+                # busy_timeout already waited; another process holds the lock for long.
+                if not _is_busy(err):
+                    results = [(False, err)] * len(batch)
+                    break
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                time.sleep(0.01 * (attempt + 1))
+        else:
+            results = [(False, LoomError("database stayed locked by another process"))] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_, _, future, _), (ok, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, items)
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run the batch in one transaction; an operation that raises is dropped and the rest
+        re-run in a fresh transaction (optimistic: no per-operation savepoint on the hot path).
+        """
+        failed: dict[int, Exception] = {}
+        while True:
+            writes = any(op[3] for i, op in enumerate(batch) if i not in failed)
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            results: list[tuple[bool, Any]] = []
+            try:
+                for index, (fn, args, _, _) in enumerate(batch):
+                    if index in failed:
+                        results.append((False, failed[index]))
+                        continue
+                    try:
+                        results.append((True, fn(conn, *args)))
+                    except Exception as err:
+                        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+                            raise
+                        failed[index] = err
+                        break
+                else:
+                    conn.execute("COMMIT")
+                    return results
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("ROLLBACK")
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    return "locked" in str(err) or "busy" in str(err)
+
+
+def _deliver(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

@@ -1,4 +1,5 @@
-"""Fixtures for registry tests: a real SQLite file, a registry on it, tiny WAT activities."""
+"""Fixtures for registry tests: a real database (SQLite, PostgreSQL), a registry on it, tiny WAT
+activities."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from tests.activity_registry.activity_files import ActivityFactory, write_activi
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "loom.db"
+def db_path(any_db: Path | str) -> Path | str:
+    """A SQLite file, then a fresh PostgreSQL schema: module bytes live in either."""
+    return any_db
 
 
 @pytest.fixture

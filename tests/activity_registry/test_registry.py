@@ -28,6 +28,7 @@ from tests.activity_registry.activity_files import (
     ActivityFactory,
     constant_wat,
 )
+from tests.conftest import is_postgres, run_sql
 from wasm_activities import ActivityTimeout
 
 TEXT_INPUT = {
@@ -39,6 +40,9 @@ TEXT_INPUT = {
 
 
 def table_rows(db_path: Path, table: str) -> list[tuple[object, ...]]:
+    if is_postgres(db_path):
+        [rows] = run_sql(str(db_path), f"SELECT * FROM {table}")
+        return [tuple(row) for row in rows]
     with sqlite3.connect(db_path) as db:
         return list(db.execute(f"SELECT * FROM {table}"))
 
@@ -273,8 +277,11 @@ async def test_prepare_survives_a_new_registry_and_detects_tampering(
     async with Registry(db_path) as second:
         prepared = await second.prepare(activity)
         assert prepared.sha256 == activity.sha256
-    with sqlite3.connect(db_path) as db:
-        db.execute("UPDATE activity_modules SET content = ?", (b"\0asm tampered",))
+    if is_postgres(db_path):
+        run_sql(str(db_path), "UPDATE activity_modules SET content = '\\x0061736d'::bytea")
+    else:
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE activity_modules SET content = ?", (b"\0asm tampered",))
     async with Registry(db_path) as third:
         with pytest.raises(CorruptModuleError, match="hashes to sha256:"):
             await third.prepare(activity)
@@ -356,17 +363,24 @@ async def test_concurrent_registrations_of_one_version_store_it_once(
 async def test_shares_schema_migrations_with_the_engine(
     make_activity: ActivityFactory, db_path: Path
 ) -> None:
-    with sqlite3.connect(db_path) as db:
-        db.execute(
-            "CREATE TABLE schema_migrations (component TEXT, version INTEGER,"
-            " applied_at INTEGER, PRIMARY KEY(component, version))"
-        )
-        db.execute("INSERT INTO schema_migrations VALUES ('loom', 1, 0)")
+    engine_table = (
+        "CREATE TABLE schema_migrations (component TEXT, version INTEGER,"
+        " applied_at INTEGER, PRIMARY KEY(component, version))",
+        "INSERT INTO schema_migrations VALUES ('loom', 1, 0)",
+    )
+    if is_postgres(db_path):
+        run_sql(str(db_path), *(s.replace("INTEGER", "BIGINT") for s in engine_table))
+    else:
+        with sqlite3.connect(db_path) as db:
+            for statement in engine_table:
+                db.execute(statement)
     for _ in range(2):  # reopening migrates nothing twice
         async with Registry(db_path) as registry:
             await registry.register(make_activity())
     rows = sorted((c, v) for c, v, _ in table_rows(db_path, "schema_migrations"))
     assert rows == [("activity_registry", 1), ("loom", 1)]
+    if is_postgres(db_path):
+        return
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 

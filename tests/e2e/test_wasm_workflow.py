@@ -15,7 +15,8 @@ from tests.wasm_activities.build import EXAMPLES_DIR, build_example
 
 
 @pytest.mark.timeout(120)
-async def test_registered_c_activity_runs_in_a_worker_subprocess(db_path, spawn_worker) -> None:
+async def test_registered_c_activity_runs_in_a_worker_subprocess(any_db, spawn_worker) -> None:
+    db_path = any_db  # module bytes live in the database on both backends
     build_example("word-count")
     registered = subprocess.run(
         [

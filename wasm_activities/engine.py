@@ -527,14 +527,36 @@ def _run_for_loop(
     return keep.clear
 
 
+_Outcome = tuple["asyncio.Future[RunResult]", RunResult | None, BaseException | None]
+_settling: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+_settling_lock = threading.Lock()
+
+
 def _settle_soon(
     loop: asyncio.AbstractEventLoop,
     future: asyncio.Future[RunResult],
     result: RunResult | None,
     error: BaseException | None,
 ) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop closed while we ran: nobody is waiting
-        loop.call_soon_threadsafe(_settle, future, result, error)
+    """Hand an outcome to its loop; outcomes finishing before the loop gets to them share one
+    wake-up (each `call_soon_threadsafe` costs the loop a self-pipe write and read)."""
+    with _settling_lock:
+        waiting = _settling.setdefault(loop, [])
+        waiting.append((future, result, error))
+        if len(waiting) > 1:
+            return
+    try:
+        loop.call_soon_threadsafe(_settle_all, loop)
+    except RuntimeError:  # the loop closed while we ran: nobody is waiting
+        with _settling_lock:
+            _settling.pop(loop, None)
+
+
+def _settle_all(loop: asyncio.AbstractEventLoop) -> None:
+    with _settling_lock:
+        outcomes = _settling.pop(loop, [])
+    for future, result, error in outcomes:
+        _settle(future, result, error)
 
 
 def _settle(

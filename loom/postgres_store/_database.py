@@ -1,0 +1,302 @@
+"""The PostgreSQL DB thread: an event loop owning the pool, the LISTEN connection and NOTIFY.
+
+Callers on any event loop submit operations; each runs as one transaction on a pooled
+connection (deadlocks and serialization failures are retried) and its result is handed back
+to the caller's loop. Knows nothing of workflows beyond the schema it migrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+
+from loom.exceptions import LoomError
+from loom.sqlite_store import now_ms
+
+Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
+
+logger = logging.getLogger("loom.postgres")
+
+CHANNEL = "loom_tasks"
+SCHEMA_COMPONENT = "loom"
+MIGRATION_LOCK = 0x6C6F6F6D  # pg_advisory_xact_lock key shared with the registry ("loom")
+DEFAULT_POOL_SIZE = 4
+MAX_POOL_SIZE = 16
+"""Per process: four workers at full concurrency stay well under max_connections = 100."""
+RETRIES = 10
+OPEN_TIMEOUT = 30.0
+URL_SCHEMES = ("postgres://", "postgresql://")
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS workflows (
+        workflow_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        workflow_version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        owner TEXT,
+        agent TEXT,
+        parent_id TEXT,
+        parent_seq BIGINT,
+        source_hash TEXT NOT NULL,
+        current_step TEXT,
+        step_description TEXT,
+        step_index BIGINT NOT NULL DEFAULT 0,
+        total_steps BIGINT NOT NULL,
+        last_sequence BIGINT NOT NULL,
+        processed_sequence BIGINT NOT NULL DEFAULT 0,
+        epoch BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
+    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
+    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
+    CREATE TABLE IF NOT EXISTS events (
+        workflow_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (workflow_id, sequence)
+    );
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id BIGSERIAL PRIMARY KEY,
+        task_key TEXT NOT NULL UNIQUE,
+        workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        run_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
+    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
+    CREATE TABLE IF NOT EXISTS logs (
+        log_id BIGSERIAL PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
+    """,
+]
+
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(URL_SCHEMES)
+
+
+async def migrate(conn: Connection) -> int:
+    """Apply pending migrations under an advisory lock (workers may start together)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, "
+            "version BIGINT NOT NULL, applied_at BIGINT NOT NULL, "
+            "PRIMARY KEY (component, version))"
+        )
+        current = int(
+            await conn.fetchval(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = $1",
+                SCHEMA_COMPONENT,
+            )
+        )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO schema_migrations (component, version, applied_at) "
+                "VALUES ($1, $2, $3)",
+                SCHEMA_COMPONENT,
+                version,
+                now_ms(),
+            )
+    return len(MIGRATIONS)
+
+
+_Op = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class _Database:
+    """The DB thread: an event loop with the pool, the listener and the notifier."""
+
+    def __init__(self, url: str, on_remote_tasks: Callable[[], None]) -> None:
+        self._url = url
+        self._on_remote_tasks = on_remote_tasks
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="loom-db:postgres", daemon=True
+        )
+        self._pool: Any = None
+        self._pool_size = DEFAULT_POOL_SIZE
+        self._listener: Connection | None = None
+        self._listener_pid = 0
+        self._running: set[asyncio.Task[Any]] = set()
+        self._notifying = False
+        self._notify_again = False
+        self._closing = False
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(OPEN_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _open(self) -> None:
+        conn = await asyncpg.connect(self._url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = await self._create_pool(self._pool_size)
+        await self._listen()
+
+    async def _create_pool(self, size: int) -> Any:
+        return await asyncpg.create_pool(self._url, min_size=1, max_size=size)
+
+    async def _listen(self) -> None:
+        try:
+            listener = await asyncpg.connect(self._url)
+            await listener.add_listener(CHANNEL, self._notified)
+            listener.add_termination_listener(self._listener_lost)
+        except (OSError, asyncpg.PostgresError) as err:
+            logger.warning("LISTEN %s failed (%s); workers fall back to polling", CHANNEL, err)
+            return
+        self._listener, self._listener_pid = listener, listener.get_server_pid()
+
+    def _notified(self, conn: Connection, pid: int, channel: str, payload: str) -> None:
+        if pid != self._listener_pid:  # our own NOTIFY already woke this process
+            self._on_remote_tasks()
+
+    def _listener_lost(self, conn: Connection) -> None:
+        self._listener = None
+        if not self._closing:
+            self._loop.call_later(1.0, self._spawn, self._listen())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = self._loop.create_task(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    # -- called from other threads -------------------------------------------------------
+
+    def submit(self, fn: _Op, args: tuple[Any, ...], write: bool) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._loop.call_soon_threadsafe(self._start, fn, args, write, future)
+        return future
+
+    def notify(self) -> None:
+        """Send one NOTIFY soon; requests arriving while one is in flight coalesce."""
+        with contextlib.suppress(RuntimeError):  # the loop is stopping
+            self._loop.call_soon_threadsafe(self._request_notify)
+
+    def resize(self, size: int) -> None:
+        asyncio.run_coroutine_threadsafe(self._resize(size), self._loop).result(OPEN_TIMEOUT)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(15)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- on the DB thread ----------------------------------------------------------------
+
+    def _start(
+        self, fn: _Op, args: tuple[Any, ...], write: bool, future: asyncio.Future[Any]
+    ) -> None:
+        task = self._spawn(self._run(fn, args, write))
+        task.add_done_callback(lambda done: _hand_back(done, future))
+
+    async def _run(self, fn: _Op, args: tuple[Any, ...], write: bool) -> Any:
+        if self._closing:
+            raise LoomError("the PostgreSQL store is closed")
+        for attempt in range(RETRIES):
+            pool = self._pool
+            async with pool.acquire() as conn:
+                if not write:
+                    return await fn(conn, *args)
+                try:
+                    async with conn.transaction():
+                        return await fn(conn, *args)
+                except _RETRYABLE:
+                    if attempt == RETRIES - 1:
+                        raise
+            await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _request_notify(self) -> None:
+        if self._notifying:
+            self._notify_again = True
+        elif self._listener is not None:
+            self._notifying = True
+            self._spawn(self._send_notify())
+
+    async def _send_notify(self) -> None:
+        try:
+            while True:
+                self._notify_again = False
+                if self._listener is None:
+                    return
+                await self._listener.execute(f"NOTIFY {CHANNEL}")
+                if not self._notify_again:
+                    return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            logger.warning("NOTIFY %s failed: %s", CHANNEL, err)
+        finally:
+            self._notifying = False
+
+    async def _resize(self, size: int) -> None:
+        if size <= self._pool_size:
+            return
+        old, self._pool = self._pool, await self._create_pool(size)
+        self._pool_size = size
+        self._spawn(old.close())  # waits for the operations still using it
+
+    async def _close(self) -> None:
+        self._closing = True
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=10)
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                await listener.close()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+
+
+def _hand_back(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
+    loop = future.get_loop()
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_deliver, done, future)
+
+
+def _deliver(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        return
+    if done.cancelled():
+        future.set_exception(LoomError("the PostgreSQL store was closed during the operation"))
+    elif (error := done.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(done.result())

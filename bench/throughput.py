@@ -7,7 +7,14 @@ Cases (one process: the client and one worker share it, as `async with Worker` d
   per-step        cost per activity step in a 10-step and a 1,000-step workflow (ratio)
   replay          cold replay of a ~1,000-event history (WorkflowRun.apply), p50
 
+With --db postgresql://... (a fresh schema in that database, dropped afterwards):
+  postgres-commit raw asyncpg: single-row commits/s on one connection
+  throughput      workflows/s with the worker in this process (as above)
+  processes-N     workflows/s with N = 1, 2, 4 `loom worker` subprocesses (the client here)
+  latency         single workflow start -> result, p50/p99, worker in this process
+
 Usage: python bench/throughput.py [--workflows 3000] [--reps 3] [--json]
+       python bench/throughput.py --db postgresql://postgres@127.0.0.1:5432/test
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import loom
 from loom.client import get_store
 from loom.replay import WorkflowRun
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @loom.activity
@@ -151,13 +162,118 @@ async def main_async(args: argparse.Namespace, db: Path) -> dict[str, Any]:
     return results
 
 
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+async def postgres_baseline(url: str, seconds: float = 1.0) -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE bench_raw (id BIGSERIAL PRIMARY KEY, payload TEXT)")
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_raw (payload) VALUES ('x')")
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+def spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "loom", "worker", "--app", "throughput", "--db", url]
+    return [
+        subprocess.Popen(
+            [*command, "--concurrency", "500"],
+            cwd=ROOT / "bench",
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+
+
+async def postgres_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    loom.configure(database=url)
+    results: dict[str, Any] = {"postgres_commits_per_s": await postgres_baseline(url)}
+    worker = loom.Worker(
+        workflows=[BenchOrder, BenchSteps], activities=[reserve, charge, notify], concurrency=500
+    )
+    async with worker:
+        await throughput(200)  # warm-up
+        rates = [await throughput(args.workflows) for _ in range(args.reps)]
+        results["throughput_wf_per_s"] = statistics.median(rates)
+        lat = await latency(args.latency_samples)
+        results["latency_p50_ms"] = pct(lat, 0.5)
+        results["latency_p99_ms"] = pct(lat, 0.99)
+    for processes in (1, 2, 4):
+        procs = spawn_workers(url, processes)
+        try:
+            await throughput(200)  # warm-up: every worker has started and claimed
+            rates = [await throughput(args.workflows) for _ in range(args.reps)]
+            results[f"processes_{processes}_wf_per_s"] = statistics.median(rates)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait()
+    return results
+
+
+def run_sql(url: str, statement: str) -> None:
+    import asyncpg
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
+
+
+def postgres_main(args: argparse.Namespace) -> None:
+    schema = f"loom_bench_{uuid.uuid4().hex[:8]}"
+    run_sql(args.db, f"CREATE SCHEMA {schema}")
+    url = f"{args.db}{'&' if '?' in args.db else '?'}search_path={schema}"
+    try:
+        results = asyncio.run(postgres_async(args, url))
+    finally:
+        loom.configure(database=None)
+        run_sql(args.db, f"DROP SCHEMA {schema} CASCADE")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; {args.db}")
+    print(f"postgres-commit raw asyncpg {results['postgres_commits_per_s']:8.0f} commits/s")
+    print(
+        f"throughput     {results['throughput_wf_per_s']:8.0f} workflows/s "
+        "(3 activities each; worker in this process)"
+    )
+    for processes in (1, 2, 4):
+        rate = results[f"processes_{processes}_wf_per_s"]
+        print(f"processes-{processes}    {rate:8.0f} workflows/s ({processes} worker processes)")
+    print(
+        f"latency        p50 {results['latency_p50_ms']:.2f} ms  p99 "
+        f"{results['latency_p99_ms']:.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--db", help="postgresql://... to measure the PostgreSQL backend")
     args = parser.parse_args()
+    if args.db:
+        if not args.db.startswith(("postgres://", "postgresql://")):
+            parser.error("--db takes a postgresql:// URL; the default run measures SQLite")
+        postgres_main(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         commits, rows = sqlite_baseline(Path(tmp) / "raw.db")
         results = asyncio.run(main_async(args, Path(tmp) / "loom.db"))

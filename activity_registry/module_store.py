@@ -134,9 +134,21 @@ class ModuleStore:
         )
         self._connection.row_factory = sqlite3.Row
         self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._connection.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal()
         self._connection.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+
+    def _enable_wal(self) -> None:
+        # Switching a fresh file to WAL ignores busy_timeout: registries opening it together
+        # (several workers starting) see "database is locked" at once, so retry briefly.
+        for attempt in range(50):
+            try:
+                self._connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == 49:
+                    raise
+                time.sleep(0.002 * (attempt + 1))
 
     def close(self) -> None:
         """Close the connection."""

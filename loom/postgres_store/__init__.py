@@ -102,6 +102,11 @@ class PostgresStore(Store):
         result: T = await self._db.submit(fn, args, False)
         return result
 
+    @property
+    def pool_size(self) -> int:
+        """The connection pool's maximum size (grown by `reserve`)."""
+        return self._db.pool_size
+
     async def reserve(self, concurrency: int) -> None:
         await asyncio.get_running_loop().run_in_executor(
             None, self._db.resize, max(DEFAULT_POOL_SIZE, min(concurrency + 2, MAX_POOL_SIZE))

@@ -131,6 +131,14 @@ async def migrate(conn: Connection) -> int:
 _Op = Callable[..., Coroutine[Any, Any, Any]]
 
 
+class Rollback(Exception):
+    """Raised by an operation to roll its transaction back and return `result` anyway."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("rolled back")
+        self.result = result
+
+
 class _Database:
     """The DB thread: an event loop with the pool, the listener and the notifier."""
 
@@ -166,7 +174,7 @@ class _Database:
         await self._listen()
 
     async def _create_pool(self, size: int) -> Any:
-        return await asyncpg.create_pool(self._url, min_size=1, max_size=size)
+        return await asyncpg.create_pool(self._url, min_size=1, max_size=size, reset=_keep_session)
 
     async def _listen(self) -> None:
         try:
@@ -194,6 +202,10 @@ class _Database:
         return task
 
     # -- called from other threads -------------------------------------------------------
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
 
     def submit(self, fn: _Op, args: tuple[Any, ...], write: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -236,6 +248,8 @@ class _Database:
                 try:
                     async with conn.transaction():
                         return await fn(conn, *args)
+                except Rollback as rollback:
+                    return rollback.result
                 except _RETRYABLE:
                     if attempt == RETRIES - 1:
                         raise
@@ -281,6 +295,11 @@ class _Database:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Operations change no session state (no SET, LISTEN or session locks), so a released
+    connection needs no reset query: one round trip less per operation."""
 
 
 def _hand_back(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:

@@ -18,7 +18,7 @@ from loom.exceptions import (
     WorkflowNotFoundError,
 )
 from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
-from loom.postgres_store._database import MIGRATIONS, SCHEMA_COMPONENT, Connection
+from loom.postgres_store._database import MIGRATIONS, SCHEMA_COMPONENT, Connection, Rollback
 from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.sqlite_store import _WORKFLOW_COLUMNS, _record
 from loom.store import (
@@ -284,26 +284,20 @@ async def _attach_histories(
     return dropped
 
 
-async def _lock_leased(conn: Connection, task: ClaimedTask) -> asyncpg.Record | None:
-    """Lock the workflow row, then delete the task if this claim still holds it.
+async def _delete_leased(conn: Connection, task: ClaimedTask) -> bool:
+    """Delete the task if this claim still holds it: the fence and the exactly-once guard.
 
     (owner, attempts) identifies one claim: a re-claim after expiry bumps attempts, so a
-    reclaimed task matches no row; the task row is the exactly-once guard. Returns the
-    workflow's (last_sequence, epoch, status), or None when the lease was lost.
+    reclaimed task matches no row. Callers lock the workflow row first (lock order) and raise
+    Rollback when this returns False, undoing what they wrote before it.
     """
-    workflow = await conn.fetchrow(
-        "SELECT last_sequence, epoch, status FROM workflows WHERE workflow_id = $1 FOR UPDATE",
-        task.workflow_id,
-    )
     deleted = await conn.fetchval(
         "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1",
         task.task_id,
         task.owner,
         task.attempt,
     )
-    if deleted is None or workflow is None:
-        return None
-    return workflow
+    return deleted is not None
 
 
 async def _append_events(
@@ -354,33 +348,44 @@ async def _commit_workflow_task(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    if await _lock_leased(conn, task) is None:
-        return CommitResult(is_committed=False)
-    return await _write_activation(
-        conn, task, activation, (), seen_sequence, step, eager_lease_ms, now
+    row = await _update_workflow(conn, task, activation, 0, seen_sequence, step, now)
+    return await _apply_activation(
+        conn, task, activation, row, (), seen_sequence, eager_lease_ms, now
     )
 
 
-async def _write_activation(
+_OPEN_GUARD = (
+    " AND last_sequence = $11 AND epoch = $12 AND status IN ('PENDING', 'RUNNING') "
+    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $13)"
+)
+
+
+async def _update_workflow(
     conn: Connection,
     task: ClaimedTask,
     activation: Activation,
-    leading: Sequence[NewEvent],
+    leading: int,
     processed_sequence: int,
     step: StepProgress | None,
-    eager_lease_ms: int,
     now: int,
-) -> CommitResult:
-    """Append `leading` events, then the activation's, and apply its effects."""
-    workflow_id = task.workflow_id
-    events = [*leading, *activation.events]
+    expected: tuple[int, int] | None = None,
+) -> asyncpg.Record | None:
+    """Write the activation's row (locking it first, see lock order), then fence on the task.
+
+    With `expected`, only if the history still ends at (last sequence, epoch) and no workflow
+    task exists; None otherwise. Whoever creates a workflow task also bumps last_sequence or
+    epoch in that transaction, so the re-checked row catches one committed while we waited.
+    A lost lease raises Rollback: nothing this transaction wrote survives.
+    """
+    guard = "" if expected is None else _OPEN_GUARD
+    extra = () if expected is None else (*expected, workflow_task_key(task.workflow_id))
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
         "step_description = COALESCE($7, step_description), processed_sequence = $8, "
-        "epoch = epoch + 1, updated_at = $9 WHERE workflow_id = $10 "
+        f"epoch = epoch + 1, updated_at = $9 WHERE workflow_id = $10{guard} "
         "RETURNING last_sequence, epoch, parent_id, parent_seq",
-        len(events),
+        leading + len(activation.events),
         activation.status.value,
         dumps(activation.state),
         dumps(activation.error) if activation.error else None,
@@ -389,10 +394,29 @@ async def _write_activation(
         step.description if step else None,
         processed_sequence,
         now,
-        workflow_id,
+        task.workflow_id,
+        *extra,
     )
+    if row is not None and not await _delete_leased(conn, task):
+        # Lost to a re-claim: complete_and_continue recorded nothing either.
+        raise Rollback(CommitResult(is_committed=False, is_recorded=expected is None))
+    return row
+
+
+async def _apply_activation(
+    conn: Connection,
+    task: ClaimedTask,
+    activation: Activation,
+    row: asyncpg.Record,
+    leading: Sequence[NewEvent],
+    processed_sequence: int,
+    eager_lease_ms: int,
+    now: int,
+) -> CommitResult:
+    """Append `leading` events, then the activation's, and apply its effects."""
+    workflow_id = task.workflow_id
+    events = [*leading, *activation.events]
     last_sequence, epoch = int(row[0]), int(row[1])
-    previous_last = last_sequence - len(events) + len(leading)
     if events:
         await _insert_events(conn, workflow_id, last_sequence - len(events), events, now)
     closed = activation.status is not WorkflowStatus.RUNNING
@@ -416,7 +440,7 @@ async def _write_activation(
     if closed:
         await _close_workflow(conn, workflow_id, row[2], row[3], activation, now)
         return CommitResult(is_committed=True, epoch=epoch, last_sequence=last_sequence)
-    if previous_last > processed_sequence:
+    if last_sequence - len(activation.events) > processed_sequence:
         # Events arrived while this task ran: schedule the workflow again to process them.
         await _ensure_workflow_task(conn, workflow_id, now)
         return CommitResult(
@@ -439,27 +463,20 @@ async def _complete_and_continue(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    """Record an activity result and the activation it led to, if nothing else happened.
-
-    The workflow row is locked before the checks, and every writer of a workflow's events
-    or workflow task locks it too, so nothing can slip in between check and write.
-    """
-    workflow = await _lock_leased(conn, task)
-    if workflow is None:
-        return CommitResult(is_committed=False, is_recorded=False)
-    if WorkflowStatus(workflow[2]).is_closed:
-        return CommitResult(is_committed=False)
-    workflow_id = task.workflow_id
-    pending = await conn.fetchval(
-        "SELECT 1 FROM tasks WHERE task_key = $1", workflow_task_key(workflow_id)
-    )
-    if (workflow[0], workflow[1]) != expected or pending is not None:
-        await _append_events(conn, workflow_id, [result], now)
-        await _ensure_workflow_task(conn, workflow_id, now)
-        return CommitResult(is_committed=False)
-    return await _write_activation(
-        conn, task, activation, [result], expected[0] + 1, step, eager_lease_ms, now
-    )
+    """Record an activity result and the activation it led to, if nothing else happened."""
+    processed = expected[0] + 1
+    row = await _update_workflow(conn, task, activation, 1, processed, step, now, expected)
+    if row is not None:
+        return await _apply_activation(
+            conn, task, activation, row, [result], processed, eager_lease_ms, now
+        )
+    # The history moved on (or another run holds the workflow task): record the result only.
+    workflow = await _append_events(conn, task.workflow_id, [result], now, open_only=True)
+    if not await _delete_leased(conn, task):
+        raise Rollback(CommitResult(is_committed=False, is_recorded=False))
+    if workflow is not None:
+        await _ensure_workflow_task(conn, task.workflow_id, now)
+    return CommitResult(is_committed=False)
 
 
 async def _insert_tasks(
@@ -572,10 +589,10 @@ async def _complete_task(
     now: int,
 ) -> Completion:
     """Record an activity outcome or timer firing exactly once (the task row is the guard)."""
-    if await _lock_leased(conn, task) is None:
-        return Completion(is_recorded=False)
     workflow_id = task.workflow_id
     workflow = await _append_events(conn, workflow_id, [event], now, open_only=True)
+    if not await _delete_leased(conn, task):  # after the workflow row: lock order
+        raise Rollback(Completion(is_recorded=False))
     if workflow is None:
         return Completion(is_recorded=True)  # the workflow already finished: nothing to wake
     cached = None if continue_with is None else continue_with(workflow_id)

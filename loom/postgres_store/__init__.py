@@ -99,6 +99,8 @@ class PostgresStore(Store):
         return result
 
     async def _read(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Reads, and writes that are one statement (atomic by themselves): no explicit
+        transaction, so no BEGIN and COMMIT round trips."""
         result: T = await self._db.submit(fn, args, False)
         return result
 
@@ -125,7 +127,7 @@ class PostgresStore(Store):
     # -- operations (wakeups as in SQLiteStore) -----------------------------------------
 
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
-        result = await self._write(_create_workflow, spec, now_ms())
+        result = await self._read(_create_workflow, spec, now_ms())
         if result[1]:
             self.wakeups.tasks_ready()
             self.wakeups.progress_changed()
@@ -134,7 +136,8 @@ class PostgresStore(Store):
     async def claim_tasks(
         self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
     ) -> list[ClaimedTask]:
-        return await self._write(_claim_tasks, owner, limit, lease_ms, cursor_of, now_ms())
+        # The claim commits by itself; what follows only reads (and drops finished tasks).
+        return await self._read(_claim_tasks, owner, limit, lease_ms, cursor_of, now_ms())
 
     async def commit_workflow_task(
         self,
@@ -231,10 +234,10 @@ class PostgresStore(Store):
         return True
 
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
-        await self._write(_extend_leases, owner, lease_ms, now_ms())
+        await self._read(_extend_leases, owner, lease_ms, now_ms())
 
     async def release_tasks(self, owner: str) -> None:
-        await self._write(_release_tasks, owner, now_ms())
+        await self._read(_release_tasks, owner, now_ms())
         self.wakeups.tasks_ready()
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:

@@ -370,12 +370,11 @@ async def _update_workflow(
     now: int,
     expected: tuple[int, int] | None = None,
 ) -> asyncpg.Record | None:
-    """Write the activation's row (locking it first, see lock order), then fence on the task.
+    """Write the activation's row, which locks it first (see lock order).
 
     With `expected`, only if the history still ends at (last sequence, epoch) and no workflow
     task exists; None otherwise. Whoever creates a workflow task also bumps last_sequence or
     epoch in that transaction, so the re-checked row catches one committed while we waited.
-    A lost lease raises Rollback: nothing this transaction wrote survives.
     """
     guard = "" if expected is None else _OPEN_GUARD
     extra = () if expected is None else (*expected, workflow_task_key(task.workflow_id))
@@ -397,9 +396,6 @@ async def _update_workflow(
         task.workflow_id,
         *extra,
     )
-    if row is not None and not await _delete_leased(conn, task):
-        # Lost to a re-claim: complete_and_continue recorded nothing either.
-        raise Rollback(CommitResult(is_committed=False, is_recorded=expected is None))
     return row
 
 
@@ -417,10 +413,14 @@ async def _apply_activation(
     workflow_id = task.workflow_id
     events = [*leading, *activation.events]
     last_sequence, epoch = int(row[0]), int(row[1])
-    if events:
-        await _insert_events(conn, workflow_id, last_sequence - len(events), events, now)
     closed = activation.status is not WorkflowStatus.RUNNING
-    eager = await _insert_tasks(conn, task, activation, 0 if closed else eager_lease_ms, now)
+    after = last_sequence - len(events)
+    lease_ms = 0 if closed else eager_lease_ms
+    eager = await _fence_and_insert(conn, task, activation, after, events, lease_ms, now)
+    if eager is None:
+        # Lost to a re-claim: roll back the row update; complete_and_continue (which brings
+        # the activity result as `leading`) recorded nothing either.
+        raise Rollback(CommitResult(is_committed=False, is_recorded=not leading))
     if activation.cancel_task_keys:
         await conn.execute(
             "DELETE FROM tasks WHERE task_key = ANY($1::text[])", list(activation.cancel_task_keys)
@@ -479,49 +479,61 @@ async def _complete_and_continue(
     return CommitResult(is_committed=False)
 
 
-async def _insert_tasks(
+async def _fence_and_insert(
     conn: Connection,
     task: ClaimedTask,
     activation: Activation,
+    after: int,
+    events: Sequence[NewEvent],
     eager_lease_ms: int,
     now: int,
-) -> tuple[ClaimedTask, ...]:
-    """Create the activation's tasks; activity tasks leased to `task.owner` when eager."""
+) -> tuple[ClaimedTask, ...] | None:
+    """In one statement: delete `task` under its lease (the fence), append `events` after
+    sequence `after` and create the activation's tasks, activity tasks leased to `task.owner`
+    when eager. Returns the eager tasks, or None when the lease was lost (the caller rolls
+    back: the inserts then vanish with the transaction)."""
     workflow_id = task.workflow_id
-    lazy = [t for t in activation.tasks if not eager_lease_ms or t.kind != ACTIVITY_TASK]
-    if lazy:
-        await conn.execute(
-            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
-            "SELECT key, $1, kind, payload, run_at "
-            "FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) "
-            "AS t (key, kind, payload, run_at) ON CONFLICT (task_key) DO NOTHING",
-            workflow_id,
-            [t.key for t in lazy],
-            [t.kind for t in lazy],
-            [dumps(t.payload) for t in lazy],
-            [t.run_at or now for t in lazy],
-        )
-    specs = {t.key: t for t in activation.tasks if eager_lease_ms and t.kind == ACTIVITY_TASK}
-    if not specs:
-        return ()
     expires = now + eager_lease_ms
-    rows = await conn.fetch(
-        "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
-        "lease_owner, lease_expires_at) SELECT key, $1, $2, payload, $3, 1, $4, $3 "
-        "FROM unnest($5::text[], $6::text[]) AS t (key, payload) "
-        "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key",
-        workflow_id,
-        ACTIVITY_TASK,
-        expires,
+    specs = activation.tasks
+    is_eager = [bool(eager_lease_ms) and t.kind == ACTIVITY_TASK for t in specs]
+    row = await conn.fetchrow(
+        "WITH fence AS (DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 "
+        "AND attempts = $3 RETURNING 1), "
+        "e AS (INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+        "SELECT $4, $5 + n, kind, payload, $6 "
+        "FROM unnest($7::text[], $8::text[]) WITH ORDINALITY AS e (kind, payload, n)), "
+        "t AS (INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
+        "lease_owner, lease_expires_at) SELECT key, $4, kind, payload, run_at, attempts, "
+        "owner, expires FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[], "
+        "$13::bigint[], $14::text[], $15::bigint[]) "
+        "AS t (key, kind, payload, run_at, attempts, owner, expires) "
+        "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key, lease_owner) "
+        "SELECT (SELECT COUNT(*) FROM fence) AS fenced, "
+        "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL) AS ids, "
+        "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL) AS keys",
+        task.task_id,
         task.owner,
-        list(specs),
-        [dumps(t.payload) for t in specs.values()],
+        task.attempt,
+        workflow_id,
+        after,
+        now,
+        [e.kind.value for e in events],
+        [dumps(e.payload) for e in events],
+        [t.key for t in specs],
+        [t.kind for t in specs],
+        [dumps(t.payload) for t in specs],
+        [expires if eager else t.run_at or now for t, eager in zip(specs, is_eager, strict=True)],
+        [1 if eager else 0 for eager in is_eager],
+        [task.owner if eager else None for eager in is_eager],
+        [expires if eager else None for eager in is_eager],
     )
-    ids = {row[1]: row[0] for row in rows}
+    if not row["fenced"]:
+        return None
+    ids = dict(zip(row["keys"], row["ids"], strict=True))
     return tuple(
-        ClaimedTask(ids[key], key, spec.kind, workflow_id, spec.payload, 1, task.owner)
-        for key, spec in specs.items()
-        if key in ids
+        ClaimedTask(ids[t.key], t.key, t.kind, workflow_id, t.payload, 1, task.owner)
+        for t in specs
+        if t.key in ids
     )
 
 

@@ -80,12 +80,17 @@ class _Wakeups(Wakeups):
         super().tasks_ready()
         self.notify()
 
-    def remote_tasks_ready(self) -> None:
+    def local_tasks_ready(self) -> None:
+        super().tasks_ready()
+
+    def remote_tasks_ready(self) -> None:  # another process sent NOTIFY
         super().tasks_ready()
 
 
 class PostgresStore(Store):
     """The scale-out store: many worker processes on many hosts share one PostgreSQL."""
+
+    wakeups: _Wakeups
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -164,7 +169,10 @@ class PostgresStore(Store):
     def _after_commit(self, task: ClaimedTask, activation: Activation) -> None:
         if activation.status is not WorkflowStatus.RUNNING:
             self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
-            self.wakeups.tasks_ready()
+            # In-process only: a close that wakes a parent or children notifies inside its
+            # own transaction (_close_workflow); most closes create nothing runnable, and a
+            # NOTIFY per close would send every other worker process claiming for nothing.
+            self.wakeups.local_tasks_ready()
         self.wakeups.progress_changed()
 
     async def complete_and_continue(

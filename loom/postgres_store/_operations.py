@@ -18,7 +18,13 @@ from loom.exceptions import (
     WorkflowNotFoundError,
 )
 from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
-from loom.postgres_store._database import MIGRATIONS, SCHEMA_COMPONENT, Connection, Rollback
+from loom.postgres_store._database import (
+    CHANNEL,
+    MIGRATIONS,
+    SCHEMA_COMPONENT,
+    Connection,
+    Rollback,
+)
 from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.sqlite_store import _WORKFLOW_COLUMNS, _record
 from loom.store import (
@@ -583,6 +589,9 @@ async def _close_workflow(
         reason = {"reason": f"parent workflow {workflow_id!r} was cancelled"}
         for (child_id,) in children:
             await _append_to_open(conn, child_id, NewEvent(EventKind.CANCEL_REQUESTED, reason), now)
+    if parent_id or activation.status is WorkflowStatus.CANCELED:
+        # Delivered at commit: workers in other processes pick up the woken workflows.
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
 async def _append_to_open(conn: Connection, workflow_id: str, event: NewEvent, now: int) -> bool:

@@ -293,23 +293,39 @@ class _PostgresConnection:
     """
 
     def __init__(self, url: str) -> None:
-        import asyncpg
-
+        self._url = url
         self._loop = asyncio.new_event_loop()
         try:
-            self._conn = self._loop.run_until_complete(asyncpg.connect(url))
+            self._conn = self._connect()
         except BaseException:
             self._loop.close()
             raise
 
+    def _connect(self) -> Any:
+        import asyncpg
+
+        return self._loop.run_until_complete(asyncpg.connect(self._url))
+
     def execute(self, sql: str, params: Sequence[object] = ()) -> _PostgresCursor:
         if sql == "BEGIN IMMEDIATE":  # serialize writers as SQLite's write lock does
+            if self._conn.is_closed():  # between transactions a lost connection is replaced
+                self._conn = self._connect()
             self._run("BEGIN", ())
             self._run("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK,))
             return _PostgresCursor([])
         pieces = sql.replace("BLOB", "BYTEA").replace("INTEGER", "BIGINT").split("?")
         numbered = pieces[0] + "".join(f"${i}{rest}" for i, rest in enumerate(pieces[1:], 1))
-        return _PostgresCursor(self._run(numbered, params))
+        if sql == "ROLLBACK" and self._conn.is_closed():
+            return _PostgresCursor([])  # the server already rolled back; keep the cause
+        if self._conn.is_in_transaction() or sql in ("COMMIT", "ROLLBACK"):
+            return _PostgresCursor(self._run(numbered, params))
+        import asyncpg
+
+        try:  # a read on its own: safe to repeat once on a fresh connection
+            return _PostgresCursor(self._run(numbered, params))
+        except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+            self._conn = self._connect()
+            return _PostgresCursor(self._run(numbered, params))
 
     def _run(self, sql: str, params: Sequence[object]) -> list[Any]:
         return cast(list[Any], self._loop.run_until_complete(self._conn.fetch(sql, *params)))

@@ -34,7 +34,9 @@ _lock = threading.Lock()
 def configure(*, database: str | os.PathLike[str] | None = None) -> None:
     """Choose the database for this process (else `LOOM_DATABASE`, else ./loom.db).
 
-    Stores opened for other databases are closed.
+    A SQLite file path, or `postgresql://user@host:port/dbname` for the scale-out backend
+    (many worker processes on many hosts; `?search_path=schema` selects a schema). Stores
+    opened for other databases are closed.
     """
     global _configured
     _configured = None if database is None else os.fspath(database)
@@ -65,7 +67,8 @@ _resolved: dict[tuple[str | None, str | None, str | None], str] = {}
 
 
 def get_store(database: str | os.PathLike[str] | None = None) -> Store:
-    """The process-wide store for `database` (one writer connection per process)."""
+    """The process-wide store for `database`: SQLite (one writer connection per process) or
+    PostgreSQL (a connection pool that workers size from their concurrency)."""
     given = None if database is None else os.fspath(database)
     lookup = (given, _configured, os.environ.get("LOOM_DATABASE"))
     key = _resolved.get(lookup)

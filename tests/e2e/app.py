@@ -31,3 +31,14 @@ class Arith(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
 
 def expected(n: int) -> dict[str, int]:
     return {"sum": n + 1, "product": (n + 1) * 3, "final": (n + 1) * 3 + n}
+
+
+@loom.workflow(name="Fanout")
+class Fanout(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    """Parallel activities: results land while the workflow task commits (lock-order race)."""
+
+    @loom.step
+    async def spread(self, ctx):  # type: ignore[no-untyped-def]
+        n = ctx.input["n"]
+        parts = await asyncio.gather(*(ctx.activity(add, n, i) for i in range(4)))
+        ctx.state.total = await ctx.activity(add, sum(parts), 0)

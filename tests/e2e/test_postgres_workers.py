@@ -12,7 +12,7 @@ import pytest
 import loom
 from loom.client import get_store
 from tests.conftest import run_sql
-from tests.e2e.app import Arith, expected
+from tests.e2e.app import Arith, Fanout, expected
 from tests.e2e.conftest import worker_logs
 
 
@@ -100,6 +100,31 @@ async def test_four_workers_2000_workflows_one_sigkilled(pg_db, spawn_worker, tm
 @pytest.mark.timeout(900)
 async def test_four_workers_10000_workflows_one_sigkilled(pg_db, spawn_worker, tmp_path) -> None:
     await _four_workers_one_killed(pg_db, spawn_worker, tmp_path, workflows=10_000)
+
+
+@pytest.mark.timeout(120)
+async def test_parallel_activities_across_workers_record_each_result_once(
+    pg_db, spawn_worker, tmp_path
+) -> None:
+    """Four results per workflow arrive together while its workflow task commits, on
+    three processes: the lock order keeps them from deadlocking, every result lands once."""
+    ids = [f"fan-{n}" for n in range(300)]
+    await asyncio.gather(*(Fanout.start({"n": n}, workflow_id=ids[n]) for n in range(300)))
+    for _ in range(3):
+        spawn_worker(pg_db, "--concurrency", "40")
+    await _wait_all_closed(ids, timeout=90)
+    records = {r.workflow_id: r for r in await get_store().get_workflows(ids)}
+    for n, workflow_id in enumerate(ids):
+        record = records[workflow_id]
+        assert record.status is loom.WorkflowStatus.COMPLETED, record.error
+        assert record.state == {"total": 4 * n + 6}
+    [rows] = run_sql(
+        pg_db,
+        "SELECT workflow_id, (payload::jsonb)->>'seq' AS seq, COUNT(*) AS n FROM events "
+        "WHERE kind = 'ACTIVITY_COMPLETED' GROUP BY 1, 2 HAVING COUNT(*) > 1",
+    )
+    assert rows == []
+    assert "Traceback" not in worker_logs(tmp_path)
 
 
 @pytest.mark.timeout(60)

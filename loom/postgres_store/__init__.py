@@ -74,7 +74,7 @@ class _Wakeups(Wakeups):
 
     def __init__(self) -> None:
         super().__init__()
-        self.notify: Callable[[], None] = lambda: None
+        self.notify: Callable[..., None] = lambda closed_workflow_id=None: None
 
     def tasks_ready(self) -> None:
         super().tasks_ready()
@@ -95,7 +95,7 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.wakeups = wakeups = _Wakeups()
-        self._db = _Database(url, wakeups.remote_tasks_ready)
+        self._db = _Database(url, wakeups.remote_tasks_ready, wakeups.workflow_closed)
         wakeups.notify = self._db.notify
         self._closed = False
 
@@ -169,6 +169,7 @@ class PostgresStore(Store):
     def _after_commit(self, task: ClaimedTask, activation: Activation) -> None:
         if activation.status is not WorkflowStatus.RUNNING:
             self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
+            self._db.notify(task.workflow_id)  # handles waiting in other processes
             # In-process only: a close that wakes a parent or children notifies inside its
             # own transaction (_close_workflow); most closes create nothing runnable, and a
             # NOTIFY per close would send every other worker process claiming for nothing.

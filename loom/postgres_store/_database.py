@@ -24,6 +24,9 @@ Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
 logger = logging.getLogger("loom.postgres")
 
 CHANNEL = "loom_tasks"
+CLOSED_CHANNEL = "loom_closed"
+"""Payload: closed workflow ids, one per line, so handles in other processes return at once."""
+MAX_PAYLOAD = 7_000  # NOTIFY payloads must stay under 8,000 bytes
 SCHEMA_COMPONENT = "loom"
 MIGRATION_LOCK = 0x6C6F6F6D  # pg_advisory_xact_lock key shared with the registry ("loom")
 DEFAULT_POOL_SIZE = 4
@@ -142,9 +145,15 @@ class Rollback(Exception):
 class _Database:
     """The DB thread: an event loop with the pool, the listener and the notifier."""
 
-    def __init__(self, url: str, on_remote_tasks: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_remote_tasks: Callable[[], None],
+        on_remote_closed: Callable[[str], None],
+    ) -> None:
         self._url = url
         self._on_remote_tasks = on_remote_tasks
+        self._on_remote_closed = on_remote_closed
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="loom-db:postgres", daemon=True
@@ -155,7 +164,8 @@ class _Database:
         self._listener_pid = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._notifying = False
-        self._notify_again = False
+        self._tasks_pending = False
+        self._closed_pending: list[str] = []
         self._closing = False
         self._thread.start()
         try:
@@ -180,6 +190,7 @@ class _Database:
         try:
             listener = await asyncpg.connect(self._url)
             await listener.add_listener(CHANNEL, self._notified)
+            await listener.add_listener(CLOSED_CHANNEL, self._closed_notified)
             listener.add_termination_listener(self._listener_lost)
         except (OSError, asyncpg.PostgresError) as err:
             logger.warning("LISTEN %s failed (%s); workers fall back to polling", CHANNEL, err)
@@ -189,6 +200,11 @@ class _Database:
     def _notified(self, conn: Connection, pid: int, channel: str, payload: str) -> None:
         if pid != self._listener_pid:  # our own NOTIFY already woke this process
             self._on_remote_tasks()
+
+    def _closed_notified(self, conn: Connection, pid: int, channel: str, payload: str) -> None:
+        if pid != self._listener_pid:
+            for workflow_id in payload.split("\n"):
+                self._on_remote_closed(workflow_id)
 
     def _listener_lost(self, conn: Connection) -> None:
         self._listener = None
@@ -212,10 +228,11 @@ class _Database:
         self._loop.call_soon_threadsafe(self._start, fn, args, write, future)
         return future
 
-    def notify(self) -> None:
-        """Send one NOTIFY soon; requests arriving while one is in flight coalesce."""
+    def notify(self, closed_workflow_id: str | None = None) -> None:
+        """NOTIFY soon that tasks are runnable (or that a workflow closed); requests arriving
+        while one is in flight coalesce into the next."""
         with contextlib.suppress(RuntimeError):  # the loop is stopping
-            self._loop.call_soon_threadsafe(self._request_notify)
+            self._loop.call_soon_threadsafe(self._request_notify, closed_workflow_id)
 
     def resize(self, size: int) -> None:
         asyncio.run_coroutine_threadsafe(self._resize(size), self._loop).result(OPEN_TIMEOUT)
@@ -256,26 +273,40 @@ class _Database:
             await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _request_notify(self) -> None:
-        if self._notifying:
-            self._notify_again = True
-        elif self._listener is not None:
+    def _request_notify(self, closed_workflow_id: str | None) -> None:
+        if closed_workflow_id is None:
+            self._tasks_pending = True
+        else:
+            self._closed_pending.append(closed_workflow_id)
+        if not self._notifying and self._listener is not None:
             self._notifying = True
             self._spawn(self._send_notify())
 
     async def _send_notify(self) -> None:
         try:
-            while True:
-                self._notify_again = False
-                if self._listener is None:
-                    return
-                await self._listener.execute(f"NOTIFY {CHANNEL}")
-                if not self._notify_again:
-                    return
+            while self._listener is not None and (self._tasks_pending or self._closed_pending):
+                if self._tasks_pending:
+                    self._tasks_pending = False
+                    await self._listener.execute(f"NOTIFY {CHANNEL}")
+                if self._closed_pending:
+                    payload = self._take_closed()
+                    await self._listener.execute(
+                        "SELECT pg_notify($1, $2)", CLOSED_CHANNEL, payload
+                    )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-            logger.warning("NOTIFY %s failed: %s", CHANNEL, err)
+            logger.warning("NOTIFY failed: %s", err)
         finally:
             self._notifying = False
+
+    def _take_closed(self) -> str:
+        size, count = 0, 0
+        for workflow_id in self._closed_pending:
+            size += len(workflow_id.encode()) + 1
+            if count and size > MAX_PAYLOAD:
+                break
+            count += 1
+        taken, self._closed_pending = self._closed_pending[:count], self._closed_pending[count:]
+        return "\n".join(taken)
 
     async def _resize(self, size: int) -> None:
         if size <= self._pool_size:

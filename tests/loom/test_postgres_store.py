@@ -182,3 +182,13 @@ async def test_reserve_sizes_the_pool_from_the_worker_concurrency(store: Store) 
     await store.reserve(2)  # never shrinks under running operations
     assert store.pool_size == MAX_POOL_SIZE
     assert (await store.count_tasks())["queued"] == 0
+
+
+async def test_a_close_resolves_waiters_of_another_store(store: Store, other: Store) -> None:
+    if not isinstance(store, PostgresStore):
+        pytest.skip("PostgreSQL only: across SQLite processes handles poll")
+    await store.create_workflow(_spec("w"))
+    waiting = other.wakeups.closed_future("w")
+    task = await _claim_one(store, "a")
+    assert (await store.commit_workflow_task(task, _done(), 1, None)).is_committed
+    assert await asyncio.wait_for(waiting, 10) is None  # the handle then reads the row

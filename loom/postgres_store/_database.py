@@ -186,7 +186,7 @@ class _Database:
     async def _create_pool(self, size: int) -> Any:
         return await asyncpg.create_pool(self._url, min_size=1, max_size=size, reset=_keep_session)
 
-    async def _listen(self) -> None:
+    async def _listen(self) -> bool:
         try:
             listener = await asyncpg.connect(self._url)
             await listener.add_listener(CHANNEL, self._notified)
@@ -194,8 +194,9 @@ class _Database:
             listener.add_termination_listener(self._listener_lost)
         except (OSError, asyncpg.PostgresError) as err:
             logger.warning("LISTEN %s failed (%s); workers fall back to polling", CHANNEL, err)
-            return
+            return False
         self._listener, self._listener_pid = listener, listener.get_server_pid()
+        return True
 
     def _notified(self, conn: Connection, pid: int, channel: str, payload: str) -> None:
         if pid != self._listener_pid:  # our own NOTIFY already woke this process
@@ -208,8 +209,17 @@ class _Database:
 
     def _listener_lost(self, conn: Connection) -> None:
         self._listener = None
+        self._loop.call_later(1.0, self._relisten)
+
+    def _relisten(self) -> None:
         if not self._closing:
-            self._loop.call_later(1.0, self._spawn, self._listen())
+            self._spawn(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        if await self._listen():
+            self._on_remote_tasks()  # notifications sent meanwhile are lost: claim once
+        elif not self._closing:
+            self._loop.call_later(5.0, self._relisten)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = self._loop.create_task(coro)
@@ -223,9 +233,11 @@ class _Database:
     def pool_size(self) -> int:
         return self._pool_size
 
-    def submit(self, fn: _Op, args: tuple[Any, ...], write: bool) -> asyncio.Future[Any]:
+    def submit(self, fn: _Op, args: tuple[Any, ...], transaction: bool) -> asyncio.Future[Any]:
+        """Run `fn(conn, *args)` on a pooled connection, in a transaction if asked (else each
+        statement commits by itself); the result arrives on the caller's loop."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._loop.call_soon_threadsafe(self._start, fn, args, write, future)
+        self._loop.call_soon_threadsafe(self._start, fn, args, transaction, future)
         return future
 
     def notify(self, closed_workflow_id: str | None = None) -> None:
@@ -249,18 +261,18 @@ class _Database:
     # -- on the DB thread ----------------------------------------------------------------
 
     def _start(
-        self, fn: _Op, args: tuple[Any, ...], write: bool, future: asyncio.Future[Any]
+        self, fn: _Op, args: tuple[Any, ...], transaction: bool, future: asyncio.Future[Any]
     ) -> None:
-        task = self._spawn(self._run(fn, args, write))
+        task = self._spawn(self._run(fn, args, transaction))
         task.add_done_callback(lambda done: _hand_back(done, future))
 
-    async def _run(self, fn: _Op, args: tuple[Any, ...], write: bool) -> Any:
+    async def _run(self, fn: _Op, args: tuple[Any, ...], transaction: bool) -> Any:
         if self._closing:
             raise LoomError("the PostgreSQL store is closed")
         for attempt in range(RETRIES):
             pool = self._pool
             async with pool.acquire() as conn:
-                if not write:
+                if not transaction:
                     return await fn(conn, *args)
                 try:
                     async with conn.transaction():

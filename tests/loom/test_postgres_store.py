@@ -14,7 +14,7 @@ from loom.postgres_store import MAX_POOL_SIZE, PostgresStore
 from loom.replay import ACTIVITY_TASK, Activation, TaskSpec
 from loom.sqlite_store import SQLiteStore
 from loom.store import ClaimedTask, NewWorkflow, Store
-from tests.conftest import is_postgres
+from tests.conftest import POSTGRES_URL, is_postgres, run_sql
 
 
 def _spec(workflow_id: str) -> NewWorkflow:
@@ -192,3 +192,20 @@ async def test_a_close_resolves_waiters_of_another_store(store: Store, other: St
     task = await _claim_one(store, "a")
     assert (await store.commit_workflow_task(task, _done(), 1, None)).is_committed
     assert await asyncio.wait_for(waiting, 10) is None  # the handle then reads the row
+
+
+async def test_a_lost_listener_reconnects(store: Store, other: Store) -> None:
+    if not isinstance(other, PostgresStore):
+        pytest.skip("PostgreSQL only")
+    woken = asyncio.Event()
+    unsubscribe = other.wakeups.on_tasks(woken.set)
+    try:
+        pid = other._db._listener_pid  # the LISTEN connection's server process
+        run_sql(POSTGRES_URL, f"SELECT pg_terminate_backend({pid})")
+        await asyncio.wait_for(woken.wait(), 10)  # the catch-up claim after reconnecting
+        woken.clear()
+        await store.create_workflow(_spec("w"))
+        await asyncio.wait_for(woken.wait(), 10)
+        assert other._db._listener_pid != pid
+    finally:
+        unsubscribe()

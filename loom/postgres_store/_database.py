@@ -272,14 +272,14 @@ class _Database:
         for attempt in range(RETRIES):
             pool = self._pool
             async with pool.acquire() as conn:
-                if not transaction:
-                    return await fn(conn, *args)
                 try:
+                    if not transaction:
+                        return await fn(conn, *args)
                     async with conn.transaction():
                         return await fn(conn, *args)
                 except Rollback as rollback:
                     return rollback.result
-                except _RETRYABLE:
+                except _RETRYABLE:  # the server chose this one to break a lock cycle
                     if attempt == RETRIES - 1:
                         raise
             await asyncio.sleep(0.005 * (attempt + 1))

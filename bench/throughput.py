@@ -139,19 +139,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def bench_worker() -> loom.Worker:
+    return loom.Worker(
+        workflows=[BenchOrder, BenchSteps], activities=[reserve, charge, notify], concurrency=500
+    )
+
+
+async def median_throughput(args: argparse.Namespace) -> float:
+    await throughput(200)  # warm-up
+    return statistics.median([await throughput(args.workflows) for _ in range(args.reps)])
+
+
+async def throughput_and_latency(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    results["throughput_wf_per_s"] = await median_throughput(args)
+    lat = await latency(args.latency_samples)
+    results["latency_p50_ms"] = pct(lat, 0.5)
+    results["latency_p99_ms"] = pct(lat, 0.99)
+
+
 async def main_async(args: argparse.Namespace, db: Path) -> dict[str, Any]:
     loom.configure(database=db)
     results: dict[str, Any] = {}
-    worker = loom.Worker(
-        workflows=[BenchOrder, BenchSteps], activities=[reserve, charge, notify], concurrency=500
-    )
-    async with worker:
-        await throughput(200)  # warm-up
-        rates = [await throughput(args.workflows) for _ in range(args.reps)]
-        results["throughput_wf_per_s"] = statistics.median(rates)
-        lat = await latency(args.latency_samples)
-        results["latency_p50_ms"] = pct(lat, 0.5)
-        results["latency_p99_ms"] = pct(lat, 0.99)
+    async with bench_worker():
+        await throughput_and_latency(args, results)
         small = statistics.median([(await per_step(10))[0] for _ in range(5)])
         large, _ = await per_step(1000)
         results["per_step_10_ms"] = small
@@ -197,22 +207,13 @@ def spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
 async def postgres_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
     loom.configure(database=url)
     results: dict[str, Any] = {"postgres_commits_per_s": await postgres_baseline(url)}
-    worker = loom.Worker(
-        workflows=[BenchOrder, BenchSteps], activities=[reserve, charge, notify], concurrency=500
-    )
-    async with worker:
-        await throughput(200)  # warm-up
-        rates = [await throughput(args.workflows) for _ in range(args.reps)]
-        results["throughput_wf_per_s"] = statistics.median(rates)
-        lat = await latency(args.latency_samples)
-        results["latency_p50_ms"] = pct(lat, 0.5)
-        results["latency_p99_ms"] = pct(lat, 0.99)
+    async with bench_worker():
+        await throughput_and_latency(args, results)
     for processes in (1, 2, 4):
         procs = spawn_workers(url, processes)
         try:
-            await throughput(200)  # warm-up: every worker has started and claimed
-            rates = [await throughput(args.workflows) for _ in range(args.reps)]
-            results[f"processes_{processes}_wf_per_s"] = statistics.median(rates)
+            key = f"processes_{processes}_wf_per_s"
+            results[key] = await median_throughput(args)  # the warm-up waits for every worker
         finally:
             for proc in procs:
                 proc.terminate()

@@ -69,6 +69,8 @@ class WorkerPool:
         self._backlog: deque[Job] = deque()
         self._closed = False
         self._monitoring = False
+        self._grower: threading.Thread | None = None
+        self._retired: list[threading.Thread] = []
 
     def submit(self, job: Job) -> None:
         """Queue `job`; it must not raise."""
@@ -83,9 +85,10 @@ class WorkerPool:
                 self._backlog.append(job)
                 if len(self._workers) < self.max_workers and not self._monitoring:
                     self._monitoring = True
-                    threading.Thread(
+                    self._grower = threading.Thread(
                         target=self._grow, name=f"{self.name}-grow", daemon=True
-                    ).start()
+                    )
+                    self._grower.start()
 
     def _start(self, job: Job) -> None:
         worker = _Worker(self, f"{self.name}-{len(self._workers)}")
@@ -112,6 +115,8 @@ class WorkerPool:
                 return False
             self._idle.remove(worker)
             self._workers.remove(worker)
+            self._retired = [t for t in self._retired if t.is_alive()]
+            self._retired.append(worker.thread)
             return True
 
     def _next_job(self, worker: _Worker) -> Job | None:
@@ -128,7 +133,10 @@ class WorkerPool:
         with self._lock:
             self._closed = True
             workers = list(self._workers)
+            others = [*self._retired, *([self._grower] if self._grower else [])]
         for worker in workers:
             worker.inbox.put(None)
         for worker in workers:
             worker.thread.join()
+        for thread in others:  # both end on their own within GROW_AFTER_S once closed
+            thread.join()

@@ -4,22 +4,23 @@ Unlike `ThreadPoolExecutor` (whose idle workers race for one shared queue, so co
 bounce between threads and cores), the most recently idle worker takes the next call: sequential
 calls stay on one warm thread. Measured on 2 cores: reactor call p50 166 µs -> ~119 µs.
 
-A new thread starts only when calls wait while every running call has been busy for
-`GROW_AFTER_S` (a long computation or HTTP request); extra threads exit after `IDLE_EXIT_S`
-idle. Short calls spend most of their time in Python around the wasm, fighting for the GIL,
-so two threads cost more CPU than one (3-reactor workflows: 754/s with two threads, 1,146/s
-with one), while long calls still run in parallel.
+A new thread starts only when calls wait while every running call is either blocked in a host
+HTTP request or has used `GROW_AFTER_S` of CPU itself (wall time would also count waiting for
+the GIL); extra threads exit after `IDLE_EXIT_S` idle. Short calls spend most of their time in
+Python around the wasm, fighting for the GIL, so two threads cost more CPU than one
+(3-reactor workflows: 754/s with two threads, 1,146/s with one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "blocking"]
 
 # A job returns an optional clean-up step, run after the worker is back in the idle stack, so the
 # caller's next call finds this warm worker instead of waking a cold one.
@@ -29,19 +30,52 @@ GROW_AFTER_S = 0.02
 IDLE_EXIT_S = 1.0
 
 
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Mark the calling pool thread as waiting on I/O (a host HTTP request), so calls queued
+    behind it get another thread instead of waiting for the response."""
+    worker: _Worker | None = getattr(_current, "worker", None)
+    if worker is None:
+        yield
+        return
+    worker.is_blocking = True
+    try:
+        yield
+    finally:
+        worker.is_blocking = False
+
+
 class _Worker:
     def __init__(self, pool: WorkerPool, name: str) -> None:
         self.pool = pool
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.busy_since = 0.0  # monotonic start of the running job; 0.0 when idle
+        self.is_busy = False
+        self.is_blocking = False
+        self.cpu_clock = -1
+        self.cpu_start = 0.0  # this thread's CPU time when the running job started
+
+    def is_busy_long(self) -> bool:
+        """Blocked on I/O, or the running job has itself used GROW_AFTER_S of CPU (wall time
+        would also count waiting for the GIL, which another thread only makes worse)."""
+        if not self.is_busy:
+            return False
+        if self.is_blocking:
+            return True
+        return time.clock_gettime(self.cpu_clock) - self.cpu_start > GROW_AFTER_S
 
     def _loop(self) -> None:
+        _current.worker = self
+        self.cpu_clock = time.pthread_getcpuclockid(threading.get_ident())
         job = self._wait()
         while job is not None:
-            self.busy_since = time.monotonic()
+            self.cpu_start = time.clock_gettime(self.cpu_clock)
+            self.is_busy = True
             cleanup = job()  # jobs never raise: run() settles every outcome on its future
-            self.busy_since = 0.0
+            self.is_busy = False
             job = self.pool._next_job(self)
             if cleanup is not None:
                 cleanup()
@@ -104,8 +138,7 @@ class WorkerPool:
                 if self._closed or not self._backlog or len(self._workers) >= self.max_workers:
                     self._monitoring = False
                     return
-                deadline = time.monotonic() - GROW_AFTER_S
-                if all(0.0 < w.busy_since < deadline for w in self._workers):
+                if all(w.is_busy_long() for w in self._workers):
                     self._start(self._backlog.popleft())
 
     def _retire(self, worker: _Worker) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import wasmtime
 import wasmtime.component as wc
 
+from ._pool import blocking
 from .exceptions import (
     ActivityTimeout,
     CapabilityDenied,
@@ -251,11 +252,12 @@ def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> i
     conn = conn_type(host, port, timeout=_remaining(context))
     context.http_calls += 1
     try:
-        conn.request(
-            request["method"], path, body=request["body"].encode(), headers=request["headers"]
-        )
-        response = conn.getresponse()
-        body = _read_body(context, conn, response)
+        with blocking():
+            conn.request(
+                request["method"], path, body=request["body"].encode(), headers=request["headers"]
+            )
+            response = conn.getresponse()
+            body = _read_body(context, conn, response)
     except TimeoutError:
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR

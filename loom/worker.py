@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -496,10 +496,6 @@ class Worker:
                 "usage": result.usage.model_dump(),
             },
         )
-
-    @property
-    def workflows(self) -> Sequence[str]:
-        return list(self._workflows)
 
 
 def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> StepProgress:

@@ -323,6 +323,23 @@ class Wakeups:
             if not waiters:
                 del self._closed[workflow_id]
 
+    def activation_committed(
+        self, workflow_id: str, activation: Activation, result: CommitResult
+    ) -> None:
+        """What one committed activation makes happen in this process (both stores, both
+        commit paths): runnable tasks it left unleased, the close, and a progress change."""
+        if len(result.tasks) < len(activation.tasks) or activation.children or result.needs_rerun:
+            self.tasks_ready()
+        if activation.status is not WorkflowStatus.RUNNING:
+            outcome = Outcome(activation.status, activation.state, activation.error)
+            self.workflow_closed(workflow_id, outcome)
+            self.closing_tasks_ready(workflow_id)
+        self.progress_changed()
+
+    def closing_tasks_ready(self, workflow_id: str) -> None:
+        """A close may have woken a parent or cancelled children."""
+        self.tasks_ready()
+
     def workflow_closed(self, workflow_id: str, outcome: Outcome | None = None) -> None:
         """Wake in-process waiters; `outcome` spares them reading the final row back."""
         for future in self._closed.pop(workflow_id, ()):

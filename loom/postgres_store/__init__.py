@@ -49,7 +49,7 @@ from loom.postgres_store._operations import (
     _retry_activity,
 )
 from loom.replay import Activation
-from loom.sqlite_store import _outcome, now_ms
+from loom.sqlite_store import now_ms
 from loom.store import (
     ClaimedTask,
     CommitResult,
@@ -82,6 +82,13 @@ class _Wakeups(Wakeups):
 
     def local_tasks_ready(self) -> None:
         super().tasks_ready()
+
+    def closing_tasks_ready(self, workflow_id: str) -> None:
+        self.notify(workflow_id)  # handles waiting in other processes
+        # In-process only: a close that wakes a parent or children notifies inside its own
+        # transaction (_close_workflow); most closes create nothing runnable, and a NOTIFY
+        # per close would send every other worker process claiming for nothing.
+        self.local_tasks_ready()
 
     def remote_tasks_ready(self) -> None:  # another process sent NOTIFY
         super().tasks_ready()
@@ -157,24 +164,8 @@ class PostgresStore(Store):
             _commit_workflow_task, task, activation, seen_sequence, step, eager_lease_ms, now_ms()
         )
         if result.is_committed:
-            if (
-                len(result.tasks) < len(activation.tasks)
-                or activation.children
-                or result.needs_rerun
-            ):
-                self.wakeups.tasks_ready()
-            self._after_commit(task, activation)
+            self.wakeups.activation_committed(task.workflow_id, activation, result)
         return result
-
-    def _after_commit(self, task: ClaimedTask, activation: Activation) -> None:
-        if activation.status is not WorkflowStatus.RUNNING:
-            self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
-            self._db.notify(task.workflow_id)  # handles waiting in other processes
-            # In-process only: a close that wakes a parent or children notifies inside its
-            # own transaction (_close_workflow); most closes create nothing runnable, and a
-            # NOTIFY per close would send every other worker process claiming for nothing.
-            self.wakeups.local_tasks_ready()
-        self.wakeups.progress_changed()
 
     async def complete_and_continue(
         self,
@@ -190,10 +181,10 @@ class PostgresStore(Store):
         done = await self._write(
             _complete_and_continue, task, result, expected, activation, step, eager_lease_ms, at
         )
-        if not done.is_committed or done.needs_rerun:
-            self.wakeups.tasks_ready()
         if done.is_committed:
-            self._after_commit(task, activation)
+            self.wakeups.activation_committed(task.workflow_id, activation, done)
+        else:
+            self.wakeups.tasks_ready()  # the result went in alone: its workflow task is due
         return done
 
     async def complete_activity(

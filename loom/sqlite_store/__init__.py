@@ -33,7 +33,6 @@ from loom.sqlite_store._operations import (
     _list_logs,
     _list_workflows,
     _load_events,
-    _outcome,
     _record,
     _release_tasks,
     _retry_activity,
@@ -55,7 +54,7 @@ from loom.store import (
 
 __all__ = ["MIGRATIONS", "SQLiteStore", "connect", "migrate", "now_ms"]
 # Shared with the PostgreSQL store: the row layout of `workflows` and its decoding.
-__all__ += ["_WORKFLOW_COLUMNS", "_outcome", "_record"]
+__all__ += ["_WORKFLOW_COLUMNS", "_record"]
 
 
 class SQLiteStore(Store):
@@ -110,16 +109,7 @@ class SQLiteStore(Store):
             _commit_workflow_task, task, activation, seen_sequence, step, eager_lease_ms, now_ms()
         )
         if result.is_committed:
-            if (
-                len(result.tasks) < len(activation.tasks)
-                or activation.children
-                or result.needs_rerun
-            ):
-                self.wakeups.tasks_ready()
-            if activation.status is not WorkflowStatus.RUNNING:
-                self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
-                self.wakeups.tasks_ready()
-            self.wakeups.progress_changed()
+            self.wakeups.activation_committed(task.workflow_id, activation, result)
         return result
 
     async def complete_and_continue(
@@ -136,13 +126,10 @@ class SQLiteStore(Store):
         done = await self._write(
             _complete_and_continue, task, result, expected, activation, step, eager_lease_ms, at
         )
-        if not done.is_committed or done.needs_rerun:
-            self.wakeups.tasks_ready()
         if done.is_committed:
-            if activation.status is not WorkflowStatus.RUNNING:
-                self.wakeups.workflow_closed(task.workflow_id, _outcome(activation))
-                self.wakeups.tasks_ready()
-            self.wakeups.progress_changed()
+            self.wakeups.activation_committed(task.workflow_id, activation, done)
+        else:
+            self.wakeups.tasks_ready()  # the result went in alone: its workflow task is due
         return done
 
     async def complete_activity(

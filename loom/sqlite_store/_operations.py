@@ -24,7 +24,6 @@ from loom.store import (
     CursorLookup,
     Diagnosis,
     NewWorkflow,
-    Outcome,
     StepProgress,
     StoreStats,
     TaskWorkflow,
@@ -94,10 +93,6 @@ def _get_statuses(conn: sqlite3.Connection, workflow_ids: list[str]) -> dict[str
         ).fetchall()
         statuses.update((row[0], WorkflowStatus(row[1])) for row in rows)
     return statuses
-
-
-def _outcome(activation: Activation) -> Outcome:
-    return Outcome(activation.status, activation.state, activation.error)
 
 
 def _list_workflows(

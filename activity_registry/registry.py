@@ -7,6 +7,7 @@ Knows nothing about workflows or replay; the engine pins what `resolve` returns 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -85,6 +86,7 @@ class RegistrationResult(BaseModel):
     widened: list[str]
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split `name@range` into (name, range); the range is None for a bare name (= latest).
 
@@ -109,6 +111,21 @@ def _database_path(database: str | os.PathLike[str]) -> str:
             f"unsupported database {text!r}: use a SQLite file path or postgresql://..."
         )
     return text
+
+
+def _choose(spec: str, version_range: str | None, versions: list[str]) -> str:
+    """The version of `versions` that `spec` resolves to; ActivityNotFoundError if none."""
+    if not versions:
+        raise ActivityNotFoundError(spec)
+    if version_range is None:
+        return _latest(versions)
+    chosen = VersionRange.parse(version_range).best(versions)
+    if chosen is None:
+        registered = sorted(versions, key=parse_version)
+        raise ActivityNotFoundError(
+            spec, registered, reason=f"no version satisfies '{version_range}'"
+        )
+    return chosen
 
 
 def _sort_key(activity: ActivityVersion) -> tuple[str, object]:
@@ -182,6 +199,7 @@ class Registry:
         self._prepared: dict[str, PreparedModule] = {}
         self._versions: dict[tuple[str, str], ActivityVersion] = {}
         self._validators: dict[tuple[str, str, int, str], SchemaValidator] = {}
+        self._reader: sqlite3.Connection | None = None
         self._closed = False
 
     async def __aenter__(self) -> Registry:
@@ -333,22 +351,52 @@ class Registry:
             ActivityNotFoundError: unknown name, or no version satisfies the range.
         """
         name, version_range = parse_spec(spec)
+        known = self._known_versions(name)
+        if known is not None:
+            return known[_choose(spec, version_range, list(known))]
         stored = await self._call(lambda store: store.versions(name))
-        if not stored:
-            raise ActivityNotFoundError(spec)
-        versions = [v.version for v in stored]
-        if version_range is None:
-            chosen: str | None = _latest(versions)
-        else:
-            chosen = VersionRange.parse(version_range).best(versions)
-        if chosen is None:
-            registered = sorted(versions, key=parse_version)
-            raise ActivityNotFoundError(
-                spec, registered, reason=f"no version satisfies '{version_range}'"
-            )
-        activity = next(v for v in stored if v.version == chosen)
-        self._versions[(name, chosen)] = activity
+        by_version = {v.version: v for v in stored}
+        activity = by_version[_choose(spec, version_range, list(by_version))]
+        self._versions[(name, activity.version)] = activity
         return activity
+
+    def _known_versions(self, name: str) -> dict[str, ActivityVersion] | None:
+        """`name`'s versions when every one is already in memory, checked against the database
+        with one small read on the calling thread: a workflow worker resolves on every
+        workflow's first call, and a hand-off to the database thread costs more than the read.
+
+        None (take the database thread) on PostgreSQL, on any SQLite error (busy, not migrated
+        yet) and when a version is new to this process.
+        """
+        rows = self._read_here(
+            "SELECT version, registered_at FROM activity_versions WHERE name = ?", (name,)
+        )
+        if not rows:
+            return None
+        known: dict[str, ActivityVersion] = {}
+        for version, registered_at in rows:
+            activity = self._versions.get((name, str(version)))
+            if activity is None or activity.registered_at != registered_at:
+                return None  # new, or removed and registered again
+            known[activity.version] = activity
+        return known
+
+    def _read_here(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]] | None:
+        if self._reader is None:
+            if self._closed or is_postgres_url(self._path):
+                return None
+            try:
+                # never creates the file; timeout 0: a locked database means "ask the thread"
+                uri = Path(self._path).resolve().as_uri() + "?mode=rw"
+                self._reader = sqlite3.connect(
+                    uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error:
+                return None
+        try:
+            return self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
 
     async def get(self, name: str, version: str) -> ActivityVersion:
         """Exactly name@version (cached: versions are immutable).
@@ -478,6 +526,9 @@ class Registry:
         if self._closed:
             return
         self._closed = True
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         store, self._store = self._store, None
         if store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, store.close)

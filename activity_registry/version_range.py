@@ -6,6 +6,7 @@ is then plain `semver.Version` comparison. Knows nothing about activities or sto
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ _OPERATORS: dict[str, Callable[[semver.Version, semver.Version], bool]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # workers resolve the same few specs for every workflow
 def parse_version(text: str) -> semver.Version:
     """Parse a full semantic version (`1.2.3`, `1.2.3-rc.1`); raises ValueError otherwise."""
     try:
@@ -175,6 +177,7 @@ class VersionRange:
     alternatives: tuple[tuple[_Comparator, ...], ...]
 
     @classmethod
+    @functools.lru_cache(maxsize=1024)  # immutable results
     def parse(cls, spec: str) -> VersionRange:
         """Parse `spec`; an empty spec, `*`, `x` and `latest` match every release."""
         text = spec.strip()

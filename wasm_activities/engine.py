@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -52,7 +52,7 @@ from .host import (
     define_host_imports,
     stream_writer,
 )
-from .limits import Limits, RunResult, Usage
+from .limits import MIB, Limits, RunResult, Usage
 
 __all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
 
@@ -60,7 +60,16 @@ TICK_SECONDS = 0.005  # epoch period: a timeout fires at most one tick late
 UNMETERED_FUEL = 2**63 - 1
 WASM_PAGE = 65536
 STDERR_TAIL_BYTES = 2000
+# A call on the event loop may run this many wasm instructions (about a millisecond) ...
+INLINE_FUEL = 1_000_000
+# ... and take this long in all before its module is sent to the thread pool for a while.
+INLINE_MAX_S = 0.002
+INLINE_BACKOFF_MAX = 1024  # pooled calls before a module that overran tries the loop again
+# Concurrent core instances (and memories, tables) the pooling allocator keeps slots for.
+POOLED_INSTANCES = 1000
 _ENGINE_CONFIG = "epoch_interruption=1;consume_fuel=1;cranelift_opt_level=speed"
+_CORE_ENGINE_CONFIG = _ENGINE_CONFIG + f";pooling={POOLED_INSTANCES}x4GiB"
+_MEMORY, _FIRST, _SECOND = 0, 1, 2  # export slots of a core call
 _DEFAULT_LIMITS = Limits()
 _DEFAULT_GRANTS = Grants()
 
@@ -81,6 +90,41 @@ class PreparedModule:
     _component: wc.Component | None
     _needs_wasi: bool = True
     _has_initialize: bool = False
+    _pre_ptr: int = 0
+    _inline: _InlineHistory = field(default_factory=lambda: _InlineHistory())
+
+
+class _InlineHistory:
+    """Whether a module's calls may run on the event loop: after a call overran, the next
+    `skip` calls go to the pool, and each further overrun doubles that (up to a cap)."""
+
+    __slots__ = ("backoff", "skip")
+
+    def __init__(self) -> None:
+        self.skip = 0
+        self.backoff = 1
+
+    def overran(self) -> None:
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, INLINE_BACKOFF_MAX)
+
+
+class _Overran(Exception):
+    """An inline call needed more than INLINE_FUEL: run it again on the pool."""
+
+
+def _is_pure(grants: Grants) -> bool:
+    """Nothing a call with these grants does is visible outside its store (so it can be
+    abandoned and re-run): no network, no writable directory."""
+    return not grants.net and all(grant.mode != "rw" for grant in grants.fs)
+
+
+def _no_memory() -> int:
+    return 0
+
+
+def _memory_bytes(store: fast.Store) -> int:
+    return store.memory_size(_MEMORY) if store.has_memory else 0
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -130,19 +174,19 @@ def _trap_reason(message: str, err: Exception) -> str:
 
 
 class _Call:
-    """One call's store, context and instance handles (fresh for every call)."""
+    """One call's limits, context and views of its (fresh) store."""
 
-    def __init__(self, context: CallContext, limits: Limits) -> None:
+    def __init__(
+        self,
+        context: CallContext,
+        limits: Limits,
+        memory_bytes: Callable[[], int],
+        fuel_left: Callable[[], int],
+    ) -> None:
         self.context = context
         self.limits = limits
-        self.memory: fast.Export | None = None
-
-    @property
-    def store(self) -> wasmtime.Store:
-        return self.context.store
-
-    def memory_bytes(self) -> int:
-        return 0 if self.memory is None else fast.mem_size(self.store, self.memory)
+        self.memory_bytes = memory_bytes
+        self._fuel_left = fuel_left
 
     def near_memory_limit(self) -> bool:
         # wasmtime-py exposes no limiter callback, so a refused memory.grow is inferred: the call
@@ -153,7 +197,7 @@ class _Call:
     def fuel_used(self) -> int | None:
         if not self.limits.fuel:
             return None
-        return self.limits.fuel - self.store.get_fuel()
+        return self.limits.fuel - self._fuel_left()
 
     def translate(self, err: Exception) -> SandboxError:
         """THE mapping from a wasmtime failure (or a host-recorded abort) to a typed error."""
@@ -182,6 +226,33 @@ class _Call:
         )
 
 
+def _engine_config(*, pooling: bool) -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = True
+    config.cranelift_opt_level = "speed"
+    if pooling:
+        # wasmtime-py has no wrapper for the pooling allocator; the C API does
+        pool = ffi.wasmtime_pooling_allocation_config_new()
+        for setter, value in (
+            (ffi.wasmtime_pooling_allocation_config_total_core_instances_set, POOLED_INSTANCES),
+            (ffi.wasmtime_pooling_allocation_config_total_memories_set, POOLED_INSTANCES),
+            (ffi.wasmtime_pooling_allocation_config_total_tables_set, POOLED_INSTANCES),
+            (ffi.wasmtime_pooling_allocation_config_max_memory_size_set, 4096 * MIB),
+            (ffi.wasmtime_pooling_allocation_config_table_elements_set, 100_000),
+            (ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set, 16 * MIB),
+            (ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set, 16),
+            # reset a reused slot's first pages by memset, not madvise: no page fault on the
+            # next call's first write (most activities stay within a few pages)
+            (ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set, 256 * 1024),
+            (ffi.wasmtime_pooling_allocation_config_table_keep_resident_set, 64 * 1024),
+        ):
+            setter(pool, value)
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+        ffi.wasmtime_pooling_allocation_config_delete(pool)
+    return config
+
+
 class SandboxRuntime:
     """Per-process sandbox: one Engine (epoch interruption + fuel), an epoch ticker thread, an
     in-memory and on-disk artifact cache and a thread pool that runs the wasm.
@@ -197,17 +268,22 @@ class SandboxRuntime:
     def __init__(
         self, *, cache_dir: str | Path | None = None, max_workers: int | None = None
     ) -> None:
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        config.consume_fuel = True
-        config.cranelift_opt_level = "speed"
-        self.engine = wasmtime.Engine(config)
+        # Core modules get the pooling allocator: a call reuses a reserved slot instead of
+        # mapping and unmapping fresh memory (a call's C-side cost halves). Components keep
+        # on-demand allocation: their instance, table and memory counts vary too much to size
+        # slots for.
+        self.engine = wasmtime.Engine(_engine_config(pooling=True))
+        self._engine_ptr = fast.pointer(self.engine.ptr())
+        self._component_engine = wasmtime.Engine(_engine_config(pooling=False))
         directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._artifacts = ArtifactCache(directory, _ENGINE_CONFIG)
+        self._artifacts = {
+            False: ArtifactCache(directory, _CORE_ENGINE_CONFIG),
+            True: ArtifactCache(directory, _ENGINE_CONFIG),
+        }
         self._linker = wasmtime.Linker(self.engine)
         self._linker.define_wasi()
         define_host_imports(self._linker)
-        self._component_linker = wc.Linker(self.engine)
+        self._component_linker = wc.Linker(self._component_engine)
         self._component_linker.add_wasip2()
         define_component_host_imports(self._component_linker)
         self._prepared: dict[tuple[str, Abi], PreparedModule] = {}
@@ -222,6 +298,7 @@ class SandboxRuntime:
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             self.engine.increment_epoch()
+            self._component_engine.increment_epoch()
 
     # -- preparing -------------------------------------------------------------------------
 
@@ -260,25 +337,30 @@ class SandboxRuntime:
                 _needs_wasi=abi is Abi.COMMAND
                 or any(imp.module == WASI_MODULE for imp in compiled.imports),
                 _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
+                _pre_ptr=fast.pointer(pre.ptr()),
             )
         with self._lock:
             return self._prepared.setdefault(key, prepared)
 
+    def _engine_for(self, abi: Abi) -> wasmtime.Engine:
+        return self._component_engine if abi is Abi.COMPONENT else self.engine
+
     def _load(self, module: bytes, sha256: str, abi: Abi, kind: Any) -> Any:
-        path = self._artifacts.path(sha256)
+        engine, artifacts = self._engine_for(abi), self._artifacts[abi is Abi.COMPONENT]
+        path = artifacts.path(sha256)
         try:
             # read, not mmap (deserialize_file): a file truncated under a live mapping is SIGBUS
-            return kind.deserialize(self.engine, path.read_bytes())
+            return kind.deserialize(engine, path.read_bytes())
         except FileNotFoundError:
             pass
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)  # stale or corrupt: recompile below
         try:
-            compiled = kind(self.engine, module)
+            compiled = kind(engine, module)
         except wasmtime.WasmtimeError as err:
             raise InvalidModule(abi=abi, problem=str(err).strip().splitlines()[0]) from err
         with contextlib.suppress(OSError):  # a read-only cache only costs a recompile next time
-            self._artifacts.store(sha256, compiled.serialize())
+            artifacts.store(sha256, compiled.serialize())
         return compiled
 
     def _check_component(self, component: wc.Component) -> None:
@@ -288,12 +370,13 @@ class SandboxRuntime:
     def compile_uncached(self, module: bytes, abi: Abi | str) -> None:
         """Compile without touching any cache (for benchmarks comparing against cache loads)."""
         kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
-        kind(self.engine, module)
+        kind(self._engine_for(Abi(abi)), module)
 
     def load_cached(self, sha256: str, abi: Abi | str) -> None:
         """Deserialize an artifact from the disk cache (for benchmarks)."""
         kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
-        kind.deserialize(self.engine, self._artifacts.path(sha256).read_bytes())
+        path = self._artifacts[Abi(abi) is Abi.COMPONENT].path(sha256)
+        kind.deserialize(self._engine_for(Abi(abi)), path.read_bytes())
 
     # -- running ---------------------------------------------------------------------------
 
@@ -306,13 +389,36 @@ class SandboxRuntime:
         grants: Grants = _DEFAULT_GRANTS,
         secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        """Run `module` on `input` (any JSON value) in the thread pool; see `run_sync`.
+        """Run `module` on `input` (any JSON value); see `run_sync`.
 
-        Cancelling the awaiting task does not stop the wasm early: it still ends at its
+        Short calls of side-effect-free reactors (no network grant, no writable directory) run
+        right here on the event loop: a thread hand-off costs more than the call. Such a call
+        is capped at `INLINE_FUEL` instructions; one that needs more is abandoned and run again
+        on the thread pool with its full limits (safe: a fresh store, and nothing it could do
+        is visible outside it), and that module stays off the loop for a while. Everything else
+        runs on the thread pool.
+
+        Cancelling the awaiting task does not stop a pooled call early: it still ends at its
         timeout at the latest.
         """
         if self._closed:
             raise RuntimeError("SandboxRuntime is closed; create a new one or use get_runtime()")
+        inline = module._inline
+        if inline.skip == 0 and module.abi is Abi.REACTOR and _is_pure(grants):
+            started = time.perf_counter()
+            keep: list[Callable[[], None]] = []
+            try:
+                result = self._execute(module, input, limits, grants, secrets, keep, INLINE_FUEL)
+            except _Overran:
+                inline.overran()
+            else:
+                if time.perf_counter() - started > INLINE_MAX_S:
+                    inline.overran()
+                return result
+            finally:
+                _teardown(keep)
+        elif inline.skip > 0:
+            inline.skip -= 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RunResult] = loop.create_future()
         call = functools.partial(self._execute, module, input, limits, grants, secrets)
@@ -335,8 +441,11 @@ class SandboxRuntime:
         """
         if self._closed:
             raise RuntimeError("SandboxRuntime is closed; create a new one or use get_runtime()")
-        keep: list[object] = []
-        return self._execute(module, input, limits, grants, secrets, keep)
+        keep: list[Callable[[], None]] = []
+        try:
+            return self._execute(module, input, limits, grants, secrets, keep)
+        finally:
+            _teardown(keep)
 
     def _execute(
         self,
@@ -345,38 +454,70 @@ class SandboxRuntime:
         limits: Limits,
         grants: Grants,
         secrets: Mapping[str, str] | None,
-        keep: list[object],
+        keep: list[Callable[[], None]],
+        inline_fuel: int | None = None,
     ) -> RunResult:
-        """One call; the Store is appended to `keep` so the caller decides when it is torn down
-        (dropping a Store unmaps its memory, ~10 µs better spent after the result is handed over).
+        """One call. The Store's teardown is appended to `keep` so the caller decides when it
+        runs (dropping a Store unmaps its memory, better spent after the result is handed over).
+
+        `inline_fuel`: run on the calling (event loop) thread capped at this much fuel, holding
+        the GIL when the module has no WASI streams; raises `_Overran` past the cap.
         """
         payload = _json_bytes(input)
         started = time.monotonic()
-        store = wasmtime.Store(self.engine)
-        keep.append(store)
+        fuel = limits.fuel or UNMETERED_FUEL
+        capped = inline_fuel is not None and inline_fuel < fuel
+        ticks = math.ceil(limits.timeout_ms / 1000 / TICK_SECONDS) + 1
+        if module.abi is Abi.COMPONENT:
+            wstore = wasmtime.Store(self._component_engine)
+            keep.append(wstore.close)
+            wstore.set_limits(memory_size=limits.memory_bytes, table_elements=100_000)
+            wstore.set_fuel(fuel)
+            wstore.set_epoch_deadline(ticks)
+            interrupt: Callable[[], None] = functools.partial(wstore.set_epoch_deadline, 0)
+            memory_bytes: Callable[[], int] = _no_memory
+            fuel_left: Callable[[], int] = wstore.get_fuel
+        else:
+            store = fast.Store(
+                self._engine_ptr,
+                memory_bytes=limits.memory_bytes,
+                fuel=inline_fuel if capped and inline_fuel is not None else fuel,
+                deadline=ticks,
+            )
+            keep.append(store.delete)
+            store.set_hold_gil(inline_fuel is not None and not module._needs_wasi)
+            interrupt, fuel_left = store.interrupt, store.fuel_left
+            memory_bytes = functools.partial(_memory_bytes, store)
         context = CallContext(
             limits=limits,
             grants=grants,
             secrets=dict(secrets or {}),
             deadline=started + limits.timeout_ms / 1000,
-            store=store,
+            interrupt=interrupt,
         )
-        call = _Call(context, limits)
-        self._configure(call)
-        if module._needs_wasi or module.abi is Abi.COMPONENT:
-            self._configure_wasi(call, grants, payload if module.abi is Abi.COMMAND else None)
+        call = _Call(context, limits, memory_bytes, fuel_left)
         with context:
             try:
-                raw = self._invoke(module, call, payload)
+                if module.abi is Abi.COMPONENT:
+                    wstore.set_wasi(self._wasi_config(context, grants, None))
+                    raw = self._invoke_component(module, wstore, call, payload)
+                else:
+                    if module._needs_wasi:
+                        stdin = payload if module.abi is Abi.COMMAND else None
+                        store.set_wasi(self._wasi_config(context, grants, stdin))
+                    raw = self._invoke_core(module, store, call, payload)
             except (wasmtime.WasmtimeError, wasmtime.Trap, SandboxError) as err:
-                raise call.translate(err) from None
+                error = call.translate(err)
+                if capped and isinstance(error, FuelExhausted):
+                    raise _Overran from None
+                raise error from None
             if context.abort is not None:
                 raise context.abort
         output = _parse_output(raw)
         usage = Usage.model_construct(
             wall_ms=(time.monotonic() - started) * 1000,
             fuel_used=call.fuel_used(),
-            peak_memory_bytes=call.memory_bytes(),
+            peak_memory_bytes=memory_bytes(),
             output_bytes=len(raw),
             http_calls=context.http_calls,
         )
@@ -385,23 +526,19 @@ class SandboxRuntime:
             output=output, usage=usage, logs=logs
         )  # fields typed above
 
-    def _configure(self, call: _Call) -> None:
-        store, limits = call.store, call.limits
-        store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000)
-        store.set_fuel(limits.fuel or UNMETERED_FUEL)
-        store.set_epoch_deadline(math.ceil(limits.timeout_ms / 1000 / TICK_SECONDS) + 1)
-
-    def _configure_wasi(self, call: _Call, grants: Grants, stdin: bytes | None) -> None:
+    def _wasi_config(
+        self, context: CallContext, grants: Grants, stdin: bytes | None
+    ) -> wasmtime.WasiConfig:
         """WASI with nothing inherited: env, files and stdio exist only as granted/captured."""
         wasi = wasmtime.WasiConfig()
         env = [(name, os.environ[name]) for name in grants.env if name in os.environ]
         if env:
             wasi.env = env
         # command: stdout is the output; reactor/component: stdout is just more log
-        wasi.stdout_custom = stream_writer(call.context, is_output=stdin is not None)
+        wasi.stdout_custom = stream_writer(context, is_output=stdin is not None)
         if stdin is not None:
             _set_stdin(wasi, stdin)
-        wasi.stderr_custom = stream_writer(call.context, is_output=False)
+        wasi.stderr_custom = stream_writer(context, is_output=False)
         for grant in grants.fs:
             host = Path(grant.host).resolve()
             if not host.is_dir():
@@ -412,44 +549,37 @@ class SandboxRuntime:
             # fs_mutable=False opens the preopen read-only: WASI refuses writes, creates,
             # renames and deletes under it (tested, not assumed)
             wasi.preopen_dir(str(host), grant.guest, grant.mode == "rw")
-        call.store.set_wasi(wasi)
+        return wasi
 
-    def _invoke(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
-        if module.abi is Abi.REACTOR:
-            return self._invoke_reactor(module, call, payload)
+    def _invoke_core(
+        self, module: PreparedModule, store: fast.Store, call: _Call, payload: bytes
+    ) -> bytes:
+        assert module._pre_ptr  # core ABIs always have an InstancePre
+        store.instantiate(module._pre_ptr)  # also looks up "memory" into slot _MEMORY
         if module.abi is Abi.COMMAND:
-            return self._invoke_command(module, call, payload)
-        return self._invoke_component(module, call, payload)
-
-    def _instantiate(self, module: PreparedModule, call: _Call) -> wasmtime.Instance:
-        assert module._pre is not None  # core ABIs always have an InstancePre
-        instance = fast.instantiate(call.store, module._pre)
-        call.memory = fast.export(call.store, instance, b"memory")
-        return instance
-
-    def _export(self, call: _Call, instance: wasmtime.Instance, name: bytes) -> fast.Export:
-        item = fast.export(call.store, instance, name)
-        if item is None:  # unreachable: check_core_module verified the export
-            raise InvalidModule(abi=Abi.REACTOR, problem=f"missing export {name.decode()!r}")
-        return item
-
-    def _invoke_reactor(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
-        store = call.store
-        instance = self._instantiate(module, call)
-        memory = call.memory
-        assert memory is not None
+            store.export(_FIRST, b"_start")
+            try:
+                store.call(_FIRST, results=0)
+            except wasmtime.ExitTrap as exit_trap:
+                if exit_trap.code != 0:
+                    raise
+            return bytes(call.context.output)
         if module._has_initialize:
-            fast.call_void(store, self._export(call, instance, b"_initialize"))
-        ptr = fast.call_i32(store, self._export(call, instance, b"alloc"), len(payload))
-        if payload and (ptr <= 0 or not fast.mem_write(store, memory, ptr, payload)):
+            store.export(_FIRST, b"_initialize")
+            store.call(_FIRST, results=0)
+        # exports were checked by check_core_module, so these lookups cannot miss
+        store.export(_FIRST, b"alloc")
+        store.export(_SECOND, b"run")
+        ptr = int(store.call(_FIRST, len(payload))[0].of.i32)
+        if payload and (ptr <= 0 or not store.write(_MEMORY, ptr, payload)):
             raise MemoryLimitExceeded(memory_mb=call.limits.memory_mb, detail="alloc(input) failed")
-        packed = fast.call_i64(store, self._export(call, instance, b"run"), ptr, len(payload))
+        packed = int(store.call(_SECOND, ptr, len(payload))[0].of.i64)
         failed = packed < 0
         packed = -packed if failed else packed
         out_ptr, out_len = (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
         if not failed and out_len > call.limits.max_output_bytes:
             raise OutputTooLarge(limit=call.limits.max_output_bytes)
-        raw = fast.mem_read(store, memory, out_ptr, out_len)
+        raw = store.read(_MEMORY, out_ptr, out_len)
         if raw is None:
             raise InvalidOutput(
                 reason=f"run returned ptr={out_ptr} len={out_len} outside linear memory",
@@ -459,18 +589,10 @@ class SandboxRuntime:
             raise GuestError.reported(raw.decode("utf-8", "replace"))
         return raw
 
-    def _invoke_command(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
-        instance = self._instantiate(module, call)
-        try:
-            fast.call_void(call.store, self._export(call, instance, b"_start"))
-        except wasmtime.ExitTrap as exit_trap:
-            if exit_trap.code != 0:
-                raise
-        return bytes(call.context.output)
-
-    def _invoke_component(self, module: PreparedModule, call: _Call, payload: bytes) -> bytes:
+    def _invoke_component(
+        self, module: PreparedModule, store: wasmtime.Store, call: _Call, payload: bytes
+    ) -> bytes:
         assert module._component is not None
-        store = call.store
         instance = self._component_linker.instantiate(store, module._component)
         run = instance.get_func(store, "run")
         if run is None:
@@ -514,17 +636,22 @@ class SandboxRuntime:
 def _run_for_loop(
     loop: asyncio.AbstractEventLoop,
     future: asyncio.Future[RunResult],
-    call: Callable[[list[object]], RunResult],
+    call: Callable[[list[Callable[[], None]]], RunResult],
 ) -> Callable[[], None]:
     """Pool job of `run`: hand the outcome to the loop, return the Store teardown for later."""
-    keep: list[object] = []
+    keep: list[Callable[[], None]] = []
     try:
         result = call(keep)
     except BaseException as err:  # every outcome, including errors, belongs to the awaiting task
         _settle_soon(loop, future, None, err)
     else:
         _settle_soon(loop, future, result, None)
-    return keep.clear
+    return functools.partial(_teardown, keep)
+
+
+def _teardown(keep: list[Callable[[], None]]) -> None:
+    for teardown in keep:
+        teardown()
 
 
 _Outcome = tuple["asyncio.Future[RunResult]", RunResult | None, BaseException | None]

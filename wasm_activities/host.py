@@ -58,7 +58,7 @@ class CallContext:
     grants: Grants
     secrets: Mapping[str, str]
     deadline: float  # time.monotonic() value
-    store: wasmtime.Store
+    interrupt: Callable[[], None]  # makes the guest trap at its next epoch check
     output: bytearray = field(default_factory=bytearray)
     logs: bytearray = field(default_factory=bytearray)
     pending: bytes = b""
@@ -69,7 +69,7 @@ class CallContext:
         """Record the first fatal error and make the guest trap at its next epoch check."""
         if self.abort is None:
             self.abort = error
-        self.store.set_epoch_deadline(0)
+        self.interrupt()
 
     def write_output(self, data: bytes) -> None:
         if len(self.output) + len(data) > self.limits.max_output_bytes:

@@ -12,8 +12,10 @@ import hashlib
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -128,6 +130,15 @@ def _choose(spec: str, version_range: str | None, versions: list[str]) -> str:
     return chosen
 
 
+@dataclass(slots=True)
+class _Listing:
+    """An activity's versions as read at `read_at_ms`, and the specs resolved against them."""
+
+    read_at_ms: int
+    versions: dict[str, ActivityVersion]
+    chosen: dict[str, str] = field(default_factory=dict)
+
+
 def _sort_key(activity: ActivityVersion) -> tuple[str, object]:
     return activity.name, parse_version(activity.version)
 
@@ -199,7 +210,11 @@ class Registry:
         self._prepared: dict[str, PreparedModule] = {}
         self._versions: dict[tuple[str, str], ActivityVersion] = {}
         self._validators: dict[tuple[str, str, int, str], SchemaValidator] = {}
-        self._reader: sqlite3.Connection | None = None
+        self._listings: dict[str, _Listing] = {}
+        self._reading: dict[str, tuple[int, asyncio.Task[_Listing]]] = {}
+        # another host's clock may run behind ours: a version it registered "at" T may carry
+        # a later T here; one SQLite file is only ever shared by processes on one host
+        self._clock_skew_ms = 250 if is_postgres_url(self._path) else 0
         self._closed = False
 
     async def __aenter__(self) -> Registry:
@@ -251,7 +266,9 @@ class Registry:
             VersionConflictError: name@version exists with other bytes or another definition.
             GrantsWidenedError: grants exceed the highest other version's, without approval.
         """
-        return await self._call(partial(self._register, Path(path), approve_grants))
+        result = await self._call(partial(self._register, Path(path), approve_grants))
+        self._listings.pop(result.activity.name, None)
+        return result
 
     def _register(self, path: Path, approve_grants: bool, store: ModuleStore) -> RegistrationResult:
         manifest = Manifest.load(path)
@@ -306,11 +323,11 @@ class Registry:
         if not _SPEC_NAME.match(name):
             raise ValueError(f"invalid native activity name {name!r} (no '@' or spaces)")
         parse_version(version)
-        for field, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
+        for where, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
             try:
                 check_schema(schema)
             except ValueError as err:
-                raise ValueError(f"native activity {name!r}: {field}: {err}") from err
+                raise ValueError(f"native activity {name!r}: {where}: {err}") from err
         activity = ActivityVersion(
             name=name,
             version=version,
@@ -336,67 +353,63 @@ class Registry:
 
         outcome = await self._call(lambda store: store.register(activity, None, decide))
         self._versions[(name, version)] = outcome.activity
+        self._listings.pop(name, None)
         return outcome.activity
 
     # -- lookup --------------------------------------------------------------------------------
 
-    async def resolve(self, spec: str) -> ActivityVersion:
+    async def resolve(self, spec: str, *, as_of_ms: int | None = None) -> ActivityVersion:
         """The highest registered version matching `spec`.
 
         `name` alone means the latest release; `name@1.2.3`, `name@^1`, `name@~1.2`,
         `name@>=1.0 <2`, `name@1.x` and `name@*` follow npm's range rules.
+
+        `as_of_ms` (wall clock, ms): a list of versions read from the database after that
+        moment already holds every version registered before it, so it is reused instead of
+        read again. A worker passes the calling workflow's clock: a workflow started after a
+        registration always sees it, while workflows started before a read share that read
+        (one database round trip per burst, not per workflow). Without it, always read.
 
         Raises:
             ValueError: the spec does not parse.
             ActivityNotFoundError: unknown name, or no version satisfies the range.
         """
         name, version_range = parse_spec(spec)
-        known = self._known_versions(name)
-        if known is not None:
-            return known[_choose(spec, version_range, list(known))]
-        stored = await self._call(lambda store: store.versions(name))
-        by_version = {v.version: v for v in stored}
-        activity = by_version[_choose(spec, version_range, list(by_version))]
-        self._versions[(name, activity.version)] = activity
-        return activity
+        since = None if as_of_ms is None else as_of_ms + self._clock_skew_ms
+        listing = self._listings.get(name)
+        if listing is None or since is None or listing.read_at_ms <= since:
+            listing = await self._read_listing(name, since)
+        chosen = listing.chosen.get(spec)
+        if chosen is None:
+            chosen = listing.chosen[spec] = _choose(spec, version_range, list(listing.versions))
+        return listing.versions[chosen]
 
-    def _known_versions(self, name: str) -> dict[str, ActivityVersion] | None:
-        """`name`'s versions when every one is already in memory, checked against the database
-        with one small read on the calling thread: a workflow worker resolves on every
-        workflow's first call, and a hand-off to the database thread costs more than the read.
-
-        None (take the database thread) on PostgreSQL, on any SQLite error (busy, not migrated
-        yet) and when a version is new to this process.
-        """
-        rows = self._read_here(
-            "SELECT version, registered_at FROM activity_versions WHERE name = ?", (name,)
-        )
-        if not rows:
-            return None
-        known: dict[str, ActivityVersion] = {}
-        for version, registered_at in rows:
-            activity = self._versions.get((name, str(version)))
-            if activity is None or activity.registered_at != registered_at:
-                return None  # new, or removed and registered again
-            known[activity.version] = activity
-        return known
-
-    def _read_here(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]] | None:
-        if self._reader is None:
-            if self._closed or is_postgres_url(self._path):
-                return None
-            try:
-                # never creates the file; timeout 0: a locked database means "ask the thread"
-                uri = Path(self._path).resolve().as_uri() + "?mode=rw"
-                self._reader = sqlite3.connect(
-                    uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
-                )
-            except sqlite3.Error:
-                return None
+    async def _read_listing(self, name: str, since: int | None) -> _Listing:
+        """Read `name`'s versions, joining a read already under way that began after `since`."""
+        loop = asyncio.get_running_loop()
+        pending = self._reading.get(name)
+        if pending is not None and since is not None:
+            started_at, reading = pending
+            if started_at > since and reading.get_loop() is loop:
+                return await asyncio.shield(reading)
+        started_at = int(time.time() * 1000)
+        reading = loop.create_task(self._list_versions(name, started_at))
+        self._reading[name] = (started_at, reading)
         try:
-            return self._reader.execute(sql, params).fetchall()
-        except sqlite3.Error:
-            return None
+            return await asyncio.shield(reading)
+        finally:
+            if self._reading.get(name, (0, None))[1] is reading:
+                del self._reading[name]
+
+    async def _list_versions(self, name: str, started_at: int) -> _Listing:
+        stored = await self._call(lambda store: store.versions(name))
+        listing = _Listing(started_at, {v.version: v for v in stored})
+        current = self._listings.get(name)
+        if current is None or current.read_at_ms < started_at:
+            self._listings[name] = listing
+        for activity in stored:
+            self._versions[(name, activity.version)] = activity
+        return listing
 
     async def get(self, name: str, version: str) -> ActivityVersion:
         """Exactly name@version (cached: versions are immutable).
@@ -437,6 +450,7 @@ class Registry:
 
         others = await self._call(delete)
         self._versions.pop((name, version), None)
+        self._listings.pop(name, None)
         if others is not None:
             raise ActivityNotFoundError(f"{name}@{version}", sorted(others, key=parse_version))
 
@@ -526,9 +540,6 @@ class Registry:
         if self._closed:
             return
         self._closed = True
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         store, self._store = self._store, None
         if store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, store.close)

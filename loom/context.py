@@ -144,6 +144,7 @@ class WorkflowContext(Generic[InT, StateT]):
                 "name": name,
                 "input": arguments,
                 "pin": run.pins.get(name),
+                "as_of": run.now_ms,  # a registered version resolves as of the workflow's clock
             }
             run.add_task(TaskSpec(f"a:{run.workflow_id}:{seq}", ACTIVITY_TASK, task_payload, 0))
         assert future is not None

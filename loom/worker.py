@@ -445,7 +445,10 @@ class Worker:
                     f"pinned to {pin.get('sha256')}; versions must stay immutable"
                 )
             return activity
-        activity = await registry.resolve(str(task.payload["name"]))
+        as_of = task.payload.get("as_of")
+        activity = await registry.resolve(
+            str(task.payload["name"]), as_of_ms=as_of if isinstance(as_of, int) else None
+        )
         if activity.is_native:
             raise ActivityNotFoundError(
                 str(task.payload["name"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -178,6 +180,54 @@ async def test_resolve_picks_the_highest_match(
     assert (await registry.resolve("echo@1.0.0")).version == "1.0.0"
     assert (await registry.resolve("echo@*")).version == "2.0.0"
     assert (await registry.resolve("echo@^2.1.0-rc.1")).version == "2.1.0-rc.1"
+
+
+async def test_resolve_as_of_reuses_a_later_read_and_sees_versions_registered_before(
+    registry: Registry, make_activity: ActivityFactory, db_path: Path
+) -> None:
+    await registry.register(make_activity(version="1.0.0"))
+    before_read = int(time.time() * 1000) - 1000  # beyond any clock-skew allowance
+    assert (await registry.resolve("echo@^1", as_of_ms=before_read)).version == "1.0.0"
+    async with Registry(db_path) as other_process:  # registers behind this registry's back
+        await asyncio.sleep(0.002)
+        await other_process.register(make_activity(version="1.1.0"))
+    await asyncio.sleep(0.002)
+    after_registration = int(time.time() * 1000)
+    # a workflow whose clock predates the first read may reuse it (no database round trip) ...
+    read_count = _count_reads(registry)
+    assert (await registry.resolve("echo@^1", as_of_ms=before_read)).version == "1.0.0"
+    assert read_count() == 0
+    # ... one started after the registration never misses it, and the read is then shared
+    assert (await registry.resolve("echo@^1", as_of_ms=after_registration)).version == "1.1.0"
+    assert (await registry.resolve("echo@^1", as_of_ms=before_read)).version == "1.1.0"
+    assert read_count() == 1
+    # without as_of, resolve always reads
+    assert (await registry.resolve("echo@^1")).version == "1.1.0"
+    assert read_count() == 2
+
+
+async def test_concurrent_resolves_share_one_read(
+    registry: Registry, make_activity: ActivityFactory
+) -> None:
+    await registry.register(make_activity(version="1.0.0"))
+    read_count = _count_reads(registry)
+    now = int(time.time() * 1000) - 1000
+    found = await asyncio.gather(*(registry.resolve("echo@^1", as_of_ms=now) for _ in range(50)))
+    assert {activity.version for activity in found} == {"1.0.0"}
+    assert read_count() == 1
+
+
+def _count_reads(registry: Registry) -> Callable[[], int]:
+    reads = 0
+    original = registry._list_versions
+
+    async def counting(name: str, started_at: int) -> object:
+        nonlocal reads
+        reads += 1
+        return await original(name, started_at)
+
+    registry._list_versions = counting  # type: ignore[method-assign,assignment]
+    return lambda: reads
 
 
 async def test_unknown_name_says_how_to_register(registry: Registry) -> None:

@@ -26,6 +26,7 @@ TEST_MODULES = {
     "http_client.c": Abi.REACTOR,
     "big_output.c": Abi.COMMAND,
     "fail_exit.c": Abi.COMMAND,
+    "chatty.c": Abi.REACTOR,
 }
 EXAMPLE_ABIS = {
     "echo": Abi.COMMAND,

@@ -70,6 +70,8 @@ for _library in (_holding, _releasing):
     )
     _store_delete[_library] = _bind(_library, "wasmtime_store_delete", None, c_void_p)
 
+# ctypes.memmove releases the GIL around a copy of a few bytes; this one keeps it
+_memmove = ctypes.PYFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
 _EXTERN_OFFSET = ffi.wasmtime_extern_t.of.offset
 _I32 = ffi.WASMTIME_I32.value
 
@@ -199,7 +201,7 @@ class Store:
         size = _memory_size(self.context, at)
         if offset < 0 or offset + len(data) > size:
             return False
-        ctypes.memmove(_memory_data(self.context, at) + offset, data, len(data))
+        _memmove(_memory_data(self.context, at) + offset, data, len(data))
         return True
 
     def read(self, slot: int, offset: int, length: int) -> bytes | None:

@@ -21,6 +21,7 @@ from wasm_activities import (
     Limits,
     PreparedModule,
     SandboxRuntime,
+    engine,
 )
 from wasm_activities.engine import INLINE_FUEL
 
@@ -120,8 +121,13 @@ async def test_long_calls_leave_the_loop_free_and_still_time_out(
 
 
 async def test_wasi_reactor_writing_stdout_and_stderr_inline_keeps_its_logs(
-    runtime: SandboxRuntime, prepared: Prepared, pool_jobs: PoolJobs
+    runtime: SandboxRuntime,
+    prepared: Prepared,
+    pool_jobs: PoolJobs,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # its output streams need the GIL on wasmtime's I/O thread while the loop thread waits
+    monkeypatch.setattr(engine, "INLINE_MAX_S", 60.0)  # a slow moment must not send it away
     module = prepared("chatty.c")
     results = await asyncio.wait_for(
         asyncio.gather(*(runtime.run(module, {"i": i}) for i in range(20))), timeout=30

@@ -7,7 +7,9 @@ Cases (one process: the client and one worker, durable SQLite):
   ratio    wasm / native (target >= 0.70)
 
 The reactor is a minimal echo module (WAT, assembled in the run), so the figure is the
-engine + registry + sandbox overhead rather than guest work.
+engine + registry + sandbox overhead rather than guest work. Being pure (no network grant),
+its calls run on the worker's event loop; a module with network grants, or one whose calls
+take longer than the inline budget, goes through the thread pool instead.
 
 Usage: python bench/wasm_workflow.py [--workflows 2000] [--reps 3] [--json]
 """

@@ -4,7 +4,7 @@ lookup, i32/i64 calls, memory copies.
 wasmtime-py boxes every value and re-reads function types on each call, and each of its ctypes
 calls releases the GIL: on a busy worker every release is a chance for another thread to take
 the GIL for a whole switch interval. Here the cheap bookkeeping calls (store, fuel, exports,
-memory) keep the GIL; only calls that enter the guest can release it (`Store.hold_gil` decides),
+memory) keep the GIL; only calls that enter the guest can release it (`Store.set_hold_gil`),
 because a guest blocked in a host HTTP request or a long loop must not stall every other thread,
 and a guest writing to WASI stdout/stderr needs the GIL on wasmtime's I/O thread.
 """
@@ -127,14 +127,14 @@ def _raise_failure(error: int | None, trap: c_void_p) -> None:
 class Store:
     """One call's store, owned by pointer. Exports are addressed by slot (0-2) on this thread.
 
-    `hold_gil`: calls that enter the guest keep the GIL (see the module docstring for when that
-    is safe). Not thread-safe: a store lives on the thread that created it until `delete`.
+    Calls that enter the guest release the GIL unless `set_hold_gil(True)` (see the module
+    docstring for when that is safe). Not thread-safe: a store lives on the thread that created
+    it until `delete`.
     """
 
-    __slots__ = ("_enter", "_scratch", "_store", "context", "has_memory", "hold_gil")
+    __slots__ = ("_enter", "_scratch", "_store", "context", "has_memory")
 
     def __init__(self, engine: int, *, memory_bytes: int, fuel: int, deadline: int) -> None:
-        self.hold_gil = False
         self._enter: Any = _releasing
         self._scratch = _get_scratch()
         self._store = _store_new(engine, None, None)
@@ -145,7 +145,6 @@ class Store:
         _set_deadline(self.context, deadline)
 
     def set_hold_gil(self, hold: bool) -> None:
-        self.hold_gil = hold
         self._enter = _holding if hold else _releasing
 
     def set_wasi(self, config: wasmtime.WasiConfig) -> None:
@@ -213,7 +212,7 @@ class Store:
         return ctypes.string_at(_memory_data(self.context, at) + offset, length)
 
     def delete(self) -> None:
-        """Free the store (idempotent). Releases the GIL unless `hold_gil`: WASI stream
+        """Free the store (idempotent). Releases the GIL unless told to hold it: WASI stream
         finalizers may need it on another thread."""
         store, self._store = self._store, None
         if store:

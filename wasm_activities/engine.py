@@ -182,11 +182,13 @@ class _Call:
         limits: Limits,
         memory_bytes: Callable[[], int],
         fuel_left: Callable[[], int],
+        fuel_given: int,
     ) -> None:
         self.context = context
         self.limits = limits
         self.memory_bytes = memory_bytes
         self._fuel_left = fuel_left
+        self._fuel_given = fuel_given
 
     def near_memory_limit(self) -> bool:
         # wasmtime-py exposes no limiter callback, so a refused memory.grow is inferred: the call
@@ -197,7 +199,7 @@ class _Call:
     def fuel_used(self) -> int | None:
         if not self.limits.fuel:
             return None
-        return self.limits.fuel - self._fuel_left()
+        return self._fuel_given - self._fuel_left()
 
     def translate(self, err: Exception) -> SandboxError:
         """THE mapping from a wasmtime failure (or a host-recorded abort) to a typed error."""
@@ -276,9 +278,9 @@ class SandboxRuntime:
         self._engine_ptr = fast.pointer(self.engine.ptr())
         self._component_engine = wasmtime.Engine(_engine_config(pooling=False))
         directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._artifacts = {
-            False: ArtifactCache(directory, _CORE_ENGINE_CONFIG),
-            True: ArtifactCache(directory, _ENGINE_CONFIG),
+        self._targets = {  # is_component -> (engine, artifact cache)
+            False: (self.engine, ArtifactCache(directory, _CORE_ENGINE_CONFIG)),
+            True: (self._component_engine, ArtifactCache(directory, _ENGINE_CONFIG)),
         }
         self._linker = wasmtime.Linker(self.engine)
         self._linker.define_wasi()
@@ -342,11 +344,12 @@ class SandboxRuntime:
         with self._lock:
             return self._prepared.setdefault(key, prepared)
 
-    def _engine_for(self, abi: Abi) -> wasmtime.Engine:
-        return self._component_engine if abi is Abi.COMPONENT else self.engine
+    def _target(self, abi: Abi | str) -> tuple[wasmtime.Engine, ArtifactCache]:
+        """The engine that compiles and runs `abi`'s modules, and its artifact cache."""
+        return self._targets[Abi(abi) is Abi.COMPONENT]
 
     def _load(self, module: bytes, sha256: str, abi: Abi, kind: Any) -> Any:
-        engine, artifacts = self._engine_for(abi), self._artifacts[abi is Abi.COMPONENT]
+        engine, artifacts = self._target(abi)
         path = artifacts.path(sha256)
         try:
             # read, not mmap (deserialize_file): a file truncated under a live mapping is SIGBUS
@@ -370,13 +373,13 @@ class SandboxRuntime:
     def compile_uncached(self, module: bytes, abi: Abi | str) -> None:
         """Compile without touching any cache (for benchmarks comparing against cache loads)."""
         kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
-        kind(self._engine_for(Abi(abi)), module)
+        kind(self._target(abi)[0], module)
 
     def load_cached(self, sha256: str, abi: Abi | str) -> None:
         """Deserialize an artifact from the disk cache (for benchmarks)."""
         kind = wc.Component if Abi(abi) is Abi.COMPONENT else wasmtime.Module
-        path = self._artifacts[Abi(abi) is Abi.COMPONENT].path(sha256)
-        kind.deserialize(self._engine_for(Abi(abi)), path.read_bytes())
+        engine, artifacts = self._target(abi)
+        kind.deserialize(engine, artifacts.path(sha256).read_bytes())
 
     # -- running ---------------------------------------------------------------------------
 
@@ -466,7 +469,8 @@ class SandboxRuntime:
         payload = _json_bytes(input)
         started = time.monotonic()
         fuel = limits.fuel or UNMETERED_FUEL
-        capped = inline_fuel is not None and inline_fuel < fuel
+        store_fuel = fuel if inline_fuel is None else min(fuel, inline_fuel)
+        capped = store_fuel < fuel
         ticks = math.ceil(limits.timeout_ms / 1000 / TICK_SECONDS) + 1
         if module.abi is Abi.COMPONENT:
             wstore = wasmtime.Store(self._component_engine)
@@ -481,7 +485,7 @@ class SandboxRuntime:
             store = fast.Store(
                 self._engine_ptr,
                 memory_bytes=limits.memory_bytes,
-                fuel=inline_fuel if capped and inline_fuel is not None else fuel,
+                fuel=store_fuel,
                 deadline=ticks,
             )
             keep.append(store.delete)
@@ -495,7 +499,7 @@ class SandboxRuntime:
             deadline=started + limits.timeout_ms / 1000,
             interrupt=interrupt,
         )
-        call = _Call(context, limits, memory_bytes, fuel_left)
+        call = _Call(context, limits, memory_bytes, fuel_left, store_fuel)
         with context:
             try:
                 if module.abi is Abi.COMPONENT:

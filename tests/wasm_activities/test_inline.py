@@ -27,6 +27,7 @@ from wasm_activities.engine import INLINE_FUEL
 
 Prepared = Callable[[str], PreparedModule]
 PoolJobs = Callable[[], int]
+NET = Grants(net=["127.0.0.1:9"])  # any network grant keeps a call off the loop
 
 # `run` echoes its input after counting down from the i32 at address 0 (set via the data
 # segment), so one module can be made as slow as a test needs.
@@ -88,6 +89,18 @@ async def test_calls_with_network_or_writable_files_never_run_inline(
     writable = Grants(fs=[{"host": str(tmp_path), "guest": "/d", "mode": "rw"}])
     await runtime.run(module, {}, grants=writable)
     assert pool_jobs() == 2
+
+
+async def test_inline_call_reports_the_fuel_it_used_not_the_budget_left(
+    runtime: SandboxRuntime, pool_jobs: PoolJobs
+) -> None:
+    module = spinner(runtime, 10)
+    result = await runtime.run(module, {}, limits=Limits(fuel=10 * INLINE_FUEL))
+    assert pool_jobs() == 0
+    assert result.usage.fuel_used is not None and 0 < result.usage.fuel_used < 1_000
+    pooled = await runtime.run(module, {}, limits=Limits(fuel=10 * INLINE_FUEL), grants=NET)
+    assert pool_jobs() == 1
+    assert pooled.usage.fuel_used == result.usage.fuel_used
 
 
 async def test_own_fuel_limit_below_the_budget_fails_inline(

@@ -6,6 +6,7 @@ Reuses `WorkflowRun` so local runs follow the same rules as durable ones; time i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import random
 import uuid
@@ -51,6 +52,12 @@ class LocalExecutor:
         seed = random.getrandbits(63)
         inbox = [self._event(EventKind.WORKFLOW_STARTED, {"input": input, "seed": seed})]
         while True:
+            # A run takes only the events that continue its own history; the local runner
+            # numbers events across parent and children, so renumber them for this run.
+            inbox = [
+                dataclasses.replace(event, sequence=run.cursor + i)
+                for i, event in enumerate(inbox, start=1)
+            ]
             run.apply(inbox, include_commands=False)
             activation = run.take_activation()
             if activation.status is not WorkflowStatus.RUNNING:

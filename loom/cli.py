@@ -786,6 +786,7 @@ def doctor(as_json: bool, database: str) -> None:
                 ],
                 "stuck_workflows": found.stuck,
                 "idle_workflows": found.idle,
+                "lost_workflows": found.lost,
                 "problems": problems,
                 "is_healthy": not problems,
             }
@@ -815,6 +816,13 @@ def _problems(found: Diagnosis) -> list[str]:
             f"{len(found.stuck)} stuck workflow(s) have unprocessed events and no task: "
             + ", ".join(found.stuck[:10])
         )
+    if found.lost:
+        problems.append(
+            f"{len(found.lost)} workflow(s) are RUNNING with no task and nothing to wait for "
+            "(no signal wait, no open child), so nothing will ever move them: "
+            + ", ".join(found.lost[:10])
+            + "; this is an engine defect, please report it with `loom inspect` of one"
+        )
     return problems
 
 
@@ -825,6 +833,7 @@ def _print_doctor(database: str, found: Diagnosis, problems: list[str]) -> None:
         ("schema", f"version {found.schema_version} (latest {found.latest_schema_version})"),
         ("expired leases", str(len(found.expired_leases))),
         ("stuck workflows", str(len(found.stuck))),
+        ("lost workflows", str(len(found.lost))),
         ("idle workflows", f"{found.idle} (waiting for a signal or a child)"),
     ]
     print_fields(fields)

@@ -82,6 +82,24 @@ class Activation:
     error: dict[str, JSON] | None = None
 
 
+class HistoryGapError(LoomError):
+    """Events handed to a run do not continue what it has seen (a partial or skipped history).
+
+    A run built from a partial history would miss WORKFLOW_STARTED and commit its initial
+    state over the real one; refusing here is what makes that impossible, whoever calls.
+    """
+
+    def __init__(self, workflow_id: str, cursor: int, sequence: int) -> None:
+        self.workflow_id = workflow_id
+        self.cursor = cursor
+        self.sequence = sequence
+        start = "from its first event" if cursor == 0 else f"after {cursor}"
+        super().__init__(
+            f"workflow {workflow_id!r}: history must continue {start}, but the next event "
+            f"given has sequence {sequence}; the run needs its full history"
+        )
+
+
 class _Nondeterminism(BaseException):
     """Unwinds workflow code after a replay mismatch; user code cannot catch it by accident."""
 
@@ -220,6 +238,8 @@ class WorkflowRun:
         """Deliver events in order; recorded commands are queued for matching first."""
         deliverable = []
         for event in events:
+            if event.sequence != self.cursor + 1:
+                raise HistoryGapError(self.workflow_id, self.cursor, event.sequence)
             if event.kind in COMMAND_KINDS:
                 if include_commands:
                     self._recorded.append(
@@ -231,7 +251,7 @@ class WorkflowRun:
                     )
             else:
                 deliverable.append(event)
-            self.cursor = max(self.cursor, event.sequence)
+            self.cursor = event.sequence
         for event in deliverable:
             if self.is_finished:
                 break

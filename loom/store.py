@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loom._json import JSON
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
@@ -84,6 +84,9 @@ class ClaimedTask:
     workflow: TaskWorkflow | None = None
     events: list[Event] | None = None
     is_full_history: bool = False
+    history_after: int = 0
+    """`events` start after this sequence: the cached run's cursor the claim saw (0 = all).
+    The worker continues its cached run with them only if that run is still at this cursor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,9 @@ class Diagnosis:
 
     `stuck` are open workflows with work no task will ever pick up: PENDING, or with
     unprocessed events, and no task row. `idle` are RUNNING with everything processed and no
-    task: waiting for a signal or a child (normal, but shown so operators can tell).
+    task, waiting for a signal or a child (normal, but shown so operators can tell). `lost`
+    are RUNNING with no task and NOTHING to wait for: no pending signal wait, no open child.
+    Nothing can ever move them; the engine must never produce one, so each is a defect.
     """
 
     backend: str
@@ -135,6 +140,44 @@ class Diagnosis:
     expired_leases: list[tuple[int, str, str]]
     stuck: list[str]
     idle: int
+    lost: list[str] = field(default_factory=list)
+
+
+def awaits_something(events: Sequence[Event], has_open_child: bool) -> bool:
+    """Whether a workflow with no task row legitimately waits: for a signal or a child.
+
+    Follows the replay's signal rules (a signal with no waiter is buffered for the next wait
+    of that name; a wait's timeout timer firing ends that wait) without running any code, so
+    `loom doctor` can tell a parked workflow from one that nothing will ever wake.
+    """
+    if has_open_child:
+        return True
+    waiting: dict[str, list[int]] = {}
+    buffered: dict[str, int] = {}
+    children: set[int] = set()
+    for event in events:
+        payload = event.payload
+        if event.kind is EventKind.SIGNAL_WAIT_STARTED:
+            name = str(payload.get("key"))
+            if buffered.get(name, 0):
+                buffered[name] -= 1
+            else:
+                waiting.setdefault(name, []).append(int(payload["seq"]))
+        elif event.kind is EventKind.SIGNAL_RECEIVED:
+            name = str(payload.get("name"))
+            if waiting.get(name):
+                waiting[name].pop(0)
+            else:
+                buffered[name] = buffered.get(name, 0) + 1
+        elif event.kind is EventKind.TIMER_FIRED:
+            for seqs in waiting.values():
+                if payload.get("seq") in seqs:
+                    seqs.remove(int(payload["seq"]))
+        elif event.kind is EventKind.CHILD_STARTED:
+            children.add(int(payload["seq"]))
+        elif event.kind in (EventKind.CHILD_COMPLETED, EventKind.CHILD_FAILED):
+            children.discard(int(payload["seq"]))
+    return bool(children) or any(waiting.values())
 
 
 class Store(abc.ABC):

@@ -279,13 +279,24 @@ class Worker:
             )
             return
         run = self._cache.pop(task.workflow_id, None)
-        if task.is_full_history or run is None:
+        continues = (
+            run is not None
+            and not task.is_full_history
+            and (run.cursor, run.epoch) == (task.history_after, record.epoch)
+        )
+        if run is not None and continues:
+            run.apply(task.events, include_commands=False)
+        else:
+            # The claim saw a cached run that has since left the cache or moved on (the
+            # completion fast path, a re-claim of our own expired lease, eviction): its
+            # partial history cannot rebuild the workflow, so replay all of it.
             if run is not None:
                 run.close()
+            events = task.events
+            if not task.is_full_history:
+                events = await store.list_events(task.workflow_id)
             run = WorkflowRun(compiled, task.workflow_id, replay_until=record.processed_sequence)
-            run.apply(task.events)
-        else:
-            run.apply(task.events, include_commands=False)
+            run.apply(events)
         activation = run.take_activation()
         result = await store.commit_workflow_task(
             task,
@@ -310,6 +321,9 @@ class Worker:
             run.epoch = result.epoch
             if not result.needs_rerun:
                 run.cursor = result.last_sequence  # everything up to here is ours or seen
+            displaced = self._cache.pop(run.workflow_id, None)
+            if displaced is not None and displaced is not run:
+                displaced.close()
             self._cache[run.workflow_id] = run
             if len(self._cache) > self.max_cached_workflows:
                 _, evicted = self._cache.popitem(last=False)

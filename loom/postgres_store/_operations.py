@@ -38,6 +38,7 @@ from loom.store import (
     StoreStats,
     TaskWorkflow,
     WorkflowRecord,
+    awaits_something,
 )
 
 # -- reads ---------------------------------------------------------------------------------
@@ -269,6 +270,7 @@ async def _attach_histories(
         after[task.workflow_id] = cached[0] if cached is not None and cached[1] == row[3] else 0
         task.workflow = TaskWorkflow(row[1], row[3], row[4], row[5])
         task.is_full_history = after[task.workflow_id] == 0
+        task.history_after = after[task.workflow_id]
         task.events = []
     if dropped:
         await conn.execute("DELETE FROM tasks WHERE task_id = ANY($1::bigint[])", list(dropped))
@@ -354,7 +356,20 @@ async def _commit_workflow_task(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    row = await _update_workflow(conn, task, activation, 0, seen_sequence, step, now)
+    # See the SQLite store: an activation computed from a history older than the row's
+    # epoch must not overwrite newer state; the task becomes due again for a fresh replay.
+    epoch = None if task.workflow is None else task.workflow.epoch
+    row = await _update_workflow(conn, task, activation, 0, seen_sequence, step, now, epoch=epoch)
+    if row is None:
+        await conn.execute(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
+            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4",
+            now,
+            task.task_id,
+            task.owner,
+            task.attempt,
+        )
+        return CommitResult(is_committed=False)
     return await _apply_activation(
         conn, task, activation, row, (), seen_sequence, eager_lease_ms, now
     )
@@ -375,6 +390,7 @@ async def _update_workflow(
     step: StepProgress | None,
     now: int,
     expected: tuple[int, int] | None = None,
+    epoch: int | None = None,
 ) -> asyncpg.Record | None:
     """Write the activation's row, which locks it first (see lock order).
 
@@ -383,7 +399,11 @@ async def _update_workflow(
     epoch in that transaction, so the re-checked row catches one committed while we waited.
     """
     guard = "" if expected is None else _OPEN_GUARD
-    extra = () if expected is None else (*expected, workflow_task_key(task.workflow_id))
+    extra: tuple[object, ...] = ()
+    if expected is not None:
+        extra = (*expected, workflow_task_key(task.workflow_id))
+    elif epoch is not None:
+        guard, extra = " AND epoch = $11", (epoch,)
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
@@ -643,6 +663,7 @@ async def _complete_task(
     after = cached[0] if cached[1] == workflow.epoch else 0
     claimed.workflow = workflow
     claimed.is_full_history = after == 0
+    claimed.history_after = after
     claimed.events = await _load_events(conn, workflow_id, after)
     return Completion(is_recorded=True, next_task=claimed)
 
@@ -758,7 +779,25 @@ async def _diagnose(conn: Connection, now: int) -> Diagnosis:
         open_statuses,
         delivered,
     )
-    waiting = await conn.fetchval(f"SELECT COUNT(*) {without_task}", open_statuses)
+    stuck_ids = {str(r[0]) for r in stuck}
+    lost: list[str] = []
+    idle = 0
+    for row in await conn.fetch(
+        f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
+    ):
+        workflow_id = str(row[0])
+        if workflow_id in stuck_ids:
+            continue
+        has_open_child = await conn.fetchval(
+            "SELECT 1 FROM workflows WHERE parent_id = $1 AND status = ANY($2::text[]) LIMIT 1",
+            workflow_id,
+            open_statuses,
+        )
+        events = await _load_events(conn, workflow_id, 0)
+        if awaits_something(events, has_open_child is not None):
+            idle += 1
+        else:
+            lost.append(workflow_id)
     return Diagnosis(
         backend="postgresql",
         settings=settings,
@@ -766,5 +805,6 @@ async def _diagnose(conn: Connection, now: int) -> Diagnosis:
         latest_schema_version=len(MIGRATIONS),
         expired_leases=[(int(r[0]), str(r[1]), str(r[2])) for r in expired],
         stuck=[str(r[0]) for r in stuck],
-        idle=int(waiting) - len(stuck),
+        idle=idle,
+        lost=lost,
     )

@@ -28,6 +28,7 @@ from loom.store import (
     StoreStats,
     TaskWorkflow,
     WorkflowRecord,
+    awaits_something,
 )
 
 _WORKFLOW_COLUMNS = (
@@ -274,6 +275,7 @@ def _attach_history(conn: sqlite3.Connection, task: ClaimedTask, cursor_of: Curs
     after = cached[0] if cached is not None and cached[1] == row[2] else 0
     task.workflow = TaskWorkflow(row[0], row[2], row[3], row[4])
     task.is_full_history = after == 0
+    task.history_after = after
     task.events = _load_events(conn, task.workflow_id, after)
     return True
 
@@ -285,6 +287,15 @@ def _holds_lease(conn: sqlite3.Connection, task: ClaimedTask) -> bool:
         (task.task_id, task.owner, task.attempt),
     ).fetchone()
     return row is not None
+
+
+def _release_claim(conn: sqlite3.Connection, task: ClaimedTask, now: int) -> None:
+    """Give a claimed task back, due now, if this claim still holds it."""
+    conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? "
+        "WHERE task_id = ? AND lease_owner = ? AND attempts = ?",
+        (now, task.task_id, task.owner, task.attempt),
+    )
 
 
 def _delete_leased(conn: sqlite3.Connection, task: ClaimedTask) -> bool:
@@ -343,6 +354,16 @@ def _commit_workflow_task(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
+    # The activation was computed from the history as of the claim; if another activation
+    # committed since (the epoch moved), it would overwrite newer state: refuse, and make
+    # the task due again at once so a fresh claim replays the current history.
+    if task.workflow is not None:
+        row = conn.execute(
+            "SELECT epoch FROM workflows WHERE workflow_id = ?", (task.workflow_id,)
+        ).fetchone()
+        if row is None or int(row[0]) != task.workflow.epoch:
+            _release_claim(conn, task, now)
+            return CommitResult(is_committed=False)
     # Deleting the task under its lease is the fence: a reclaimed task matches no row.
     if not _delete_leased(conn, task):
         return CommitResult(is_committed=False)
@@ -577,6 +598,7 @@ def _complete_task(
     after = cached[0] if cached[1] == workflow.epoch else 0
     claimed.workflow = workflow
     claimed.is_full_history = after == 0
+    claimed.history_after = after
     claimed.events = _load_events(conn, workflow_id, after)
     return Completion(is_recorded=True, next_task=claimed)
 
@@ -684,8 +706,22 @@ def _diagnose(conn: sqlite3.Connection, now: int) -> Diagnosis:
         f"AND e.kind IN ({','.join('?' * len(delivered))})) ORDER BY w.created_at",
         (*open_statuses, *delivered),
     ).fetchall()
-    waiting = conn.execute(f"SELECT COUNT(*) {without_task}", open_statuses).fetchone()[0]
-    idle = int(waiting) - len(stuck)
+    stuck_ids = {str(r[0]) for r in stuck}
+    lost: list[str] = []
+    idle = 0
+    for (workflow_id,) in conn.execute(
+        f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
+    ).fetchall():
+        if workflow_id in stuck_ids:
+            continue
+        has_open_child = conn.execute(
+            "SELECT 1 FROM workflows WHERE parent_id = ? AND status IN (?, ?) LIMIT 1",
+            (workflow_id, *open_statuses),
+        ).fetchone()
+        if awaits_something(_load_events(conn, workflow_id, 0), has_open_child is not None):
+            idle += 1
+        else:
+            lost.append(str(workflow_id))
     return Diagnosis(
         backend="sqlite",
         settings=settings,
@@ -694,4 +730,5 @@ def _diagnose(conn: sqlite3.Connection, now: int) -> Diagnosis:
         expired_leases=[(int(r[0]), str(r[1]), str(r[2])) for r in expired],
         stuck=[str(r[0]) for r in stuck],
         idle=idle,
+        lost=lost,
     )

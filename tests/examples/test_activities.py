@@ -17,6 +17,10 @@ from examples.demo import manifest_for
 from examples.llm_stub import PAGES, StubServers, summarize
 from wasm_activities import CapabilityDenied, GuestError
 
+# The first test to need a module builds and compiles it (the 18 MB Python component takes
+# a minute or more on a loaded 2-core machine); later tests hit the cache.
+pytestmark = pytest.mark.timeout(600)
+
 API_KEY = "sk-test-key"
 
 

@@ -27,6 +27,10 @@ from wasm_activities import (
     get_runtime,
 )
 
+# The first test to need a module builds and compiles it (the 18 MB Python component takes
+# a minute or more on a loaded 2-core machine); later tests hit the cache.
+pytestmark = pytest.mark.timeout(600)
+
 Prepared = Callable[[str], PreparedModule]
 BIG_TEXT = "wörd ünïcode 🎉 " * 60_000  # 1.26 MB of multi-byte text
 COMPONENT_LIMITS = Limits(memory_mb=128, timeout_ms=10_000, max_output_bytes=4_000_000)

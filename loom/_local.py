@@ -6,7 +6,6 @@ Reuses `WorkflowRun` so local runs follow the same rules as durable ones; time i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import random
 import uuid
@@ -31,12 +30,7 @@ class LocalExecutor:
             for name, value in signals.items()
         }
         self._clock = now_ms()
-        self._sequence = 0
         self._timers: list[tuple[int, str, int]] = []  # (fire_at, workflow_id, seq)
-
-    def _event(self, kind: EventKind, payload: dict[str, JSON]) -> Event:
-        self._sequence += 1
-        return Event(self._sequence, kind, payload, self._clock)
 
     async def execute(self, compiled: CompiledWorkflow[Any, Any], input: Any) -> Any:
         workflow_id = f"local-{uuid.uuid4()}"
@@ -50,15 +44,18 @@ class LocalExecutor:
     ) -> Activation:
         run = WorkflowRun(compiled, workflow_id)
         seed = random.getrandbits(63)
-        inbox = [self._event(EventKind.WORKFLOW_STARTED, {"input": input, "seed": seed})]
+        inbox: list[tuple[EventKind, dict[str, JSON]]] = [
+            (EventKind.WORKFLOW_STARTED, {"input": input, "seed": seed})
+        ]
         while True:
-            # A run takes only the events that continue its own history; the local runner
-            # numbers events across parent and children, so renumber them for this run.
-            inbox = [
-                dataclasses.replace(event, sequence=run.cursor + i)
-                for i, event in enumerate(inbox, start=1)
-            ]
-            run.apply(inbox, include_commands=False)
+            # A run takes only events that continue its own history (see HistoryGapError).
+            run.apply(
+                [
+                    Event(run.cursor + i, kind, payload, self._clock)
+                    for i, (kind, payload) in enumerate(inbox, start=1)
+                ],
+                include_commands=False,
+            )
             activation = run.take_activation()
             if activation.status is not WorkflowStatus.RUNNING:
                 return activation
@@ -69,7 +66,9 @@ class LocalExecutor:
                     f"deliver; pass the signals it waits for to execute(signals=...)"
                 )
 
-    async def _perform(self, activation: Activation, workflow_id: str) -> list[Event]:
+    async def _perform(
+        self, activation: Activation, workflow_id: str
+    ) -> list[tuple[EventKind, dict[str, JSON]]]:
         results: list[tuple[EventKind, dict[str, JSON]]] = []
         for event in activation.events:
             if event.kind is EventKind.SIGNAL_WAIT_STARTED:
@@ -93,7 +92,7 @@ class LocalExecutor:
             heapq.heapify(self._timers)
             self._clock = max(self._clock, timer[0])
             results.append((EventKind.TIMER_FIRED, {"seq": timer[2]}))
-        return [self._event(kind, payload) for kind, payload in results]
+        return results
 
     def _signal_for(self, event: NewEvent) -> list[tuple[EventKind, dict[str, JSON]]]:
         name = str(event.payload["key"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from loom._json import JSON
@@ -83,10 +83,13 @@ class ClaimedTask:
     owner: str
     workflow: TaskWorkflow | None = None
     events: list[Event] | None = None
-    is_full_history: bool = False
     history_after: int = 0
     """`events` start after this sequence: the cached run's cursor the claim saw (0 = all).
     The worker continues its cached run with them only if that run is still at this cursor."""
+
+    @property
+    def is_full_history(self) -> bool:
+        return self.history_after == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +146,40 @@ class Diagnosis:
     lost: list[str] = field(default_factory=list)
 
 
-def awaits_something(events: Sequence[Event], has_open_child: bool) -> bool:
+WAIT_KINDS = (
+    EventKind.SIGNAL_WAIT_STARTED,
+    EventKind.SIGNAL_RECEIVED,
+    EventKind.TIMER_FIRED,
+    EventKind.CHILD_STARTED,
+    EventKind.CHILD_COMPLETED,
+    EventKind.CHILD_FAILED,
+)
+"""The only events `awaits_something` reads: stores load just these for `diagnose`."""
+
+
+def split_idle(
+    candidates: Sequence[str], events: Iterable[tuple[str, Event]]
+) -> tuple[int, list[str]]:
+    """Sort open workflows with no task into (idle count, lost ids), in `candidates` order.
+
+    `events` are the WAIT_KINDS events of the candidates, as (workflow_id, event) in sequence
+    order per workflow: both stores read them in one query and share this decision.
+    """
+    by_workflow: dict[str, list[Event]] = {workflow_id: [] for workflow_id in candidates}
+    for workflow_id, event in events:
+        by_workflow[workflow_id].append(event)
+    lost = [wid for wid in candidates if not awaits_something(by_workflow[wid])]
+    return len(candidates) - len(lost), lost
+
+
+def awaits_something(events: Sequence[Event]) -> bool:
     """Whether a workflow with no task row legitimately waits: for a signal or a child.
 
     Follows the replay's signal rules (a signal with no waiter is buffered for the next wait
     of that name; a wait's timeout timer firing ends that wait) without running any code, so
-    `loom doctor` can tell a parked workflow from one that nothing will ever wake.
+    `loom doctor` can tell a parked workflow from one that nothing will ever wake. A child is
+    open until its CHILD_COMPLETED/FAILED, which its close appends in the same transaction.
     """
-    if has_open_child:
-        return True
     waiting: dict[str, list[int]] = {}
     buffered: dict[str, int] = {}
     children: set[int] = set()

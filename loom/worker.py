@@ -279,12 +279,11 @@ class Worker:
             )
             return
         run = self._cache.pop(task.workflow_id, None)
-        continues = (
+        if (
             run is not None
             and not task.is_full_history
             and (run.cursor, run.epoch) == (task.history_after, record.epoch)
-        )
-        if run is not None and continues:
+        ):
             run.apply(task.events, include_commands=False)
         else:
             # The claim saw a cached run that has since left the cache or moved on (the

@@ -28,6 +28,7 @@ from loom.postgres_store._database import (
 from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.sqlite_store import _WORKFLOW_COLUMNS, _record
 from loom.store import (
+    WAIT_KINDS,
     ClaimedTask,
     CommitResult,
     Completion,
@@ -38,7 +39,7 @@ from loom.store import (
     StoreStats,
     TaskWorkflow,
     WorkflowRecord,
-    awaits_something,
+    split_idle,
 )
 
 # -- reads ---------------------------------------------------------------------------------
@@ -269,7 +270,6 @@ async def _attach_histories(
         cached = cursor_of(task.workflow_id)
         after[task.workflow_id] = cached[0] if cached is not None and cached[1] == row[3] else 0
         task.workflow = TaskWorkflow(row[1], row[3], row[4], row[5])
-        task.is_full_history = after[task.workflow_id] == 0
         task.history_after = after[task.workflow_id]
         task.events = []
     if dropped:
@@ -662,7 +662,6 @@ async def _complete_task(
     claimed = ClaimedTask(row[0], key, WORKFLOW_TASK, workflow_id, {}, row[1], task.owner)
     after = cached[0] if cached[1] == workflow.epoch else 0
     claimed.workflow = workflow
-    claimed.is_full_history = after == 0
     claimed.history_after = after
     claimed.events = await _load_events(conn, workflow_id, after)
     return Completion(is_recorded=True, next_task=claimed)
@@ -780,24 +779,28 @@ async def _diagnose(conn: Connection, now: int) -> Diagnosis:
         delivered,
     )
     stuck_ids = {str(r[0]) for r in stuck}
-    lost: list[str] = []
-    idle = 0
-    for row in await conn.fetch(
-        f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
-    ):
-        workflow_id = str(row[0])
-        if workflow_id in stuck_ids:
-            continue
-        has_open_child = await conn.fetchval(
-            "SELECT 1 FROM workflows WHERE parent_id = $1 AND status = ANY($2::text[]) LIMIT 1",
-            workflow_id,
-            open_statuses,
+    candidates = [
+        str(r[0])
+        for r in await conn.fetch(
+            f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
         )
-        events = await _load_events(conn, workflow_id, 0)
-        if awaits_something(events, has_open_child is not None):
-            idle += 1
-        else:
-            lost.append(workflow_id)
+        if str(r[0]) not in stuck_ids
+    ]
+    waits = await conn.fetch(
+        "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
+        "WHERE e.kind = ANY($2::text[]) AND e.workflow_id IN "
+        f"(SELECT w.workflow_id {without_task}) ORDER BY e.workflow_id, e.sequence",
+        open_statuses,
+        [k.value for k in WAIT_KINDS],
+    )
+    idle, lost = split_idle(
+        candidates,
+        (
+            (str(r[0]), Event(r[1], EventKind(r[2]), loads(r[3]), r[4]))
+            for r in waits
+            if str(r[0]) not in stuck_ids
+        ),
+    )
     return Diagnosis(
         backend="postgresql",
         settings=settings,

@@ -18,6 +18,7 @@ from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEven
 from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
 from loom.sqlite_store._writer import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
+    WAIT_KINDS,
     ClaimedTask,
     CommitResult,
     Completion,
@@ -28,7 +29,7 @@ from loom.store import (
     StoreStats,
     TaskWorkflow,
     WorkflowRecord,
-    awaits_something,
+    split_idle,
 )
 
 _WORKFLOW_COLUMNS = (
@@ -274,7 +275,6 @@ def _attach_history(conn: sqlite3.Connection, task: ClaimedTask, cursor_of: Curs
     cached = cursor_of(task.workflow_id)
     after = cached[0] if cached is not None and cached[1] == row[2] else 0
     task.workflow = TaskWorkflow(row[0], row[2], row[3], row[4])
-    task.is_full_history = after == 0
     task.history_after = after
     task.events = _load_events(conn, task.workflow_id, after)
     return True
@@ -597,7 +597,6 @@ def _complete_task(
     claimed = ClaimedTask(row[0], key, WORKFLOW_TASK, workflow_id, {}, row[1], task.owner)
     after = cached[0] if cached[1] == workflow.epoch else 0
     claimed.workflow = workflow
-    claimed.is_full_history = after == 0
     claimed.history_after = after
     claimed.events = _load_events(conn, workflow_id, after)
     return Completion(is_recorded=True, next_task=claimed)
@@ -707,21 +706,27 @@ def _diagnose(conn: sqlite3.Connection, now: int) -> Diagnosis:
         (*open_statuses, *delivered),
     ).fetchall()
     stuck_ids = {str(r[0]) for r in stuck}
-    lost: list[str] = []
-    idle = 0
-    for (workflow_id,) in conn.execute(
-        f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
-    ).fetchall():
-        if workflow_id in stuck_ids:
-            continue
-        has_open_child = conn.execute(
-            "SELECT 1 FROM workflows WHERE parent_id = ? AND status IN (?, ?) LIMIT 1",
-            (workflow_id, *open_statuses),
-        ).fetchone()
-        if awaits_something(_load_events(conn, workflow_id, 0), has_open_child is not None):
-            idle += 1
-        else:
-            lost.append(str(workflow_id))
+    candidates = [
+        str(r[0])
+        for r in conn.execute(
+            f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
+        ).fetchall()
+        if str(r[0]) not in stuck_ids
+    ]
+    waits = conn.execute(
+        "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
+        f"WHERE e.kind IN ({','.join('?' * len(WAIT_KINDS))}) AND e.workflow_id IN "
+        f"(SELECT w.workflow_id {without_task}) ORDER BY e.workflow_id, e.sequence",
+        (*(k.value for k in WAIT_KINDS), *open_statuses),
+    ).fetchall()
+    idle, lost = split_idle(
+        candidates,
+        (
+            (str(r[0]), Event(r[1], EventKind(r[2]), loads(r[3]), r[4]))
+            for r in waits
+            if str(r[0]) not in stuck_ids
+        ),
+    )
     return Diagnosis(
         backend="sqlite",
         settings=settings,

@@ -191,6 +191,28 @@ async def test_short_leases_and_a_stalling_worker_lose_no_workflow_soak(make_wor
         await _pressure(make_worker, workflows=150, concurrency=64)
 
 
+@loom.workflow(name="ParentOfParked")
+class ParentOfParked(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.child = (await ctx.start_workflow(ParkedBig, {"n": 5}))["after"]
+
+
+async def test_doctor_counts_a_parent_waiting_on_its_open_child_as_idle(
+    store: Store, db_path: Any, make_worker: Any
+) -> None:
+    from tests.loom.test_cli import loom_cli
+
+    worker = make_worker([ParentOfParked, ParkedBig])
+    worker._store = store
+    await ParentOfParked.start({})
+    await worker._advance(store, await _claim_one(store, worker))  # starts the child
+    await worker._advance(store, await _claim_one(store, worker))  # the child parks
+    report = json.loads((await asyncio.to_thread(loom_cli, "doctor", "--json", db=db_path)).stdout)
+    assert report["is_healthy"] is True, report
+    assert report["idle_workflows"] == 2 and report["lost_workflows"] == []
+
+
 async def test_doctor_reports_a_running_workflow_that_nothing_will_ever_move(
     store: Store, db_path: Any, make_worker: Any
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -331,12 +332,30 @@ def init(database: str) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="What the worker reports on stderr (store outages, failed tasks, recoveries).",
+)
 @database_option
 def worker(
-    app: str, concurrency: int, poll_interval: float, lease_seconds: float, database: str
+    app: str,
+    concurrency: int,
+    poll_interval: float,
+    lease_seconds: float,
+    log_level: str,
+    database: str,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released)."""
     from loom.worker import Worker
+
+    # An operator must see a store outage and its recovery; without handlers Python
+    # would print only warnings and above, unformatted.
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     workflows, activities = load_app(app)
     instance = Worker(

@@ -9,6 +9,11 @@ class LoomError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
+class StoreFullError(LoomError, OSError):
+    """The database's disk is full. The operation's transaction was rolled back, so nothing
+    of it was written; workers wait and resume once space is freed."""
+
+
 class WorkflowNotFoundError(LoomError):
     """No workflow with this id exists in the database."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from loom._json import JSON
+from loom.clock import StoreClock
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.replay import Activation
 
@@ -212,6 +213,12 @@ class Store(abc.ABC):
     """Persistence for the engine; every method is one atomic operation."""
 
     wakeups: Wakeups
+    clock: StoreClock
+    """The one clock leases, timers and retry times of this database are judged on."""
+
+    def now_ms(self) -> int:
+        """The store's time; what a worker writes as a due time must be on this clock."""
+        return self.clock.now_ms()
 
     @abc.abstractmethod
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import random
 import signal
@@ -32,6 +33,7 @@ from activity_registry import (
 from loom._json import JSON, is_json
 from loom.activity import Activity
 from loom.client import database_url, get_store
+from loom.clock import wall_ms
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
@@ -50,6 +52,11 @@ with CPython's default gen-0 threshold of 700 the collector runs every few workf
 scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
 CLAIM_BATCH = 256
 UNKNOWN_WORKFLOW_DELAY_MS = 5_000
+STORE_BACKOFF_SECONDS = (0.1, 5.0)
+"""First and longest pause of the claim loop while the store fails (a full disk, a database
+restart): the worker waits it out and resumes instead of exiting."""
+GIVE_BACK_DELAY_MS = (500, 30_000)
+"""Backoff before a task whose processing failed in the worker is claimable again."""
 
 
 class Worker:
@@ -101,6 +108,8 @@ class Worker:
         self._activity_registry: Registry | None = None
         self.tune_gc = tune_gc
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
+        self._last_traceback = -math.inf
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -190,15 +199,23 @@ class Worker:
 
     async def _claim_loop(self, store: Store) -> None:
         assert self._wake is not None
+        outage = _Outage("claiming tasks")
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._inflight)
             claimed: list[ClaimedTask] = []
             if free > 0:
                 limit = min(free, CLAIM_BATCH)
-                claimed = await store.claim_tasks(
-                    self.worker_id, limit, self.lease_ms, self._cursor_of
-                )
+                try:
+                    claimed = await store.claim_tasks(
+                        self.worker_id, limit, self.lease_ms, self._cursor_of
+                    )
+                except Exception as err:
+                    # The store is failing (disk full, database unreachable): back off and
+                    # keep trying; leases we cannot renew expire and nothing is lost.
+                    await self._pause(outage.failed(err))
+                    continue
+                outage.recovered()
                 for task in claimed:
                     self._spawn(self._process(store, task))
                 if len(claimed) == limit:
@@ -207,6 +224,14 @@ class Worker:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once for `stop()`."""
+        assert self._wake is not None
+        self._wake.clear()
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -229,12 +254,41 @@ class Worker:
                 await asyncio.wait(pending, timeout=1)
 
     async def _heartbeat(self, store: Store) -> None:
+        outage = _Outage("renewing leases")
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
+                await self._give_back_failed(store)
                 await store.extend_leases(self.worker_id, self.lease_ms)
-            except Exception:
-                logger.exception("lease heartbeat failed; retrying")
+            except Exception as err:
+                outage.failed(err)
+            else:
+                outage.recovered()
+
+    async def _give_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:
+        """Release a task whose processing failed here, due again after a backoff.
+
+        Without this the heartbeat would renew its lease for as long as this worker lives
+        and the workflow would never move again. If the store refuses (it is what failed),
+        the heartbeat retries the release before it renews anything.
+        """
+        first, longest = GIVE_BACK_DELAY_MS
+        delay = min(longest, first * 2 ** min(task.attempt - 1, 16))
+        note = (
+            f"worker {self.worker_id} could not process task {task.task_key} "
+            f"(attempt {task.attempt}): {type(err).__name__}: {err}; "
+            f"retrying in {delay / 1000:.1f}s"
+        )
+        try:
+            await store.retry_activity(task, store.now_ms() + delay, task.payload, note)
+        except Exception:
+            self._failed_claims.append((task, note, delay))
+
+    async def _give_back_failed(self, store: Store) -> None:
+        while self._failed_claims:
+            task, note, delay = self._failed_claims[0]
+            await store.retry_activity(task, store.now_ms() + delay, task.payload, note)
+            self._failed_claims.pop(0)
 
     def _cursor_of(self, workflow_id: str) -> tuple[int, int] | None:
         # Called on the store's thread: a plain dict lookup, no mutation.
@@ -252,12 +306,21 @@ class Worker:
                 await self._continue(store, done)
             else:
                 await self._advance(store, task)
-        except Exception:
-            logger.exception(
-                "task %s of workflow %s failed in the worker; it will be retried after its lease",
+        except Exception as err:
+            # One traceback a minute: when the store is what fails, every task fails alike.
+            traced = time.monotonic() - self._last_traceback > 60
+            if traced:
+                self._last_traceback = time.monotonic()
+            logger.warning(
+                "task %s of workflow %s failed in the worker (%s: %s); it is given back "
+                "to be retried",
                 task.task_key,
                 task.workflow_id,
+                type(err).__name__,
+                err,
+                exc_info=traced,
             )
+            await self._give_back(store, task, err)
 
     # -- workflows --------------------------------------------------------------------
 
@@ -273,7 +336,7 @@ class Worker:
             )
             await store.retry_activity(
                 task,
-                int(time.time() * 1000) + UNKNOWN_WORKFLOW_DELAY_MS,
+                store.now_ms() + UNKNOWN_WORKFLOW_DELAY_MS,
                 task.payload,
                 f"worker {self.worker_id} does not know workflow {record.workflow_name!r}",
             )
@@ -343,7 +406,7 @@ class Worker:
             # Sole outstanding command: drive the live run with the result now and record
             # both in one transaction; the store refuses if anything else happened meanwhile.
             del self._cache[task.workflow_id]
-            at = int(time.time() * 1000)
+            at = store.now_ms()
             expected = (run.cursor, run.epoch)
             run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
             activation = run.take_activation()
@@ -385,7 +448,7 @@ class Worker:
                 delay = activity.retry.delay(task.attempt) * random.uniform(0.8, 1.2)
                 await store.retry_activity(
                     task,
-                    int((time.time() + delay) * 1000),
+                    store.now_ms() + int(delay * 1000),
                     payload,
                     f"activity {name!r} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {err}; retrying in {delay:.2f}s",
@@ -446,7 +509,9 @@ class Worker:
                 )
         return self._activity_registry
 
-    async def _resolve(self, registry: Registry, task: ClaimedTask) -> ActivityVersion:
+    async def _resolve(
+        self, store: Store, registry: Registry, task: ClaimedTask
+    ) -> ActivityVersion:
         """The version this call runs: the workflow's pin for this spec, else a fresh resolve."""
         pin = task.payload.get("pin")
         if isinstance(pin, dict):
@@ -459,6 +524,10 @@ class Worker:
                 )
             return activity
         as_of = task.payload.get("as_of")
+        if isinstance(as_of, int):
+            # The workflow's clock is the store's; the registry stamps its reads with this
+            # process's wall clock, which may have stepped away from it.
+            as_of += wall_ms() - store.now_ms()
         activity = await registry.resolve(
             str(task.payload["name"]), as_of_ms=as_of if isinstance(as_of, int) else None
         )
@@ -473,7 +542,7 @@ class Worker:
         payload = task.payload
         registry = await self._registry()
         try:
-            activity = await self._resolve(registry, task)
+            activity = await self._resolve(store, registry, task)
         except (RegistryError, ValueError) as err:
             await self._fail_activity(store, task, err, retryable=False)
             return
@@ -491,7 +560,7 @@ class Worker:
                 ) * random.uniform(0.8, 1.2)
                 await store.retry_activity(
                     task,
-                    int(time.time() * 1000 + delay_ms),
+                    store.now_ms() + int(delay_ms),
                     {**payload, "pin": pin},
                     f"activity {activity.ref} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {err}; retrying in {delay_ms / 1000:.2f}s",
@@ -517,3 +586,37 @@ class Worker:
 def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> StepProgress:
     info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
     return StepProgress(info.name, info.description)
+
+
+class _Outage:
+    """Reports a failing store once when it starts failing and once when it recovers, not
+    on every retry (a full disk would otherwise flood the log it cannot write either)."""
+
+    def __init__(self, doing: str) -> None:
+        self._doing = doing
+        self._failures = 0
+        self._since = 0.0
+
+    def failed(self, err: Exception) -> float:
+        """Note one failure; returns how long to wait before the next try."""
+        if self._failures == 0:
+            self._since = time.monotonic()
+            logger.error(
+                "the store failed while %s (%s: %s); retrying with backoff until it recovers",
+                self._doing,
+                type(err).__name__,
+                err,
+            )
+        self._failures += 1
+        first, longest = STORE_BACKOFF_SECONDS
+        return float(min(longest, first * 2 ** min(self._failures - 1, 16)))
+
+    def recovered(self) -> None:
+        if self._failures:
+            logger.warning(
+                "the store recovered after %.1fs (%d failed attempts at %s)",
+                time.monotonic() - self._since,
+                self._failures,
+                self._doing,
+            )
+            self._failures = 0

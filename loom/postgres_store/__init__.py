@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from loom._json import JSON
+from loom.clock import StoreClock
 from loom.exceptions import WorkflowClosedError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.postgres_store._database import (
@@ -49,7 +50,6 @@ from loom.postgres_store._operations import (
     _retry_activity,
 )
 from loom.replay import Activation
-from loom.sqlite_store import now_ms
 from loom.store import (
     ClaimedTask,
     CommitResult,
@@ -102,7 +102,10 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.wakeups = wakeups = _Wakeups()
-        self._db = _Database(url, wakeups.remote_tasks_ready, wakeups.workflow_closed)
+        self.clock = StoreClock.local()
+        self._db = _Database(
+            url, wakeups.remote_tasks_ready, wakeups.workflow_closed, clock=self.clock
+        )
         wakeups.notify = self._db.notify
         self._closed = False
 
@@ -139,7 +142,7 @@ class PostgresStore(Store):
     # -- operations (wakeups as in SQLiteStore) -----------------------------------------
 
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
-        result = await self._read(_create_workflow, spec, now_ms())
+        result = await self._read(_create_workflow, spec, self.clock.now_ms())
         if result[1]:
             self.wakeups.tasks_ready()
             self.wakeups.progress_changed()
@@ -149,7 +152,9 @@ class PostgresStore(Store):
         self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
     ) -> list[ClaimedTask]:
         # The claim commits by itself; what follows only reads (and drops finished tasks).
-        return await self._read(_claim_tasks, owner, limit, lease_ms, cursor_of, now_ms())
+        return await self._read(
+            _claim_tasks, owner, limit, lease_ms, cursor_of, self.clock.now_ms()
+        )
 
     async def commit_workflow_task(
         self,
@@ -161,7 +166,13 @@ class PostgresStore(Store):
         eager_lease_ms: int = 0,
     ) -> CommitResult:
         result = await self._write(
-            _commit_workflow_task, task, activation, seen_sequence, step, eager_lease_ms, now_ms()
+            _commit_workflow_task,
+            task,
+            activation,
+            seen_sequence,
+            step,
+            eager_lease_ms,
+            self.clock.now_ms(),
         )
         if result.is_committed:
             self.wakeups.activation_committed(task.workflow_id, activation, result)
@@ -197,7 +208,9 @@ class PostgresStore(Store):
         lease_ms: int = 0,
     ) -> Completion:
         event = NewEvent(kind, payload)
-        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        done = await self._write(
+            _complete_task, task, event, continue_with, lease_ms, self.clock.now_ms()
+        )
         if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
         return done
@@ -205,7 +218,7 @@ class PostgresStore(Store):
     async def retry_activity(
         self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
     ) -> bool:
-        ok = await self._write(_retry_activity, task, run_at, payload, error, now_ms())
+        ok = await self._write(_retry_activity, task, run_at, payload, error, self.clock.now_ms())
         if ok:
             self.wakeups.tasks_ready()
         return ok
@@ -214,30 +227,36 @@ class PostgresStore(Store):
         self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
     ) -> Completion:
         event = NewEvent(EventKind.TIMER_FIRED, {"seq": task.payload["seq"]})
-        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        done = await self._write(
+            _complete_task, task, event, continue_with, lease_ms, self.clock.now_ms()
+        )
         if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
         return done
 
     async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
         event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
-        await self._write(_append_external, workflow_id, event, "receive signals", now_ms())
+        await self._write(
+            _append_external, workflow_id, event, "receive signals", self.clock.now_ms()
+        )
         self.wakeups.tasks_ready()
 
     async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
         event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
         try:
-            await self._write(_append_external, workflow_id, event, "be cancelled", now_ms())
+            await self._write(
+                _append_external, workflow_id, event, "be cancelled", self.clock.now_ms()
+            )
         except WorkflowClosedError:
             return False
         self.wakeups.tasks_ready()
         return True
 
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
-        await self._read(_extend_leases, owner, lease_ms, now_ms())
+        await self._read(_extend_leases, owner, lease_ms, self.clock.now_ms())
 
     async def release_tasks(self, owner: str) -> None:
-        await self._read(_release_tasks, owner, now_ms())
+        await self._read(_release_tasks, owner, self.clock.now_ms())
         self.wakeups.tasks_ready()
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
@@ -268,10 +287,10 @@ class PostgresStore(Store):
         return await self._read(_list_logs, workflow_id)
 
     async def count_tasks(self) -> dict[str, int]:
-        return await self._read(_count_tasks, now_ms())
+        return await self._read(_count_tasks, self.clock.now_ms())
 
     async def collect_stats(self) -> StoreStats:
-        return await self._read(_collect_stats, now_ms())
+        return await self._read(_collect_stats, self.clock.now_ms())
 
     async def diagnose(self) -> Diagnosis:
-        return await self._read(_diagnose, now_ms())
+        return await self._read(_diagnose, self.clock.now_ms())

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from loom.clock import REANCHOR_SECONDS, StoreClock, monotonic_ms, wall_ms
 from loom.exceptions import LoomError
-from loom.sqlite_store import now_ms
 
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -126,7 +126,7 @@ async def migrate(conn: Connection) -> int:
                 "VALUES ($1, $2, $3)",
                 SCHEMA_COMPONENT,
                 version,
-                now_ms(),
+                wall_ms(),
             )
     return len(MIGRATIONS)
 
@@ -150,8 +150,11 @@ class _Database:
         url: str,
         on_remote_tasks: Callable[[], None],
         on_remote_closed: Callable[[str], None],
+        *,
+        clock: StoreClock,
     ) -> None:
         self._url = url
+        self._clock = clock
         self._on_remote_tasks = on_remote_tasks
         self._on_remote_closed = on_remote_closed
         self._loop = asyncio.new_event_loop()
@@ -181,7 +184,28 @@ class _Database:
         finally:
             await conn.close()
         self._pool = await self._create_pool(self._pool_size)
+        await self._anchor_clock()
         await self._listen()
+
+    async def _anchor_clock(self) -> None:
+        """Read the server's clock (see `loom.clock`): the reading is taken at the midpoint of
+        the round trip, so hosts agree within half of one."""
+        try:
+            async with self._pool.acquire() as conn:
+                before = monotonic_ms()
+                server = await conn.fetchval(
+                    "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"
+                )
+                after = monotonic_ms()
+            self._clock.anchor(int(server), (before + after) / 2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            logger.warning("reading the server's clock failed (%s); retrying", err)
+        if not self._closing:
+            self._loop.call_later(REANCHOR_SECONDS, self._reanchor)
+
+    def _reanchor(self) -> None:
+        if not self._closing:
+            self._spawn(self._anchor_clock())
 
     async def _create_pool(self, size: int) -> Any:
         return await asyncpg.create_pool(self._url, min_size=1, max_size=size, reset=_keep_session)

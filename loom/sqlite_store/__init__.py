@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from loom._json import JSON
+from loom.clock import StoreClock
 from loom.exceptions import WorkflowClosedError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.replay import Activation
@@ -64,6 +65,7 @@ class SQLiteStore(Store):
         self.path = str(path)
         self.wakeups = Wakeups()
         self._writer = _Writer(self.path)
+        self.clock = StoreClock(*self._writer.clock_anchor)
         self._closed = False
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -85,7 +87,7 @@ class SQLiteStore(Store):
     # -- operations -------------------------------------------------------------------
 
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
-        result = await self._write(_create_workflow, spec, now_ms())
+        result = await self._write(_create_workflow, spec, self.clock.now_ms())
         if result[1]:
             self.wakeups.tasks_ready()
             self.wakeups.progress_changed()
@@ -94,7 +96,9 @@ class SQLiteStore(Store):
     async def claim_tasks(
         self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
     ) -> list[ClaimedTask]:
-        return await self._write(_claim_tasks, owner, limit, lease_ms, cursor_of, now_ms())
+        return await self._write(
+            _claim_tasks, owner, limit, lease_ms, cursor_of, self.clock.now_ms()
+        )
 
     async def commit_workflow_task(
         self,
@@ -106,7 +110,13 @@ class SQLiteStore(Store):
         eager_lease_ms: int = 0,
     ) -> CommitResult:
         result = await self._write(
-            _commit_workflow_task, task, activation, seen_sequence, step, eager_lease_ms, now_ms()
+            _commit_workflow_task,
+            task,
+            activation,
+            seen_sequence,
+            step,
+            eager_lease_ms,
+            self.clock.now_ms(),
         )
         if result.is_committed:
             self.wakeups.activation_committed(task.workflow_id, activation, result)
@@ -142,7 +152,9 @@ class SQLiteStore(Store):
         lease_ms: int = 0,
     ) -> Completion:
         event = NewEvent(kind, payload)
-        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        done = await self._write(
+            _complete_task, task, event, continue_with, lease_ms, self.clock.now_ms()
+        )
         if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
         return done
@@ -150,7 +162,7 @@ class SQLiteStore(Store):
     async def retry_activity(
         self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
     ) -> bool:
-        ok = await self._write(_retry_activity, task, run_at, payload, error, now_ms())
+        ok = await self._write(_retry_activity, task, run_at, payload, error, self.clock.now_ms())
         if ok:
             self.wakeups.tasks_ready()
         return ok
@@ -159,30 +171,36 @@ class SQLiteStore(Store):
         self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
     ) -> Completion:
         event = NewEvent(EventKind.TIMER_FIRED, {"seq": task.payload["seq"]})
-        done = await self._write(_complete_task, task, event, continue_with, lease_ms, now_ms())
+        done = await self._write(
+            _complete_task, task, event, continue_with, lease_ms, self.clock.now_ms()
+        )
         if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
         return done
 
     async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
         event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
-        await self._write(_append_external, workflow_id, event, "receive signals", now_ms())
+        await self._write(
+            _append_external, workflow_id, event, "receive signals", self.clock.now_ms()
+        )
         self.wakeups.tasks_ready()
 
     async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
         event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
         try:
-            await self._write(_append_external, workflow_id, event, "be cancelled", now_ms())
+            await self._write(
+                _append_external, workflow_id, event, "be cancelled", self.clock.now_ms()
+            )
         except WorkflowClosedError:
             return False
         self.wakeups.tasks_ready()
         return True
 
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
-        await self._write(_extend_leases, owner, lease_ms, now_ms())
+        await self._write(_extend_leases, owner, lease_ms, self.clock.now_ms())
 
     async def release_tasks(self, owner: str) -> None:
-        await self._write(_release_tasks, owner, now_ms())
+        await self._write(_release_tasks, owner, self.clock.now_ms())
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         return await self._read(_get_workflow, workflow_id)
@@ -212,10 +230,10 @@ class SQLiteStore(Store):
         return await self._read(_list_logs, workflow_id)
 
     async def count_tasks(self) -> dict[str, int]:
-        return await self._read(_count_tasks, now_ms())
+        return await self._read(_count_tasks, self.clock.now_ms())
 
     async def collect_stats(self) -> StoreStats:
-        return await self._read(_collect_stats, now_ms())
+        return await self._read(_collect_stats, self.clock.now_ms())
 
     async def diagnose(self) -> Diagnosis:
-        return await self._read(_diagnose, now_ms())
+        return await self._read(_diagnose, self.clock.now_ms())

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from loom.exceptions import (
-    LoomError,
-)
+from loom.clock import boot_id, monotonic_ms, wall_ms
+from loom.exceptions import LoomError, StoreFullError
 
 T = TypeVar("T")
 
@@ -85,11 +84,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS clock (
+        boot_id TEXT NOT NULL,
+        monotonic_ms REAL NOT NULL,
+        wall_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """This process's wall clock; for what no other process compares (migration stamps).
+    Leases and due times use the store's clock (`anchor_clock`)."""
+    return wall_ms()
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -130,6 +138,29 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
+def anchor_clock(conn: sqlite3.Connection) -> tuple[int, float]:
+    """The database's clock anchor for this boot of the host (see `loom.clock`): the first
+    process of a boot sets it from its wall clock; every later one reads it back."""
+    boot = boot_id()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT boot_id, wall_ms, monotonic_ms FROM clock").fetchone()
+        if row is not None and row[0] == boot:
+            anchor = (int(row[1]), float(row[2]))
+        else:
+            anchor = (wall_ms(), monotonic_ms())
+            conn.execute("DELETE FROM clock")
+            conn.execute(
+                "INSERT INTO clock (boot_id, wall_ms, monotonic_ms) VALUES (?, ?, ?)",
+                (boot, *anchor),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return anchor
+
+
 _Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]
 
 
@@ -141,6 +172,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.clock_anchor = (0, 0.0)
         self._thread = threading.Thread(target=self._main, name=f"loom-db:{path}", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -160,6 +192,7 @@ class _Writer:
         try:
             conn = connect(self._path)
             migrate(conn)
+            self.clock_anchor = anchor_clock(conn)
         except BaseException as err:  # surfaced to the constructor's caller
             self._error = err
             self._ready.set()
@@ -199,11 +232,16 @@ class _Writer:
             except sqlite3.OperationalError as err:
                 # busy_timeout already waited; another process holds the lock for long.
                 if not _is_busy(err):
-                    results = [(False, err)] * len(batch)
+                    results = [(False, _store_error(err))] * len(batch)
                     break
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 time.sleep(0.01 * (attempt + 1))
+            except Exception as err:
+                # Whatever broke (a full disk at COMMIT, I/O errors), every caller gets the
+                # error and this thread lives on: callers must never wait forever.
+                _rollback(conn)
+                results = [(False, _store_error(err))] * len(batch)
+                break
         else:
             results = [(False, LoomError("database stayed locked by another process"))] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
@@ -239,10 +277,26 @@ class _Writer:
                     conn.execute("COMMIT")
                     return results
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
+            # SQLite may already have rolled back (SQLITE_FULL does): ROLLBACK would fail.
+            _rollback(conn)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def _store_error(err: Exception) -> Exception:
+    """A full disk says so, and says that nothing was written (the transaction rolled back)."""
+    if (
+        isinstance(err, sqlite3.Error)
+        and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    ):
+        return StoreFullError(f"the database disk is full: nothing was written ({err})")
+    return err
 
 
 def _is_busy(err: sqlite3.OperationalError) -> bool:

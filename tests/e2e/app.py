@@ -42,3 +42,20 @@ class Fanout(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
         n = ctx.input["n"]
         parts = await asyncio.gather(*(ctx.activity(add, n, i) for i in range(4)))
         ctx.state.total = await ctx.activity(add, sum(parts), 0)
+
+
+@loom.activity(retry=5, timeout=10, initial_interval=0.05)
+async def pad(n: int, size: int) -> str:
+    return f"{n}:" + "p" * size
+
+
+@loom.workflow(name="Bulky")
+class Bulky(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    """Waits, then writes large results: its worker needs disk space at a chosen moment."""
+
+    @loom.step
+    async def write(self, ctx):  # type: ignore[no-untyped-def]
+        n, size = ctx.input["n"], ctx.input["size"]
+        await ctx.sleep(ctx.input["delay"])
+        ctx.state.first = await ctx.activity(pad, n, size)
+        ctx.state.second = await ctx.activity(pad, n + 1, size)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -18,14 +19,20 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[IO[bytes]] = []
 
-    def spawn(db: Path, *extra: str, app: str = "tests.e2e.app") -> subprocess.Popen[bytes]:
+    def spawn(
+        db: Path | str,
+        *extra: str,
+        app: str = "tests.e2e.app",
+        module: str = "loom",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"worker-{len(procs)}.log").open("wb")
         logs.append(log)
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "loom",
+                module,
                 "worker",
                 "--app",
                 app,
@@ -38,7 +45,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
         procs.append(proc)
         return proc
@@ -54,3 +61,19 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
 
 def worker_logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("worker-*.log")))
+
+
+def _says_serving(log: Path) -> bool:
+    return log.exists() and "serving" in log.read_text(errors="replace")
+
+
+async def wait_serving(log: Path, timeout: float = 90) -> None:
+    """Readiness handshake: a worker that is still importing must not be treated as if it
+    were working (on a loaded machine start-up alone takes seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await asyncio.to_thread(_says_serving, log):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker did not report serving within {timeout}s: {log}")

@@ -13,7 +13,7 @@ import pytest
 import loom
 from loom.client import get_store
 from tests.e2e.app import Arith, expected
-from tests.e2e.conftest import worker_logs
+from tests.e2e.conftest import wait_serving, worker_logs
 
 
 async def _wait_all_closed(ids: list[str], timeout: float) -> None:
@@ -56,22 +56,6 @@ def _leased_tasks(db: Path) -> int:
         conn.close()
 
 
-def _says_serving(log: Path) -> bool:
-    return log.exists() and "serving" in log.read_text(errors="replace")
-
-
-async def _serving(log: Path, timeout: float) -> None:
-    """Readiness handshake: a worker that is still importing must not be killed as if it
-    were working (on a loaded machine start-up alone takes seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await asyncio.to_thread(_says_serving, log):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"worker did not report serving within {timeout}s: {log}")
-
-
 async def _start(count: int) -> list[str]:
     handles = [await Arith.start({"n": n}, workflow_id=f"arith-{n}") for n in range(count)]
     return [h.workflow_id for h in handles]
@@ -83,7 +67,7 @@ async def _sigkill_run(db_path: Path, spawn_worker, workflows: int, kills: int) 
     stranded = []
     for index in range(kills):
         proc = spawn_worker(db_path, "--lease-seconds", "1", "--concurrency", "4")
-        await _serving(db_path.parent / f"worker-{index}.log", timeout=90)
+        await wait_serving(db_path.parent / f"worker-{index}.log", timeout=90)
         await asyncio.sleep(rng.uniform(0.3, 1.0))  # kill at a random moment of real work
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -14,6 +14,7 @@ PUBLIC = [
     "LoomError",
     "NonDeterministicWorkflowError",
     "StateSerializationError",
+    "StoreFullError",
     "Worker",
     "Workflow",
     "WorkflowAlreadyExistsError",

@@ -19,6 +19,7 @@ import loom
 from examples.quiz import QuizWorkflow, grade
 from loom.cli import main
 from loom.client import get_store
+from loom.sqlite_store import MIGRATIONS
 from tests.conftest import is_postgres, run_sql
 
 QUIZ_INPUT = json.dumps({"student": "ann", "answers": ["b", "a", "d", "x"]})
@@ -285,7 +286,7 @@ def test_init_creates_and_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         result = loom_cli("init", db=db)
         assert result.exit_code == 0
-        assert result.stdout == f"database {db} ready (schema version 1)\n"
+        assert result.stdout == f"database {db} ready (schema version {len(MIGRATIONS)})\n"
     assert db.exists()
 
 

@@ -266,3 +266,28 @@ async def test_many_workflows_with_small_concurrency(db_path, make_worker) -> No
         states = await asyncio.gather(*(h.result(timeout=20) for h in handles))
     assert [s.results for s in states] == [[2 * i, 2 * i + 2] for i in range(30)]
     assert await get_store().count_tasks() == {"leased": 0, "expired": 0, "queued": 0}
+
+
+async def test_a_task_that_fails_in_the_worker_is_given_back_not_held(
+    db_path, make_worker, monkeypatch
+) -> None:
+    """A store error while processing (a full disk, a dropped connection) used to leave the
+    task leased; the heartbeat renewed that lease for as long as the worker lived."""
+    store = get_store(db_path)
+    real_commit = store.commit_workflow_task
+    failures = []
+
+    async def fails_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise OSError("the store went away for a moment")
+        return await real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit_workflow_task", fails_once)
+    async with make_worker([Calc], [double], lease_seconds=60):
+        handle = await Calc.start({"values": [1]})
+        # Far sooner than the 60 s lease: the failed claim was released with a short backoff.
+        state = await handle.result(timeout=20)
+    assert state.results == [2] and failures == [1]
+    logs = [message for _, _, message in await store.list_logs(handle.workflow_id)]
+    assert any("could not process task" in m and "went away" in m for m in logs), logs

@@ -80,6 +80,8 @@ class Activation:
     state: dict[str, JSON] = field(default_factory=dict)
     step_index: int = 0
     error: dict[str, JSON] | None = None
+    source_hash: str | None = None
+    """The code that computed it; the store keeps it as the workflow's current code."""
 
 
 class HistoryGapError(LoomError):
@@ -219,6 +221,8 @@ class WorkflowRun:
         self.input: JSON = None
         self.step_index = 0
         self.started = False
+        self.started_by = ""
+        """The source_hash of the code that started this run (from WORKFLOW_STARTED)."""
         self.pins: dict[str, dict[str, JSON]] = {}
         self._seq = 0
         self._recorded: deque[_Recorded] = deque()
@@ -308,6 +312,7 @@ class WorkflowRun:
         if self.started:
             return
         self.started = True
+        self.started_by = str(payload.get("source_hash") or "")
         self.input = payload["input"]
         self.random = random.Random(int(payload["seed"]))
         self._main = self.loop.create_task(self._run_steps())
@@ -525,6 +530,7 @@ class WorkflowRun:
         out = self._out
         out.state = self.state_data
         out.step_index = self.step_index
+        out.source_hash = self.compiled.source_hash
         if not self.is_finished:
             self._out = Activation()
         return out

@@ -69,6 +69,8 @@ class TaskWorkflow:
     epoch: int
     processed_sequence: int
     owner: str | None
+    source_hash: str = ""
+    """The code that last committed commands for it (see `Worker._leave_for_its_code`)."""
 
 
 @dataclass(slots=True)
@@ -229,9 +231,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_tasks(
-        self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        cursor_of: CursorLookup,
+        *,
+        avoid: Sequence[str] = (),
     ) -> list[ClaimedTask]:
-        """Lease up to `limit` due tasks (expired leases included), with unseen events."""
+        """Lease up to `limit` due tasks (expired leases included), with unseen events.
+
+        `avoid`: task keys this claimer knows it cannot run now (another code version's
+        workflows): left due for other workers instead of bouncing back to it."""
 
     @abc.abstractmethod
     async def commit_workflow_task(

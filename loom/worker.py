@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from loom._json import JSON, is_json
 from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
+from loom.exceptions import NonDeterministicWorkflowError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
@@ -55,6 +57,10 @@ UNKNOWN_WORKFLOW_DELAY_MS = 5_000
 STORE_BACKOFF_SECONDS = (0.1, 5.0)
 """First and longest pause of the claim loop while the store fails (a full disk, a database
 restart): the worker waits it out and resumes instead of exiting."""
+DEPLOY_RETRY_DELAY_MS = (500, 60_000)
+"""Backoff of a workflow task this worker's code cannot replay (another version started it)."""
+MAX_AVOIDED = 500
+"""At most this many task keys excluded from one claim (the rest wait for the next)."""
 GIVE_BACK_DELAY_MS = (500, 30_000)
 """Backoff before a task whose processing failed in the worker is claimable again."""
 
@@ -110,6 +116,9 @@ class Worker:
         self._gc_threshold: tuple[int, int, int] | None = None
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
         self._last_traceback = -math.inf
+        # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
+        self._diverged: dict[str, tuple[str, int, str]] = {}
+        self._avoid: dict[str, float] = {}  # task key -> monotonic time to claim it again
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -208,7 +217,7 @@ class Worker:
                 limit = min(free, CLAIM_BATCH)
                 try:
                     claimed = await store.claim_tasks(
-                        self.worker_id, limit, self.lease_ms, self._cursor_of
+                        self.worker_id, limit, self.lease_ms, self._cursor_of, avoid=self._avoided()
                     )
                 except Exception as err:
                     # The store is failing (disk full, database unreachable): back off and
@@ -341,6 +350,11 @@ class Worker:
                 f"worker {self.worker_id} does not know workflow {record.workflow_name!r}",
             )
             return
+        known = self._diverged.get(task.workflow_id)
+        if known is not None and known[0] == record.source_hash:
+            # Nothing ran it since our replay diverged: the answer is the same, skip replaying.
+            await self._leave_for_its_code(store, task, known[0], compiled, known[2])
+            return
         run = self._cache.pop(task.workflow_id, None)
         if (
             run is not None
@@ -359,6 +373,12 @@ class Worker:
                 events = await store.list_events(task.workflow_id)
             run = WorkflowRun(compiled, task.workflow_id, replay_until=record.processed_sequence)
             run.apply(events)
+        if _diverges_from_its_code(run, compiled, record.source_hash):
+            run.close()
+            code = record.source_hash or run.started_by
+            await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
+            return
+        self._diverged.pop(task.workflow_id, None)
         activation = run.take_activation()
         result = await store.commit_workflow_task(
             task,
@@ -368,6 +388,52 @@ class Worker:
             eager_lease_ms=self._eager_lease_ms(),
         )
         self._committed(store, run, activation.status, result)
+
+    async def _leave_for_its_code(
+        self,
+        store: Store,
+        task: ClaimedTask,
+        code: str,
+        compiled: CompiledWorkflow[Any, Any],
+        divergence: str,
+    ) -> None:
+        """A rolling deploy: this worker's code cannot replay a workflow that other code
+        ran. Failing it would make the deploy fatal to every in-flight workflow; instead
+        the task goes back for a worker still running that code, and the workflow stays
+        RUNNING until one takes it or the change is rolled back. The delay grows with this
+        worker's own hand-backs of it (not the task's attempts, which count every worker's
+        claims), so a right worker beside it still gets the task within seconds."""
+        known = self._diverged.get(task.workflow_id)
+        count = 1 if known is None else known[1] + 1
+        self._diverged.pop(task.workflow_id, None)
+        self._diverged[task.workflow_id] = (code, count, divergence)
+        if len(self._diverged) > max(self.max_cached_workflows, 1000):  # bounded memory
+            del self._diverged[next(iter(self._diverged))]
+        first, longest = DEPLOY_RETRY_DELAY_MS
+        delay = min(longest, first * 2 ** min(count - 1, 16)) * random.uniform(0.8, 1.2)
+        note = (
+            f"workflow {task.workflow_id} was run by code with source_hash {code}; "
+            f"worker {self.worker_id} runs {compiled.source_hash} and its replay diverges "
+            f"({divergence}); left for a worker running {code} "
+            f"(this worker retries in {delay / 1000:.1f}s). Deploy changed code after "
+            "`loom replay` passes, or roll back."
+        )
+        if count == 1:
+            logger.warning("%s", note)
+        # Due at once for every other worker; this one leaves it alone for `delay`, so a
+        # worker that can run it gets it at its next claim, not after a backoff.
+        self._avoid[task.task_key] = time.monotonic() + delay / 1000
+        await store.retry_activity(task, store.now_ms(), task.payload, note)
+        store.wakeups.tasks_ready()
+
+    def _avoided(self) -> tuple[str, ...]:
+        """Task keys this worker must not claim now (see _leave_for_its_code)."""
+        if not self._avoid:
+            return ()
+        now = time.monotonic()
+        for key in [key for key, until in self._avoid.items() if until <= now]:
+            del self._avoid[key]
+        return tuple(itertools.islice(self._avoid, MAX_AVOIDED))
 
     def _eager_lease_ms(self) -> int:
         has_room = len(self._inflight) < self.concurrency
@@ -586,6 +652,19 @@ class Worker:
 def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> StepProgress:
     info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
     return StepProgress(info.name, info.description)
+
+
+def _diverges_from_its_code(
+    run: WorkflowRun, compiled: CompiledWorkflow[Any, Any], current_code: str
+) -> bool:
+    """Non-determinism under code other than the code that last ran the workflow is a deploy
+    question, not a workflow bug: the same code replaying differently still fails."""
+    code = current_code or run.started_by
+    return (
+        isinstance(run.failure, NonDeterministicWorkflowError)
+        and bool(code)
+        and code != compiled.source_hash
+    )
 
 
 class _Outage:

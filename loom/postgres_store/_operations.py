@@ -224,19 +224,22 @@ async def _claim_tasks(
     lease_ms: int,
     cursor_of: CursorLookup,
     now: int,
+    avoid: tuple[str, ...] = (),
 ) -> list[ClaimedTask]:
     # A leased task's run_at is its lease expiry, so one index finds due and expired tasks;
     # SKIP LOCKED lets concurrent claimers take disjoint batches without waiting.
+    skip = "AND task_key <> ALL($5::text[]) " if avoid else ""
     rows = await conn.fetch(
         "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
         "attempts = attempts + 1 WHERE task_id IN "
-        "(SELECT task_id FROM tasks WHERE run_at <= $3 ORDER BY run_at LIMIT $4 "
+        f"(SELECT task_id FROM tasks WHERE run_at <= $3 {skip}ORDER BY run_at LIMIT $4 "
         "FOR UPDATE SKIP LOCKED) "
         "RETURNING task_id, task_key, kind, workflow_id, payload, attempts",
         owner,
         now + lease_ms,
         now,
         limit,
+        *([list(avoid)] if avoid else []),
     )
     claimed = [
         ClaimedTask(task_id, key, kind, workflow_id, loads(payload), attempts, owner)
@@ -255,8 +258,8 @@ async def _attach_histories(
     """Load what each workflow task needs (only unseen events when the caller's cache is
     current) in two queries; drop tasks of finished workflows. Returns the dropped ids."""
     rows = await conn.fetch(
-        "SELECT workflow_id, workflow_name, status, epoch, processed_sequence, owner "
-        "FROM workflows WHERE workflow_id = ANY($1::text[])",
+        "SELECT workflow_id, workflow_name, status, epoch, processed_sequence, owner, "
+        "source_hash FROM workflows WHERE workflow_id = ANY($1::text[])",
         [task.workflow_id for task in tasks],
     )
     workflows = {row[0]: row for row in rows}
@@ -269,7 +272,7 @@ async def _attach_histories(
             continue
         cached = cursor_of(task.workflow_id)
         after[task.workflow_id] = cached[0] if cached is not None and cached[1] == row[3] else 0
-        task.workflow = TaskWorkflow(row[1], row[3], row[4], row[5])
+        task.workflow = TaskWorkflow(row[1], row[3], row[4], row[5], row[6])
         task.history_after = after[task.workflow_id]
         task.events = []
     if dropped:
@@ -321,7 +324,7 @@ async def _append_events(
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, updated_at = $2 "
         f"WHERE workflow_id = $3{guard} "
-        "RETURNING last_sequence, workflow_name, epoch, processed_sequence, owner",
+        "RETURNING last_sequence, workflow_name, epoch, processed_sequence, owner, source_hash",
         len(events),
         now,
         workflow_id,
@@ -329,7 +332,7 @@ async def _append_events(
     if row is None:
         return None
     await _insert_events(conn, workflow_id, int(row[0]) - len(events), events, now)
-    return TaskWorkflow(row[1], row[2], row[3], row[4])
+    return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
 
 
 async def _insert_events(
@@ -376,8 +379,8 @@ async def _commit_workflow_task(
 
 
 _OPEN_GUARD = (
-    " AND last_sequence = $11 AND epoch = $12 AND status IN ('PENDING', 'RUNNING') "
-    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $13)"
+    " AND last_sequence = $12 AND epoch = $13 AND status IN ('PENDING', 'RUNNING') "
+    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $14)"
 )
 
 
@@ -403,12 +406,13 @@ async def _update_workflow(
     if expected is not None:
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
-        guard, extra = " AND epoch = $11", (epoch,)
+        guard, extra = " AND epoch = $12", (epoch,)
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
         "step_description = COALESCE($7, step_description), processed_sequence = $8, "
-        f"epoch = epoch + 1, updated_at = $9 WHERE workflow_id = $10{guard} "
+        "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
+        f"WHERE workflow_id = $10{guard} "
         "RETURNING last_sequence, epoch, parent_id, parent_seq",
         leading + len(activation.events),
         activation.status.value,
@@ -420,6 +424,7 @@ async def _update_workflow(
         processed_sequence,
         now,
         task.workflow_id,
+        activation.source_hash,
         *extra,
     )
     return row

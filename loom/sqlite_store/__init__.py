@@ -94,10 +94,16 @@ class SQLiteStore(Store):
         return result
 
     async def claim_tasks(
-        self, owner: str, limit: int, lease_ms: int, cursor_of: CursorLookup
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        cursor_of: CursorLookup,
+        *,
+        avoid: Sequence[str] = (),
     ) -> list[ClaimedTask]:
         return await self._write(
-            _claim_tasks, owner, limit, lease_ms, cursor_of, self.clock.now_ms()
+            _claim_tasks, owner, limit, lease_ms, cursor_of, self.clock.now_ms(), tuple(avoid)
         )
 
     async def commit_workflow_task(

@@ -244,14 +244,16 @@ def _claim_tasks(
     lease_ms: int,
     cursor_of: CursorLookup,
     now: int,
+    avoid: tuple[str, ...] = (),
 ) -> list[ClaimedTask]:
     # A leased task's run_at is its lease expiry, so one index finds due and expired tasks.
+    skip = f"AND task_key NOT IN ({', '.join('?' * len(avoid))}) " if avoid else ""
     rows = conn.execute(
         "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, run_at = ?, "
         "attempts = attempts + 1 WHERE task_id IN "
-        "(SELECT task_id FROM tasks WHERE run_at <= ? ORDER BY run_at LIMIT ?) "
+        f"(SELECT task_id FROM tasks WHERE run_at <= ? {skip}ORDER BY run_at LIMIT ?) "
         "RETURNING task_id, task_key, kind, workflow_id, payload, attempts",
-        (owner, now + lease_ms, now + lease_ms, now, limit),
+        (owner, now + lease_ms, now + lease_ms, now, *avoid, limit),
     ).fetchall()
     claimed = []
     for task_id, key, kind, workflow_id, payload, attempts in rows:
@@ -265,8 +267,8 @@ def _claim_tasks(
 def _attach_history(conn: sqlite3.Connection, task: ClaimedTask, cursor_of: CursorLookup) -> bool:
     """Load what a workflow task needs: only unseen events when the caller's cache is current."""
     row = conn.execute(
-        "SELECT workflow_name, status, epoch, processed_sequence, owner FROM workflows "
-        "WHERE workflow_id = ?",
+        "SELECT workflow_name, status, epoch, processed_sequence, owner, source_hash "
+        "FROM workflows WHERE workflow_id = ?",
         (task.workflow_id,),
     ).fetchone()
     if row is None or WorkflowStatus(row[1]).is_closed:
@@ -274,7 +276,7 @@ def _attach_history(conn: sqlite3.Connection, task: ClaimedTask, cursor_of: Curs
         return False
     cached = cursor_of(task.workflow_id)
     after = cached[0] if cached is not None and cached[1] == row[2] else 0
-    task.workflow = TaskWorkflow(row[0], row[2], row[3], row[4])
+    task.workflow = TaskWorkflow(row[0], row[2], row[3], row[4], row[5])
     task.history_after = after
     task.events = _load_events(conn, task.workflow_id, after)
     return True
@@ -323,13 +325,13 @@ def _append_events(
     row = conn.execute(
         "UPDATE workflows SET last_sequence = last_sequence + ?, updated_at = ? "
         f"WHERE workflow_id = ?{guard} "
-        "RETURNING last_sequence, workflow_name, epoch, processed_sequence, owner",
+        "RETURNING last_sequence, workflow_name, epoch, processed_sequence, owner, source_hash",
         (len(events), now, workflow_id),
     ).fetchone()
     if row is None:
         return None
     _insert_events(conn, workflow_id, int(row[0]) - len(events), events, now)
-    return TaskWorkflow(row[1], row[2], row[3], row[4])
+    return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
 
 
 def _insert_events(
@@ -387,7 +389,8 @@ def _write_activation(
         "UPDATE workflows SET last_sequence = last_sequence + ?, status = ?, state = ?, "
         "error = ?, step_index = ?, current_step = COALESCE(?, current_step), "
         "step_description = COALESCE(?, step_description), processed_sequence = ?, "
-        "epoch = epoch + 1, updated_at = ? WHERE workflow_id = ? RETURNING last_sequence, epoch",
+        "epoch = epoch + 1, updated_at = ?, source_hash = COALESCE(?, source_hash) "
+        "WHERE workflow_id = ? RETURNING last_sequence, epoch",
         (
             len(events),
             activation.status.value,
@@ -398,6 +401,7 @@ def _write_activation(
             step.description if step else None,
             processed_sequence,
             now,
+            activation.source_hash,
             workflow_id,
         ),
     ).fetchone()

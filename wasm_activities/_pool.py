@@ -28,6 +28,10 @@ Job = Callable[[], Callable[[], None] | None]
 
 GROW_AFTER_S = 0.02
 IDLE_EXIT_S = 1.0
+MAX_BLOCKED_EXTRA = 64
+"""Threads the pool may add beyond `max_workers` for calls parked in a blocking host call (an
+HTTP request, a WASI sleep): they use no CPU, and without them one sleeper per core would make
+every other call wait out its sleep."""
 
 
 _current = threading.local()
@@ -117,7 +121,7 @@ class WorkerPool:
                 self._start(job)
             else:
                 self._backlog.append(job)
-                if len(self._workers) < self.max_workers and not self._monitoring:
+                if self._has_room() and not self._monitoring:
                     self._monitoring = True
                     self._grower = threading.Thread(
                         target=self._grow, name=f"{self.name}-grow", daemon=True
@@ -135,11 +139,18 @@ class WorkerPool:
         while True:
             time.sleep(GROW_AFTER_S)
             with self._lock:
-                if self._closed or not self._backlog or len(self._workers) >= self.max_workers:
+                if self._closed or not self._backlog or not self._has_room():
                     self._monitoring = False
                     return
                 if all(w.is_busy_long() for w in self._workers):
                     self._start(self._backlog.popleft())
+
+    def _has_room(self) -> bool:
+        """Below `max_workers` threads that may use CPU (blocked ones do not count), and
+        below the hard cap. Called with the lock held."""
+        running = sum(1 for w in self._workers if not w.is_blocking)
+        total = len(self._workers)
+        return running < self.max_workers and total < self.max_workers + MAX_BLOCKED_EXTRA
 
     def _retire(self, worker: _Worker) -> bool:
         """Let an idle extra thread exit (the pool keeps one)."""

@@ -53,6 +53,7 @@ from .host import (
     stream_writer,
 )
 from .limits import MIB, Limits, RunResult, Usage
+from .wasi_overrides import BLOCKING_WASI_IMPORTS, define_wasi_overrides
 
 __all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
 
@@ -89,6 +90,7 @@ class PreparedModule:
     _pre: wasmtime.InstancePre | None
     _component: wc.Component | None
     _needs_wasi: bool = True
+    _may_block: bool = True  # imports a call that waits (a WASI sleep): never inline
     _has_initialize: bool = False
     _pre_ptr: int = 0
     _inline: _InlineHistory = field(default_factory=lambda: _InlineHistory())
@@ -284,6 +286,7 @@ class SandboxRuntime:
         }
         self._linker = wasmtime.Linker(self.engine)
         self._linker.define_wasi()
+        define_wasi_overrides(self._linker)
         define_host_imports(self._linker)
         self._component_linker = wc.Linker(self._component_engine)
         self._component_linker.add_wasip2()
@@ -338,6 +341,10 @@ class SandboxRuntime:
                 None,
                 _needs_wasi=abi is Abi.COMMAND
                 or any(imp.module == WASI_MODULE for imp in compiled.imports),
+                _may_block=any(
+                    imp.module == WASI_MODULE and imp.name in BLOCKING_WASI_IMPORTS
+                    for imp in compiled.imports
+                ),
                 _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
                 _pre_ptr=fast.pointer(pre.ptr()),
             )
@@ -407,7 +414,12 @@ class SandboxRuntime:
         if self._closed:
             raise RuntimeError("SandboxRuntime is closed; create a new one or use get_runtime()")
         inline = module._inline
-        if inline.skip == 0 and module.abi is Abi.REACTOR and _is_pure(grants):
+        if (
+            inline.skip == 0
+            and module.abi is Abi.REACTOR
+            and not module._may_block
+            and _is_pure(grants)
+        ):
             started = time.perf_counter()
             keep: list[Callable[[], None]] = []
             try:

@@ -64,11 +64,14 @@ class CallContext:
     pending: bytes = b""
     http_calls: int = 0
     abort: SandboxError | None = None
+    woken: threading.Event = field(default_factory=threading.Event)
+    """Set on abort: a guest waiting in a host call (a WASI sleep) returns at once."""
 
     def fail(self, error: SandboxError) -> None:
         """Record the first fatal error and make the guest trap at its next epoch check."""
         if self.abort is None:
             self.abort = error
+        self.woken.set()
         self.interrupt()
 
     def write_output(self, data: bytes) -> None:

@@ -27,6 +27,7 @@ TEST_MODULES = {
     "big_output.c": Abi.COMMAND,
     "fail_exit.c": Abi.COMMAND,
     "chatty.c": Abi.REACTOR,
+    "sleeper.c": Abi.REACTOR,
 }
 EXAMPLE_ABIS = {
     "echo": Abi.COMMAND,

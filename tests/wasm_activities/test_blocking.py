@@ -1,0 +1,99 @@
+"""A guest with no grants that blocks in WASI calls (nanosleep -> poll_oneoff) can neither
+outlast its limit, nor hold up other calls, nor stall the event loop.
+
+The red team's module slept its full 5 s under a 500 ms limit on every path, a 1 ms call waited
+7.8 s behind two sleepers, and inline sleeps froze every workflow of the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from wasm_activities import ActivityTimeout, Limits, PreparedModule, SandboxRuntime
+
+pytestmark = pytest.mark.timeout(600)  # the first test builds the module (zig cc)
+
+Prepared = Callable[[str], PreparedModule]
+LIMIT = Limits(timeout_ms=500)
+LATE_S = 2.0  # a 500 ms timeout ends within this, even on a loaded 2-core machine
+MAX_LAG_S = 0.25
+
+
+@asynccontextmanager
+async def loop_lag() -> AsyncIterator[list[float]]:
+    """Measures how late a 10 ms timer fires on this loop while the body runs."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = [0.0]
+
+    async def probe() -> None:
+        while True:
+            began = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - began - 0.01)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield lags
+    finally:
+        task.cancel()
+
+
+def test_a_sleep_past_the_limit_times_out_on_time_in_the_calling_thread(
+    runtime: SandboxRuntime, prepared: Prepared
+) -> None:
+    sleeper = prepared("sleeper.c")
+    for request in ({"sleep_ms": 5000}, {"sleep_ms": 5000, "slice_ms": 1}):
+        began = time.monotonic()
+        with pytest.raises(ActivityTimeout, match="500 ms"):
+            runtime.run_sync(sleeper, request, limits=LIMIT)
+        assert time.monotonic() - began < LATE_S, request
+
+
+def test_a_sleep_within_the_limit_really_sleeps(
+    runtime: SandboxRuntime, prepared: Prepared
+) -> None:
+    began = time.monotonic()
+    result = runtime.run_sync(
+        prepared("sleeper.c"), {"sleep_ms": 300, "slice_ms": 10}, limits=Limits(timeout_ms=5000)
+    )
+    assert result.output == {"woke": True}
+    assert 0.29 <= time.monotonic() - began < 5
+
+
+async def test_a_sleeper_never_runs_on_the_event_loop(
+    runtime: SandboxRuntime, prepared: Prepared
+) -> None:
+    sleeper = prepared("sleeper.c")
+    async with loop_lag() as lags:
+        began = time.monotonic()
+        with pytest.raises(ActivityTimeout):
+            await runtime.run(sleeper, {"sleep_ms": 5000}, limits=LIMIT)
+        elapsed = time.monotonic() - began
+        # Even a call that sleeps well within its limit leaves the loop free.
+        await runtime.run(sleeper, {"sleep_ms": 200}, limits=Limits(timeout_ms=5000))
+    assert elapsed < LATE_S
+    assert max(lags) < MAX_LAG_S, f"the event loop stalled {max(lags):.3f}s"
+
+
+async def test_sleepers_do_not_hold_up_other_calls(
+    runtime: SandboxRuntime, prepared: Prepared
+) -> None:
+    """More sleepers than pool threads: a short call still runs at once."""
+    sleeper = prepared("sleeper.c")
+    long = Limits(timeout_ms=10_000)
+    sleepers = [
+        asyncio.create_task(runtime.run(sleeper, {"sleep_ms": 3000}, limits=long)) for _ in range(4)
+    ]
+    await asyncio.sleep(0.3)  # every sleeper is inside its sleep
+    async with loop_lag() as lags:
+        began = time.monotonic()
+        assert (await runtime.run(sleeper, {}, limits=long)).output == {"woke": True}
+        short = time.monotonic() - began
+    assert short < 1.0, f"a short call waited {short:.2f}s behind sleepers"
+    assert max(lags) < MAX_LAG_S
+    assert [r.output for r in await asyncio.gather(*sleepers)] == [{"woke": True}] * 4

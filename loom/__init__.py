@@ -8,6 +8,7 @@ from loom.exceptions import (
     ActivityTimeoutError,
     LoomError,
     NonDeterministicWorkflowError,
+    PayloadTooLargeError,
     StateSerializationError,
     WorkflowAlreadyExistsError,
     WorkflowCancelledError,
@@ -18,6 +19,7 @@ from loom.exceptions import (
     WorkflowStillRunningError,
 )
 from loom.history import WorkflowStatus
+from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Workflow, step, workflow
@@ -27,8 +29,10 @@ __all__ = [
     "ActivityFailedError",
     "ActivityTimeoutError",
     "CompiledWorkflow",
+    "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",
+    "PayloadTooLargeError",
     "StateSerializationError",
     "Worker",
     "Workflow",

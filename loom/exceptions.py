@@ -145,6 +145,13 @@ class WorkflowCancelledError(BaseException):
         super().__init__(f"workflow cancelled: {reason or 'no reason given'}")
 
 
+class ConfigurationError(LoomError, ValueError):
+    """An environment variable holds a value Loom cannot use (e.g. `LOOM_MAX_STATE_BYTES=8M`).
+
+    A LoomError so the CLI reports it in one line; a ValueError because it is a bad value.
+    """
+
+
 class PayloadTooLargeError(LoomError, ValueError):
     """A value is larger than the limit for its point of entry (see `loom.Limits`).
 

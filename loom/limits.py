@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, fields
 
 from loom._json import JSON, dumps
-from loom.exceptions import PayloadTooLargeError
+from loom.exceptions import ConfigurationError, PayloadTooLargeError
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -63,7 +63,8 @@ class Limits:
     def from_env(cls) -> Limits:
         """Defaults, overridden by `LOOM_MAX_INPUT_BYTES`, `LOOM_MAX_STATE_BYTES`,
         `LOOM_MAX_ARGS_BYTES`, `LOOM_MAX_RESULT_BYTES`, `LOOM_MAX_SIGNAL_BYTES` and
-        `LOOM_MAX_ERROR_CHARS` (positive integers; a bad value raises ValueError naming it).
+        `LOOM_MAX_ERROR_CHARS` (positive integers; a bad value raises ConfigurationError, a
+        ValueError, naming the variable).
         """
         key = tuple(os.environ.get(name) for name in _ENV_NAMES)
         cached = _from_env_cache.get(key)
@@ -105,7 +106,7 @@ def _parse_env(values: tuple[str | None, ...]) -> Limits:
         except ValueError:
             overrides[field] = 0
         if overrides[field] < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name}={raw!r} is not a positive whole number; set it to a size in "
                 f"{'characters' if field.endswith('chars') else 'bytes'} (e.g. {name}=4194304) "
                 f"or unset it for the default"

@@ -59,6 +59,9 @@ class Worker:
 
     Use `async with Worker(...)` to run in the background of this process (tests,
     notebooks) or `await worker.run()` to run until SIGINT/SIGTERM or `stop()`.
+
+    `limits` bounds what this worker lets into history: activity arguments and results,
+    state, child input and error text (default `Limits.from_env()`; see `loom.Limits`).
     """
 
     def __init__(

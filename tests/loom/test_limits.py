@@ -411,3 +411,18 @@ async def test_a_guest_chosen_huge_url_stays_out_of_history(
     events = await get_store().list_events(handle.workflow_id)
     failed = next(e for e in events if e.kind is EventKind.ACTIVITY_FAILED)
     assert len(dumps(failed.payload)) < 12 * KIB
+
+
+def test_the_cli_reports_a_bad_limit_in_one_line(db_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from loom.cli import main
+
+    monkeypatch.setenv("LOOM_MAX_INPUT_BYTES", "8M")
+    args = ["start", "LimitsEcho", "--app", __name__, "--db", str(db_path)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "ConfigurationError: LOOM_MAX_INPUT_BYTES='8M' is not a positive whole number; set it "
+        "to a size in bytes (e.g. LOOM_MAX_INPUT_BYTES=4194304) or unset it for the default"
+    ]

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from loom._json import JSON, is_json
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
 from loom.history import WorkflowStatus
-from loom.limits import Limits
+from loom.limits import Limits, clip
 from loom.replay import decode_error
 from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
 from loom.workflow import CompiledWorkflow, compiled_workflow
@@ -225,7 +225,12 @@ class WorkflowHandle(Generic[StateT]):
         await self._store.signal_workflow(self.workflow_id, name, payload)
 
     async def cancel(self, reason: str | None = None) -> None:
-        """Request cancellation; the workflow sees WorkflowCancelledError at its next await."""
+        """Request cancellation; the workflow sees WorkflowCancelledError at its next await.
+
+        The reason is error text in history: it is cut to `Limits.max_error_chars`.
+        """
+        if reason is not None:
+            reason = clip(reason, client_limits().max_error_chars)
         if not await self._store.cancel_workflow(self.workflow_id, reason):
             await self._record()  # raises WorkflowNotFoundError for unknown ids
 

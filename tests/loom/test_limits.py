@@ -19,6 +19,7 @@ from loom._json import dumps
 from loom.client import get_store
 from loom.history import Event, EventKind
 from loom.limits import KIB, MIB, Limits
+from loom.replay import WorkflowRun
 from tests.activity_registry.activity_files import constant_wat, write_activity
 
 SMALL = Limits(
@@ -67,10 +68,14 @@ class Echo(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
 
 @loom.workflow(name="LimitsCatch")
 class CatchAndGoOn(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
-    """Catches the refusal and carries on: replay must issue the same commands after it."""
+    """Catches the refusal and carries on: replay must issue the same commands after it.
+
+    The first call makes the refusal happen in the activation an activity result leads to
+    (the worker's complete-and-continue path when the run is cached)."""
 
     @loom.step
     async def call(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.first = await ctx.activity(echo_length, "ab")
         try:
             await ctx.activity(echo_length, ctx.input["text"])
         except loom.ActivityFailedError as err:
@@ -255,7 +260,15 @@ async def test_a_caught_refusal_replays_under_other_limits(make_worker, cache) -
     async with make_worker([CatchAndGoOn], [echo_length], limits=roomy, max_cached_workflows=cache):
         await handle.signal("go")
         state = await handle.result(timeout=10)
-    assert state == {"refused": "PayloadTooLargeError", "after": 5, "done": True}
+    assert state == {"first": 2, "refused": "PayloadTooLargeError", "after": 5, "done": True}
+    events = await get_store().list_events(handle.workflow_id)
+    replayed = WorkflowRun(CatchAndGoOn.compile(), handle.workflow_id, limits=SMALL)
+    replayed.apply(events)
+    assert replayed.failure is None
+    # No new command: the refusal is read back, not checked (and recorded) again.
+    activation = replayed.take_activation()
+    assert [e.kind for e in activation.events] == [EventKind.WORKFLOW_COMPLETED]
+    assert activation.state == state
 
     async with make_worker([Echo], [echo_length], limits=roomy):
         assert await (await Echo.start({"text": BIG})).result(timeout=10) == {"length": 2 * KIB}
@@ -426,3 +439,14 @@ def test_the_cli_reports_a_bad_limit_in_one_line(db_path, monkeypatch: pytest.Mo
         "ConfigurationError: LOOM_MAX_INPUT_BYTES='8M' is not a positive whole number; set it "
         "to a size in bytes (e.g. LOOM_MAX_INPUT_BYTES=4194304) or unset it for the default"
     ]
+
+
+async def test_a_cancel_reason_is_error_text(db_path, make_worker) -> None:
+    loom.configure(database=db_path, limits=SMALL)
+    async with make_worker([CatchAndGoOn], [echo_length]):
+        handle = await CatchAndGoOn.start({"text": "hi"})
+        await handle.cancel("because " + "r" * (10 * KIB))
+        with pytest.raises(loom.WorkflowCancelledError) as info:
+            await handle.result(timeout=10)
+    assert "more characters cut" in str(info.value)
+    assert largest_event(await get_store().list_events(handle.workflow_id)) < 4 * KIB

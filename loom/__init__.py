@@ -8,6 +8,7 @@ from loom.exceptions import (
     ActivityTimeoutError,
     LoomError,
     NonDeterministicWorkflowError,
+    PayloadTooLargeError,
     StateSerializationError,
     StoreFullError,
     WorkflowAlreadyExistsError,
@@ -19,6 +20,7 @@ from loom.exceptions import (
     WorkflowStillRunningError,
 )
 from loom.history import WorkflowStatus
+from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Workflow, step, workflow
@@ -28,8 +30,10 @@ __all__ = [
     "ActivityFailedError",
     "ActivityTimeoutError",
     "CompiledWorkflow",
+    "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",
+    "PayloadTooLargeError",
     "StateSerializationError",
     "StoreFullError",
     "Worker",

@@ -29,6 +29,15 @@ def digest(value: JSON) -> str:
     return hashlib.sha256(_canonical.encode(value).encode()).hexdigest()[:16]
 
 
+def measured_digest(value: JSON) -> tuple[str, int]:
+    """`digest(value)` and the UTF-8 size of its compact JSON, from one encoding.
+
+    Sorting keys does not change the length, so the canonical text measures `dumps(value)`.
+    """
+    data = _canonical.encode(value).encode()
+    return hashlib.sha256(data).hexdigest()[:16], len(data)
+
+
 def is_json(value: object) -> bool:
     """True when `value` is made only of JSON types (no NaN, str keys)."""
     if value is None or isinstance(value, str | bool | int):

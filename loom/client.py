@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from loom._json import JSON, is_json
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
 from loom.history import WorkflowStatus
+from loom.limits import Limits, clip
 from loom.replay import decode_error
 from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
 from loom.workflow import CompiledWorkflow, compiled_workflow
@@ -27,19 +28,26 @@ DEFAULT_DATABASE = "./loom.db"
 _POLL_INTERVAL = 0.1
 
 _configured: str | None = None
+_configured_limits: Limits | None = None
 _stores: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
-def configure(*, database: str | os.PathLike[str] | None = None) -> None:
+def configure(
+    *, database: str | os.PathLike[str] | None = None, limits: Limits | None = None
+) -> None:
     """Choose the database for this process (else `LOOM_DATABASE`, else ./loom.db).
 
     A SQLite file path, or `postgresql://user@host:port/dbname` for the scale-out backend
     (many worker processes on many hosts; `?search_path=schema` selects a schema). Stores
     opened for other databases are closed.
+
+    `limits` bounds what this process's starts and signals may send (workflow input, signal
+    payloads); None means `Limits.from_env()`. Workers take their own `limits=`.
     """
-    global _configured
+    global _configured, _configured_limits
     _configured = None if database is None else os.fspath(database)
+    _configured_limits = limits
     with _lock:
         for key in list(_stores):
             if key != _resolve(_configured):
@@ -54,6 +62,11 @@ def database_url(database: str | os.PathLike[str] | None = None) -> str:
     if database is not None:
         return os.fspath(database)
     return _configured or os.environ.get("LOOM_DATABASE") or DEFAULT_DATABASE
+
+
+def client_limits() -> Limits:
+    """The limits starts and signals of this process obey: `configure(limits=)`, else env."""
+    return _configured_limits or Limits.from_env()
 
 
 def _resolve(database: str | None) -> str:
@@ -103,6 +116,8 @@ async def start_workflow(
     database: str | None = None,
 ) -> WorkflowHandle[StateT]:
     encoded = compiled.encode_input(input)
+    # Checked before the store is touched: an oversized input never reaches history.
+    client_limits().check(f"input of workflow {compiled.name!r}", encoded, "max_input_bytes")
     store = get_store(database)
     record, _ = await store.create_workflow(
         NewWorkflow(
@@ -195,17 +210,27 @@ class WorkflowHandle(Generic[StateT]):
         raise decode_error(error or {"type": status.value}, self.workflow_id)
 
     async def signal(self, name: str, payload: JSON = None, **fields: JSON) -> None:
-        """Send signal `name`; buffered if the workflow is not waiting for it yet."""
+        """Send signal `name`; buffered if the workflow is not waiting for it yet.
+
+        Raises PayloadTooLargeError, before anything is written, when the payload is over
+        `Limits.max_signal_bytes`.
+        """
         if fields:
             if payload is not None and not isinstance(payload, Mapping):
                 raise TypeError("signal(): keyword fields combine only with a dict payload")
             payload = {**(payload or {}), **fields}
         if not is_json(payload):
             raise TypeError(f"signal {name!r}: payload must be JSON-serialisable, got {payload!r}")
+        client_limits().check(f"payload of signal {name!r}", payload, "max_signal_bytes")
         await self._store.signal_workflow(self.workflow_id, name, payload)
 
     async def cancel(self, reason: str | None = None) -> None:
-        """Request cancellation; the workflow sees WorkflowCancelledError at its next await."""
+        """Request cancellation; the workflow sees WorkflowCancelledError at its next await.
+
+        The reason is error text in history: it is cut to `Limits.max_error_chars`.
+        """
+        if reason is not None:
+            reason = clip(reason, client_limits().max_error_chars)
         if not await self._store.cancel_workflow(self.workflow_id, reason):
             await self._record()  # raises WorkflowNotFoundError for unknown ids
 

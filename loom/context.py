@@ -11,8 +11,9 @@ from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from loom._json import JSON, digest, dumps, is_json, loads, type_adapter
+from loom._json import JSON, dumps, is_json, loads, measured_digest, type_adapter
 from loom.activity import Activity
+from loom.exceptions import PayloadTooLargeError
 from loom.history import EventKind
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
 from loom.state import StateProxy
@@ -135,7 +136,11 @@ class WorkflowContext(Generic[InT, StateT]):
             )
         if not is_json(arguments):
             raise TypeError(f"activity {name!r}: arguments must be JSON-serialisable")
-        payload: dict[str, JSON] = {"name": name, "digest": digest(arguments), "input": arguments}
+        key, size = measured_digest(arguments)
+        limit = run.limits.max_args_bytes
+        if size > limit and run.is_recording:
+            return await self._refuse_activity(name, key, decode, size, limit)
+        payload: dict[str, JSON] = {"name": name, "digest": key, "input": arguments}
         seq, future, is_new = run.issue(EventKind.ACTIVITY_SCHEDULED, payload, decode)
         if is_new:
             task_payload: dict[str, JSON] = {
@@ -147,6 +152,35 @@ class WorkflowContext(Generic[InT, StateT]):
                 "as_of": run.now_ms,  # a registered version resolves as of the workflow's clock
             }
             run.add_task(TaskSpec(f"a:{run.workflow_id}:{seq}", ACTIVITY_TASK, task_payload, 0))
+        assert future is not None
+        return await future
+
+    async def _refuse_activity(
+        self, name: str, key: str, decode: Callable[[JSON], Any], size: int, limit: int
+    ) -> Any:
+        """Arguments over `max_args_bytes`: the call is recorded (digest and size, not the
+        arguments) together with its non-retryable failure, and no task is created.
+
+        The refusal is history, not a bare exception, so replay reads the outcome instead of
+        re-checking it against the limits in force then: a worker with other limits, or a
+        limit raised since, replays the same commands. The code sees ActivityFailedError
+        (error_type PayloadTooLargeError), like any activity that failed for good.
+        """
+        run = self._run
+        payload: dict[str, JSON] = {"name": name, "digest": key, "input": None, "size": size}
+        seq, future, _ = run.issue(EventKind.ACTIVITY_SCHEDULED, payload, decode)
+        err = PayloadTooLargeError(
+            what=f"argument payload of activity {name!r}",
+            size=size,
+            limit=limit,
+            field="max_args_bytes",
+        )
+        error = run.encode_error(err, error_type=type(err).__name__, retryable=False)
+        error["details"]["activity_name"] = name
+        run.refuse(
+            EventKind.ACTIVITY_FAILED,
+            {"seq": seq, "name": name, "error": error, "attempt": 0},
+        )
         assert future is not None
         return await future
 
@@ -199,12 +233,25 @@ class WorkflowContext(Generic[InT, StateT]):
         compiled = workflow if isinstance(workflow, CompiledWorkflow) else workflow.compile()
         encoded = compiled.encode_input(input)
         child_id = workflow_id or f"{run.workflow_id}/{run.ctx.uuid4().hex[:12]}"
+        refusal = None
+        if run.is_recording:  # see _refuse_activity: a refusal is recorded, not re-checked
+            try:
+                what = f"input of child workflow {child_id!r} ({compiled.name})"
+                run.limits.check(what, encoded, "max_input_bytes")
+            except PayloadTooLargeError as err:
+                refusal = err
         seq, future, is_new = run.issue(
             EventKind.CHILD_STARTED,
             {"key": compiled.name, "workflow_id": child_id},
             compiled.decode_state,
         )
-        if is_new:
+        if refusal is not None:
+            error = run.encode_error(refusal)
+            run.refuse(
+                EventKind.CHILD_FAILED, {"seq": seq, "workflow_id": child_id, "error": error}
+            )
+            run.random.getrandbits(63)  # the seed a started child takes, to stay aligned
+        elif is_new:
             run.add_child(
                 ChildStart(
                     workflow_id=child_id,

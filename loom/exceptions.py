@@ -148,3 +148,36 @@ class WorkflowCancelledError(BaseException):
     def __init__(self, reason: str | None = None) -> None:
         self.reason = reason
         super().__init__(f"workflow cancelled: {reason or 'no reason given'}")
+
+
+class ConfigurationError(LoomError, ValueError):
+    """An environment variable holds a value Loom cannot use (e.g. `LOOM_MAX_STATE_BYTES=8M`).
+
+    A LoomError so the CLI reports it in one line; a ValueError because it is a bad value.
+    """
+
+
+class PayloadTooLargeError(LoomError, ValueError):
+    """A value is larger than the limit for its point of entry (see `loom.Limits`).
+
+    Raised before anything is written, so history never holds an oversized value. The
+    message names the value, its size, the limit and how to raise it.
+    """
+
+    def __init__(self, *, what: str, size: int, limit: int, field: str) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.field = field
+        self.env_var = f"LOOM_{field.upper()}"
+        super().__init__(
+            f"{what} is {_human_bytes(size, exact=True)}, over the {_human_bytes(limit)} "
+            f"limit (raise it with {self.env_var} or Limits({field}=...))"
+        )
+
+
+def _human_bytes(size: int, *, exact: bool = False) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    shown = f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MiB"
+    return f"{shown} ({size} bytes)" if exact else shown

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from loom._json import JSON
+from loom.limits import DEFAULT_MAX_ERROR_CHARS, clip
 
 
 class EventKind(StrEnum):
@@ -83,8 +84,15 @@ class NewEvent:
     payload: dict[str, JSON]
 
 
-def encode_error(err: BaseException, **details: JSON) -> dict[str, JSON]:
-    """History stores errors as `{type, message, details}` so handles re-raise them typed."""
+def encode_error(
+    err: BaseException, *, max_chars: int = DEFAULT_MAX_ERROR_CHARS, **details: JSON
+) -> dict[str, JSON]:
+    """History stores errors as `{type, message, details}` so handles re-raise them typed.
+
+    Every text in it (message, traceback, string details) is cut to `max_chars`
+    (`Limits.max_error_chars`) with a marker: an error can carry a value of any size (a
+    guest's URL, a rejected payload) and must not carry it into history.
+    """
     message = getattr(err, "error_message", None) or str(err)
     info: dict[str, JSON] = {
         "traceback": "".join(traceback.format_exception(err)[-6:]),
@@ -93,4 +101,7 @@ def encode_error(err: BaseException, **details: JSON) -> dict[str, JSON]:
     for attr in ("activity_name", "expected", "actual", "retryable", "error_type"):
         if hasattr(err, attr):
             info[attr] = getattr(err, attr)
-    return {"type": type(err).__name__, "message": message, "details": info}
+    for key, value in info.items():
+        if isinstance(value, str):
+            info[key] = clip(value, max_chars)
+    return {"type": type(err).__name__, "message": clip(str(message), max_chars), "details": info}

@@ -24,10 +24,12 @@ from loom.exceptions import (
     ActivityFailedError,
     LoomError,
     NonDeterministicWorkflowError,
+    PayloadTooLargeError,
     WorkflowCancelledError,
     WorkflowExecutionError,
 )
 from loom.history import COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.limits import Limits, encoded_size
 from loom.workflow import CompiledWorkflow
 
 logger = logging.getLogger("loom.workflow")
@@ -36,6 +38,10 @@ TaskKind = str
 WORKFLOW_TASK = "workflow"
 ACTIVITY_TASK = "activity"
 TIMER_TASK = "timer"
+STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE)
+REFUSED = "refused"
+"""Payload flag of a result event the run recorded itself for a command it refused (an
+oversized argument): no task ran, and replay must not take the event's time as news."""
 
 
 def workflow_task_key(workflow_id: str) -> str:
@@ -201,10 +207,12 @@ class WorkflowRun:
         *,
         replay_until: int = 0,
         registry: Mapping[str, CompiledWorkflow[Any, Any]] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         from loom.context import WorkflowContext
         from loom.state import StateProxy
 
+        self.limits = limits or Limits.from_env()
         self.compiled = compiled
         self.workflow_id = workflow_id
         self.registry = registry or {}
@@ -235,6 +243,12 @@ class WorkflowRun:
         self._main: asyncio.Task[None] | None = None
         self._out = Activation()
         self._failure: BaseException | None = None
+        self._refusals: deque[NewEvent] = deque()
+        self._is_state_changed = False
+        self._is_state_refused = False
+        self._undo: dict[str, JSON] = {}
+        """Each key's value before this activation's first new change of it (for a refused
+        state); values of containers are kept as their recorded JSON text in `_Encoded`."""
 
     # -- feeding history ------------------------------------------------------------------
 
@@ -260,10 +274,12 @@ class WorkflowRun:
             if self.is_finished:
                 break
             self.is_replaying = event.sequence <= self.replay_until
-            self.now_ms = max(self.now_ms, event.created_at)
+            if not event.payload.get(REFUSED):
+                self.now_ms = max(self.now_ms, event.created_at)
             self._deliver(event)
             self.loop.run_until_quiet()
             self._check_loop_errors()
+        self._deliver_refusals()
         self.is_replaying = False
         if self._recorded and not self.is_finished and self._failure is None:
             head = self._recorded[0]
@@ -328,12 +344,12 @@ class WorkflowRun:
         except _Nondeterminism:
             return
         except WorkflowCancelledError as err:
-            self._close(WorkflowStatus.CANCELED, encode_error(err))
+            self._close(WorkflowStatus.CANCELED, self.encode_error(err))
         except asyncio.CancelledError:
             cancelled = WorkflowCancelledError(self._cancel_reason)
-            self._close(WorkflowStatus.CANCELED, encode_error(cancelled))
+            self._close(WorkflowStatus.CANCELED, self.encode_error(cancelled))
         except Exception as err:  # the workflow's own failure becomes its recorded outcome
-            self._close(WorkflowStatus.FAILED, encode_error(err))
+            self._close(WorkflowStatus.FAILED, self.encode_error(err))
         else:
             self._close(WorkflowStatus.COMPLETED, None)
 
@@ -382,6 +398,8 @@ class WorkflowRun:
                 raise _Nondeterminism
         else:
             self._out.events.append(NewEvent(kind, payload))
+            if kind in STATE_KINDS:
+                self._is_state_changed = True
         future: asyncio.Future[Any] | None = None
         if decode is not None:
             future = self.loop.create_future()
@@ -391,13 +409,56 @@ class WorkflowRun:
                 self._pending[seq] = (future, decode)
         return seq, future, is_new
 
+    @property
+    def is_recording(self) -> bool:
+        """Whether the next command is new (recorded now), not one replayed from history.
+
+        Limits are checked only for new commands: a replayed one was accepted (or its
+        refusal recorded) under the limits of its time, so replay never depends on today's.
+        """
+        return not self._recorded
+
+    def refuse(self, kind: EventKind, payload: dict[str, JSON]) -> None:
+        """Record the failure of a new command that could not be carried out (e.g. arguments
+        over a limit) as its result event, and deliver it like one.
+
+        Delivery waits until the events being applied are all delivered, because that is
+        where replay meets the recorded event: the code then sees the same order either way.
+        """
+        payload[REFUSED] = True
+        event = NewEvent(kind, payload)
+        self._out.events.append(event)
+        self._refusals.append(event)
+
+    def _deliver_refusals(self) -> None:
+        self.is_replaying = False  # refusals come only from new commands
+        while self._refusals and not self.is_finished:
+            refused = self._refusals.popleft()
+            self._deliver(Event(self.cursor, refused.kind, refused.payload, self.now_ms))
+            self.loop.run_until_quiet()
+            self._check_loop_errors()
+        self._refusals.clear()
+
     def add_task(self, spec: TaskSpec) -> None:
         self._out.tasks.append(spec)
 
     def add_child(self, child: ChildStart) -> None:
         self._out.children.append(child)
 
+    def note_previous(self, key: str) -> None:
+        """Remember `key`'s value before a new change, so a state refused at the end of this
+        activation can be committed as it was (see `take_activation`)."""
+        if key in self._undo or self._recorded:
+            return
+        snapshot = self._mutable_snapshot.get(key)
+        if snapshot is not None:
+            self._undo[key] = _Encoded(snapshot)  # in-place edits may have changed the object
+        else:
+            value = self.state_data.get(key, _MISSING)
+            self._undo[key] = loads(dumps(value)) if isinstance(value, list | dict) else value
+
     def record_state_set(self, key: str, value: JSON) -> None:
+        self.note_previous(key)
         self.state_data[key] = value
         self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
 
@@ -406,6 +467,7 @@ class WorkflowRun:
             return
         recorded = {}
         for key, value in changes.items():
+            self.note_previous(key)
             self.state_data[key] = value
             recorded[key] = self._remember(key, value)
         self.issue(EventKind.STATE_UPDATE, {"changes": recorded})
@@ -427,6 +489,7 @@ class WorkflowRun:
             if isinstance(value, list | dict):
                 encoded = dumps(value)
                 if self._mutable_snapshot.get(key) != encoded:
+                    self.note_previous(key)
                     self._mutable_snapshot[key] = encoded
                     changes[key] = loads(encoded)
         if changes:
@@ -500,17 +563,22 @@ class WorkflowRun:
             return
         err = NonDeterministicWorkflowError(self.workflow_id, position, expected, actual)
         self._failure = err
+        error = self.encode_error(err)
         self._out = Activation(
-            events=[NewEvent(EventKind.WORKFLOW_FAILED, {"error": encode_error(err)})],
+            events=[NewEvent(EventKind.WORKFLOW_FAILED, {"error": error})],
             status=WorkflowStatus.FAILED,
-            error=encode_error(err),
+            error=error,
         )
 
     def _check_loop_errors(self) -> None:
         if self.loop.errors:
             err = self.loop.errors.pop(0)
             if self._failure is None and not isinstance(err, _Nondeterminism):
-                self._close(WorkflowStatus.FAILED, encode_error(err))
+                self._close(WorkflowStatus.FAILED, self.encode_error(err))
+
+    def encode_error(self, err: BaseException, **details: JSON) -> dict[str, JSON]:
+        """`history.encode_error` with this run's `max_error_chars`."""
+        return encode_error(err, max_chars=self.limits.max_error_chars, **details)
 
     @property
     def is_finished(self) -> bool:
@@ -526,14 +594,66 @@ class WorkflowRun:
         return self._failure
 
     def take_activation(self) -> Activation:
-        """Hand over what the code produced since the last call."""
+        """Hand over what the code produced since the last call.
+
+        A state over `Limits.max_state_bytes` (at the end, or in any change recorded since
+        the last call) is not handed over: the workflow fails instead, its history gets only
+        the failure, and the state stays as the last activation left it.
+        """
+        if self._is_state_changed and self._failure is None:
+            self._is_state_changed = False
+            oversized = self._oversized_state()
+            if oversized is not None:
+                self._refuse_state(oversized)
         out = self._out
-        out.state = self.state_data
+        if not self._is_state_refused:
+            out.state = self.state_data
         out.step_index = self.step_index
         out.source_hash = self.compiled.source_hash
+        self._undo = {}
         if not self.is_finished:
             self._out = Activation()
         return out
+
+    def _oversized_state(self) -> PayloadTooLargeError | None:
+        limits = self.limits
+        limit = limits.max_state_bytes
+        for event in self._out.events:
+            if event.kind in STATE_KINDS:
+                body = event.payload.get("changes", event.payload.get("value"))
+                size = encoded_size(body)
+                if size > limit:
+                    what = f"a change of the state of workflow {self.workflow_id!r}"
+                    return PayloadTooLargeError(
+                        what=what, size=size, limit=limit, field="max_state_bytes"
+                    )
+        try:
+            limits.check(
+                f"state of workflow {self.workflow_id!r}", self.state_data, "max_state_bytes"
+            )
+        except PayloadTooLargeError as err:
+            return err
+        return None
+
+    def _refuse_state(self, err: PayloadTooLargeError) -> None:
+        """Fail the workflow in place of this activation; commit the state it started with."""
+        previous = dict(self.state_data)
+        for key, value in self._undo.items():
+            if value is _MISSING:
+                previous.pop(key, None)
+            else:
+                previous[key] = loads(value.text) if isinstance(value, _Encoded) else value
+        if encoded_size(previous) > self.limits.max_state_bytes:
+            previous = self.compiled.initial_state()  # a limit lowered since it was committed
+        error = self.encode_error(err)
+        self._out = Activation(
+            events=[NewEvent(EventKind.WORKFLOW_FAILED, {"error": error})],
+            logs=self._out.logs,
+            status=WorkflowStatus.FAILED,
+            state=previous,
+            error=error,
+        )
+        self._is_state_refused = True
 
     def close(self) -> None:
         """Drop the coroutines of an evicted run without running more workflow code."""
@@ -543,6 +663,14 @@ class WorkflowRun:
                 with contextlib.suppress(RuntimeError, _Nondeterminism, LoomError):
                     coro.close()
         self._pending.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    text: str
+
+
+_MISSING: Any = object()
 
 
 def now_ms() -> int:

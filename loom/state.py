@@ -118,6 +118,7 @@ class StateProxy:
     def _assign(self, key: str, value: Any) -> None:
         normal = _normalise(key, value)
         if self._batch is not None:
+            self._run.note_previous(key)
             self._batch[key] = normal
             self._data[key] = normal
             return

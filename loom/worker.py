@@ -35,8 +35,9 @@ from loom._json import JSON, is_json
 from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
-from loom.exceptions import NonDeterministicWorkflowError
+from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.limits import Limits, clip
 from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
 from loom.workflow import CompiledWorkflow, Workflow
@@ -70,6 +71,9 @@ class Worker:
 
     Use `async with Worker(...)` to run in the background of this process (tests,
     notebooks) or `await worker.run()` to run until SIGINT/SIGTERM or `stop()`.
+
+    `limits` bounds what this worker lets into history: activity arguments and results,
+    state, child input and error text (default `Limits.from_env()`; see `loom.Limits`).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Worker:
         max_cached_workflows: int = DEFAULT_CACHE_SIZE,
         worker_id: str | None = None,
         tune_gc: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -103,6 +108,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.lease_ms = int(lease_seconds * 1000)
         self.max_cached_workflows = max_cached_workflows
+        self.limits = limits or Limits.from_env()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -285,7 +291,7 @@ class Worker:
         delay = min(longest, first * 2 ** min(task.attempt - 1, 16))
         note = (
             f"worker {self.worker_id} could not process task {task.task_key} "
-            f"(attempt {task.attempt}): {type(err).__name__}: {err}; "
+            f"(attempt {task.attempt}): {type(err).__name__}: {self._clip(err)}; "
             f"retrying in {delay / 1000:.1f}s"
         )
         try:
@@ -371,7 +377,12 @@ class Worker:
             events = task.events
             if not task.is_full_history:
                 events = await store.list_events(task.workflow_id)
-            run = WorkflowRun(compiled, task.workflow_id, replay_until=record.processed_sequence)
+            run = WorkflowRun(
+                compiled,
+                task.workflow_id,
+                replay_until=record.processed_sequence,
+                limits=self.limits,
+            )
             run.apply(events)
         if _diverges_from_its_code(run, compiled, record.source_hash):
             run.close()
@@ -414,7 +425,7 @@ class Worker:
         note = (
             f"workflow {task.workflow_id} was run by code with source_hash {code}; "
             f"worker {self.worker_id} runs {compiled.source_hash} and its replay diverges "
-            f"({divergence}); left for a worker running {code} "
+            f"({clip(divergence, self.limits.max_error_chars)}); left for a worker running {code} "
             f"(this worker retries in {delay / 1000:.1f}s). Deploy changed code after "
             "`loom replay` passes, or roll back."
         )
@@ -508,8 +519,11 @@ class Worker:
                     f"activity {name!r} returned {type(result).__name__}, which is not JSON; "
                     f"annotate its return type or return JSON values"
                 )
+            self._check_result(name, result)
         except Exception as err:
-            retryable = activity.is_retryable(err) and not isinstance(err, TypeError)
+            retryable = activity.is_retryable(err) and not isinstance(
+                err, TypeError | PayloadTooLargeError
+            )
             if retryable and task.attempt < activity.retry.max_attempts:
                 delay = activity.retry.delay(task.attempt) * random.uniform(0.8, 1.2)
                 await store.retry_activity(
@@ -517,7 +531,7 @@ class Worker:
                     store.now_ms() + int(delay * 1000),
                     payload,
                     f"activity {name!r} attempt {task.attempt} failed: "
-                    f"{type(err).__name__}: {err}; retrying in {delay:.2f}s",
+                    f"{type(err).__name__}: {self._clip(err)}; retrying in {delay:.2f}s",
                 )
                 return
             await self._fail_activity(store, task, err, retryable=retryable)
@@ -539,7 +553,12 @@ class Worker:
         extra: dict[str, JSON] | None = None,
     ) -> None:
         error_type = str(getattr(err, "error_type", type(err).__name__))
-        error = encode_error(err, error_type=error_type, retryable=retryable)
+        error = encode_error(
+            err,
+            max_chars=self.limits.max_error_chars,
+            error_type=error_type,
+            retryable=retryable,
+        )
         details: dict[str, JSON] = error["details"]
         details["activity_name"] = task.payload["name"]
         await self._complete(
@@ -554,6 +573,15 @@ class Worker:
                 **(extra or {}),
             },
         )
+
+    def _check_result(self, name: str, result: JSON) -> None:
+        """A result over `max_result_bytes` is an error of the attempt, not a value: it fails
+        the activity for good (a rerun returns the same size) and never reaches history."""
+        self.limits.check(f"result of activity {name!r}", result, "max_result_bytes")
+
+    def _clip(self, err: BaseException) -> str:
+        """An attempt's error text for the retry log line, cut to `max_error_chars`."""
+        return clip(str(err), self.limits.max_error_chars)
 
     # -- registered (WebAssembly) activities --------------------------------------------
 
@@ -616,6 +644,10 @@ class Worker:
         secrets = {s: os.environ[s] for s in activity.grants.secrets if s in os.environ}
         try:
             result = await registry.run(activity, payload["input"], secrets=secrets)
+            self._check_result(activity.ref, result.output)
+        except PayloadTooLargeError as err:
+            await self._fail_activity(store, task, err, retryable=False, extra={"pin": pin})
+            return
         except (SandboxError, RegistryError) as err:
             retryable = bool(getattr(err, "retryable", False))
             policy = activity.retry
@@ -629,7 +661,7 @@ class Worker:
                     store.now_ms() + int(delay_ms),
                     {**payload, "pin": pin},
                     f"activity {activity.ref} attempt {task.attempt} failed: "
-                    f"{type(err).__name__}: {err}; retrying in {delay_ms / 1000:.2f}s",
+                    f"{type(err).__name__}: {self._clip(err)}; retrying in {delay_ms / 1000:.2f}s",
                 )
                 return
             await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})

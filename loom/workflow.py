@@ -204,7 +204,8 @@ class CompiledWorkflow(Generic[InT, StateT]):
         """Persist a new workflow and return its handle; a worker runs it.
 
         `workflow_id` is an idempotency key: starting the same id again returns the
-        existing workflow's handle.
+        existing workflow's handle. An input over `Limits.max_input_bytes` raises
+        PayloadTooLargeError before anything is written.
         """
         from loom.client import start_workflow
 

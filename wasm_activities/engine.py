@@ -33,6 +33,7 @@ from ._pool import WorkerPool
 from .abi import WASI_MODULE, Abi, check_core_module, check_header
 from .cache import ArtifactCache, default_cache_dir
 from .exceptions import (
+    GUEST_TEXT_CHARS,
     ActivityTimeout,
     FuelExhausted,
     GuestError,
@@ -595,6 +596,9 @@ class SandboxRuntime:
         out_ptr, out_len = (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
         if not failed and out_len > call.limits.max_output_bytes:
             raise OutputTooLarge(limit=call.limits.max_output_bytes)
+        size = out_len
+        if failed:  # an error message is read only as far as an error keeps it (<= 4 B/char)
+            out_len = min(out_len, 4 * GUEST_TEXT_CHARS)
         raw = store.read(_MEMORY, out_ptr, out_len)
         if raw is None:
             raise InvalidOutput(
@@ -602,7 +606,7 @@ class SandboxRuntime:
                 preview="",
             )
         if failed:
-            raise GuestError.reported(raw.decode("utf-8", "replace"))
+            raise GuestError.reported(raw.decode("utf-8", "replace"), size=size)
         return raw
 
     def _invoke_component(

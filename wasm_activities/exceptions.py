@@ -23,6 +23,18 @@ __all__ = [
     "WasmTrap",
 ]
 
+GUEST_TEXT_CHARS = 2000
+"""Most characters of guest-chosen text (its error message, a URL it asked for) an error
+keeps, in its message and its details: the guest decides that text's size, and errors are
+stored, logged and shown."""
+
+
+def shorten(text: str, limit: int = GUEST_TEXT_CHARS) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
 
 class SandboxError(Exception):
     """Base of every error raised by running or preparing a WebAssembly activity.
@@ -139,11 +151,15 @@ class GuestError(SandboxError):
         super().__init__(message, **details)
 
     @classmethod
-    def reported(cls, guest_message: str) -> GuestError:
-        """The error an activity returned; the guest's message is kept verbatim (truncated)."""
-        return cls(
-            f"activity reported an error: {guest_message[:2000]}", guest_message=guest_message
-        )
+    def reported(cls, guest_message: str, *, size: int | None = None) -> GuestError:
+        """The error an activity returned; its message is kept verbatim up to
+        `GUEST_TEXT_CHARS`, the rest counted. `size` is the message's full size in bytes
+        when only its start was read from guest memory."""
+        if size is not None and size > len(guest_message.encode()):
+            shown = f"{guest_message[:GUEST_TEXT_CHARS]}… (message of {size} bytes cut)"
+        else:
+            shown = shorten(guest_message)
+        return cls(f"activity reported an error: {shown}", guest_message=shown)
 
 
 class NonZeroExit(GuestError):
@@ -193,6 +209,7 @@ class CapabilityDenied(SandboxError):
 
     def __init__(self, *, capability: str, requested: str, granted: list[str]) -> None:
         shown = ", ".join(granted) if granted else "nothing"
+        requested = shorten(requested)  # a guest-chosen URL can be any size
         super().__init__(
             f"activity tried {capability} {requested!r}, which its grants do not allow "
             f"(granted: {shown}); add it to the activity version's [grants] if it is intended",

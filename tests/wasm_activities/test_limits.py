@@ -9,6 +9,8 @@ import wasmtime
 from pydantic import ValidationError
 
 from wasm_activities import (
+    CapabilityDenied,
+    GuestError,
     Limits,
     LogTooLarge,
     MemoryLimitExceeded,
@@ -16,6 +18,7 @@ from wasm_activities import (
     PreparedModule,
     SandboxRuntime,
 )
+from wasm_activities.exceptions import GUEST_TEXT_CHARS
 
 Prepared = Callable[[str], PreparedModule]
 
@@ -72,3 +75,32 @@ def test_usage_reports_memory_and_output(runtime: SandboxRuntime, prepared: Prep
     assert usage.peak_memory_bytes >= 65536
     assert usage.output_bytes == len(b'{"words":3,"chars":5}')
     assert usage.wall_ms > 0 and usage.http_calls == 0
+
+
+def test_a_reactor_error_message_is_read_only_as_far_as_it_is_kept(
+    runtime: SandboxRuntime,
+) -> None:
+    """A guest reporting a 1 MiB error message: the error keeps its start and its size."""
+    size = 1024 * 1024
+    wat = f"""(module (memory (export "memory") 17)
+      (func (export "alloc") (param i32) (result i32) i32.const 1100000)
+      (func (export "run") (param i32 i32) (result i64)
+        (memory.fill (i32.const 0) (i32.const 69) (i32.const {size}))
+        i64.const -{size}))"""
+    module = runtime.prepare(wasmtime.wat2wasm(wat), "reactor")
+    with pytest.raises(GuestError) as info:
+        runtime.run_sync(module, {})
+    message = str(info.value)
+    assert message.endswith(f"E… (message of {size} bytes cut)")
+    assert len(message) < GUEST_TEXT_CHARS + 100
+    assert len(info.value.details["guest_message"]) < GUEST_TEXT_CHARS + 100
+
+
+def test_guest_chosen_text_is_shortened_in_errors() -> None:
+    url = "http://evil.example/" + "a" * 1_000_000
+    denied = CapabilityDenied(capability="http", requested=url, granted=[])
+    assert len(str(denied)) < GUEST_TEXT_CHARS + 300
+    assert f"({len(url) - GUEST_TEXT_CHARS} more characters)" in str(denied)
+    assert len(denied.details["requested"]) < GUEST_TEXT_CHARS + 100
+    reported = GuestError.reported("e" * 10_000)
+    assert str(reported).endswith(f"({10_000 - GUEST_TEXT_CHARS} more characters)")

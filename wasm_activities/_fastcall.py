@@ -152,9 +152,14 @@ class Store:
         _raise_failure(_set_wasi(self.context, pointer(config._consume())), self._scratch.trap)
 
     def interrupt(self) -> None:
-        """Make the guest trap at its next epoch check (no ticker needed: the deadline is now)."""
+        """Make the guest trap as soon as it runs again (call from the calling thread only).
+
+        Compiled code keeps the epoch deadline it loaded and re-reads it only once the epoch
+        passes it, so lowering the deadline alone let an aborted guest run on to its timeout.
+        Fuel is re-read after every host call: none left traps at the next check."""
         if self.context:
             _set_deadline(self.context, 0)
+            _set_fuel(self.context, 0)  # an error here only means it traps at its deadline
 
     def fuel_left(self) -> int:
         scratch = self._scratch

@@ -223,7 +223,11 @@ class _Call:
         message = str(err.message if isinstance(err, wasmtime.Trap) else err).strip()
         if "exceeds memory limits" in message or "resource limit" in message:
             return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail="at instantiation")
-        if self.near_memory_limit():
+        # A refused memory.grow only returns -1 to the guest, which then aborts (unreachable)
+        # or exits: only those endings can be the memory limit. A stack overflow, an
+        # out-of-bounds access or a division by zero is the module's own bug, whatever
+        # memory it holds.
+        if (code is None or code is wasmtime.TrapCode.UNREACHABLE) and self.near_memory_limit():
             return MemoryLimitExceeded(memory_mb=self.limits.memory_mb, detail=message[:200])
         frames = _backtrace(err) if isinstance(err, wasmtime.Trap) else []
         return WasmTrap(
@@ -427,6 +431,11 @@ class SandboxRuntime:
                 result = self._execute(module, input, limits, grants, secrets, keep, INLINE_FUEL)
             except _Overran:
                 inline.overran()
+            except SandboxError:
+                # A failing call (a trap, a timeout, a denied capability) says nothing about
+                # the next one being short: keep the module off the loop for a while.
+                inline.overran()
+                raise
             else:
                 if time.perf_counter() - started > INLINE_MAX_S:
                     inline.overran()
@@ -491,7 +500,7 @@ class SandboxRuntime:
             wstore.set_limits(memory_size=limits.memory_bytes, table_elements=100_000)
             wstore.set_fuel(fuel)
             wstore.set_epoch_deadline(ticks)
-            interrupt: Callable[[], None] = functools.partial(wstore.set_epoch_deadline, 0)
+            interrupt: Callable[[], None] = functools.partial(_interrupt_component, wstore)
             memory_bytes: Callable[[], int] = _no_memory
             fuel_left: Callable[[], int] = wstore.get_fuel
         else:
@@ -667,6 +676,13 @@ def _run_for_loop(
     else:
         _settle_soon(loop, future, result, None)
     return functools.partial(_teardown, keep)
+
+
+def _interrupt_component(store: wasmtime.Store) -> None:
+    """See `_fastcall.Store.interrupt`: the deadline alone is read too late, fuel is not."""
+    store.set_epoch_deadline(0)
+    with contextlib.suppress(wasmtime.WasmtimeError):
+        store.set_fuel(0)
 
 
 def _teardown(keep: list[Callable[[], None]]) -> None:

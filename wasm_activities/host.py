@@ -6,14 +6,19 @@ Capability checks happen here, in Python, before any effect. Knows nothing about
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
+import re
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import wasmtime
 import wasmtime.component as wc
@@ -48,6 +53,8 @@ HTTP_RESPONSE_TOO_LARGE = -4
 SECRET_OPEN, SECRET_CLOSE = "{{secret:", "}}"
 
 _local = threading.local()
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HOST_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 @dataclass(slots=True, weakref_slot=True)
@@ -64,15 +71,21 @@ class CallContext:
     pending: bytes = b""
     http_calls: int = 0
     abort: SandboxError | None = None
+    thread: int = field(default_factory=threading.get_ident)  # the one running the guest
     woken: threading.Event = field(default_factory=threading.Event)
     """Set on abort: a guest waiting in a host call (a WASI sleep) returns at once."""
 
     def fail(self, error: SandboxError) -> None:
-        """Record the first fatal error and make the guest trap at its next epoch check."""
+        """Record the first fatal error and make the guest trap as soon as it runs again.
+
+        A store may only be touched from the thread running it; a failure noticed elsewhere
+        (wasmtime's stdio thread) is recorded, wakes a waiting host call, and ends the call
+        at its next host import or its deadline."""
         if self.abort is None:
             self.abort = error
         self.woken.set()
-        self.interrupt()
+        if threading.get_ident() == self.thread:
+            self.interrupt()
 
     def write_output(self, data: bytes) -> None:
         if len(self.output) + len(data) > self.limits.max_output_bytes:
@@ -121,11 +134,31 @@ def current() -> CallContext:
 
 
 def redact(text: str, secrets: Mapping[str, str]) -> str:
-    """Replace every secret value in `text` by its placeholder."""
+    """Replace every secret value in `text`, and its common encodings (a granted server may
+    echo it JSON-escaped, URL-encoded, base64 or hex), by its placeholder."""
     for name, value in secrets.items():
         if value:
-            text = text.replace(value, f"{SECRET_OPEN}{name}{SECRET_CLOSE}")
+            placeholder = f"{SECRET_OPEN}{name}{SECRET_CLOSE}"
+            for form in _encodings(value):
+                text = text.replace(form, placeholder)
     return text
+
+
+def _encodings(value: str) -> list[str]:
+    raw = value.encode()
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+        raw.hex(),
+        raw.hex().upper(),
+    }
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode()
+        forms.update({text, text.rstrip("=")})
+    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
@@ -205,21 +238,33 @@ def _parse_request(raw: bytes) -> dict[str, Any]:
     if len(body) > HTTP_MAX_BODY_BYTES:
         raise ValueError(f"request body larger than {HTTP_MAX_BODY_BYTES} bytes")
     method = str(request.get("method") or "GET").upper()
+    if not _TOKEN.fullmatch(method) or len(method) > 32:
+        raise ValueError("method must be an HTTP token such as GET or POST")
+    # The host decides these: Host is pinned to the granted URL (a guest-set Host switches
+    # virtual hosts behind a granted address), the length comes from the body (an override
+    # smuggles a second request), and every request gets its own connection.
+    headers = {k: v for k, v in headers.items() if k.strip().lower() not in _HOST_HEADERS}
     return {"method": method, "url": request["url"], "headers": headers, "body": body}
 
 
+_PLACEHOLDER = re.compile(re.escape(SECRET_OPEN) + r"(.*?)" + re.escape(SECRET_CLOSE), re.DOTALL)
+
+
 def _substitute(context: CallContext, text: str) -> str:
-    while (start := text.find(SECRET_OPEN)) >= 0:
-        end = text.find(SECRET_CLOSE, start)
-        if end < 0:
-            break
-        name = text[start + len(SECRET_OPEN) : end]
+    """Fill every placeholder in one linear pass (a loop of find-and-splice was quadratic:
+    80k placeholders took 27 s, far past any deadline)."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
         if name not in context.grants.secrets or name not in context.secrets:
             raise CapabilityDenied(
-                capability="secret", requested=name, granted=list(context.grants.secrets)
+                capability="secret", requested=name[:200], granted=list(context.grants.secrets)
             )
-        text = text[:start] + context.secrets[name] + text[end + len(SECRET_CLOSE) :]
-    return text
+        return context.secrets[name]
+
+    if SECRET_OPEN not in text:
+        return text
+    return _PLACEHOLDER.sub(fill, text)
 
 
 def _substitute_secrets(context: CallContext, request: dict[str, Any]) -> dict[str, Any]:
@@ -244,33 +289,64 @@ def _remaining(context: CallContext) -> float:
 
 
 def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> int:
-    """Send the (substituted) request; every wait is bounded by the activity's deadline."""
+    """Send the (substituted) request; the activity's deadline bounds the whole exchange.
+
+    A socket timeout bounds each wait, not their sum: a server trickling the status line,
+    sending endless `100 Continue` or chunked trailers held a 1 s activity for 7-22 s. A
+    watchdog shuts the socket down at the deadline, which ends whatever read is under way.
+    """
     if _remaining(context) <= 0:
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR
     scheme, host, port = split_url(request["url"])
-    parts = request["url"].split("/", 3)
-    path = "/" + (parts[3] if len(parts) > 3 else "")
+    parts = urlsplit(request["url"])
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # no fragment
     conn_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_type(host, port, timeout=_remaining(context))
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(max(_remaining(context), 0.0), expire)
+    watchdog.daemon = True
     context.http_calls += 1
     try:
         with blocking():
+            watchdog.start()
             conn.request(
-                request["method"], path, body=request["body"].encode(), headers=request["headers"]
+                request["method"],
+                path,
+                body=request["body"].encode(),
+                headers={**request["headers"], "Connection": "close"},
             )
             response = conn.getresponse()
             body = _read_body(context, conn, response)
+        if expired.is_set():
+            raise TimeoutError
     except TimeoutError:
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR
-    except ValueError as err:  # e.g. CR/LF in a header: http.client refuses to send it
-        detail = redact(str(err), context.secrets)
-        return _http_error(context, HTTP_BAD_REQUEST, f"request to {shown_url} refused: {detail}")
+    except ValueError:  # e.g. CR/LF in a header: http.client refuses to send it
+        # Never quote http.client's message: it repeats the (substituted) header value.
+        return _http_error(
+            context,
+            HTTP_BAD_REQUEST,
+            f"request to {shown_url} refused: a header name or value has characters HTTP "
+            "forbids (CR, LF or other control characters)",
+        )
     except (OSError, http.client.HTTPException) as err:
+        if expired.is_set() or _remaining(context) <= 0:
+            context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
+            return HTTP_NETWORK_ERROR
         detail = redact(f"{type(err).__name__}: {err}", context.secrets)
         return _http_error(context, HTTP_NETWORK_ERROR, f"request to {shown_url} failed: {detail}")
     finally:
+        watchdog.cancel()
         conn.close()
     if body is None:
         return _http_error(context, HTTP_RESPONSE_TOO_LARGE, "response body larger than 4 MiB")
@@ -314,10 +390,13 @@ def _guarded(name: str, func: Callable[..., Any], default: int | None) -> Callab
     that a concurrent call could pick up. An unexpected failure aborts this call as a trap."""
 
     def call(*args: Any) -> Any:
+        context = getattr(_local, "context", None)
+        if context is not None and context.abort is not None:
+            context.interrupt()  # aborted off this thread (see CallContext.fail): stop now
+            return default
         try:
             return func(*args)
         except Exception as err:  # any bug or surprise in a host import fails only this call
-            context = getattr(_local, "context", None)
             if context is not None:
                 message = redact(f"host import loom.{name} failed: {err!r}", context.secrets)
                 context.fail(WasmTrap(trap=message, trap_code=None, backtrace=[]))

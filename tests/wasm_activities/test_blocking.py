@@ -13,8 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import wasmtime
 
-from wasm_activities import ActivityTimeout, Limits, PreparedModule, SandboxRuntime
+from wasm_activities import (
+    Abi,
+    ActivityTimeout,
+    Limits,
+    LogTooLarge,
+    PreparedModule,
+    SandboxRuntime,
+)
 
 pytestmark = pytest.mark.timeout(600)  # the first test builds the module (zig cc)
 
@@ -97,3 +105,24 @@ async def test_sleepers_do_not_hold_up_other_calls(
     assert short < 1.0, f"a short call waited {short:.2f}s behind sleepers"
     assert max(lags) < MAX_LAG_S
     assert [r.output for r in await asyncio.gather(*sleepers)] == [{"woke": True}] * 4
+
+
+LOG_FOREVER = """(module
+ (import "loom" "log" (func $log (param i32 i32)))
+ (memory (export "memory") 2)
+ (func (export "alloc") (param i32) (result i32) i32.const 1024)
+ (func (export "run") (param i32 i32) (result i64)
+   (loop $forever
+     (call $log (i32.const 0) (i32.const 60000))
+     (br $forever))
+   i64.const 0))"""
+
+
+def test_an_aborted_guest_stops_at_once_not_at_its_deadline(runtime: SandboxRuntime) -> None:
+    """Compiled code re-reads the epoch deadline only once the old one passes: an abort
+    (here LogTooLarge, in a loop that keeps logging) used to run on to the timeout."""
+    module = runtime.prepare(wasmtime.wat2wasm(LOG_FOREVER), Abi.REACTOR)
+    began = time.monotonic()
+    with pytest.raises(LogTooLarge):
+        runtime.run_sync(module, {}, limits=Limits(timeout_ms=5000))
+    assert time.monotonic() - began < 1.0

@@ -6,15 +6,18 @@ writable only by the user running the worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 
 __all__ = ["ArtifactCache", "default_cache_dir"]
 
 CACHE_ENV = "LOOM_WASM_CACHE"
+STALE_TEMP_SECONDS = 3600
 
 
 def default_cache_dir() -> Path:
@@ -32,6 +35,16 @@ class ArtifactCache:
         self.directory = directory
         fingerprint = f"wasmtime={version('wasmtime')};{engine_config}"
         self.fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self._swept = False
+
+    def _sweep(self) -> None:
+        """Remove temp files a killed writer left (a SIGKILL mid-compile left 50 MB each);
+        only old ones, so a concurrent writer's file in progress is never touched."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for leftover in self.directory.glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
 
     def path(self, sha256: str) -> Path:
         """Where the artifact for this module would live."""
@@ -40,6 +53,9 @@ class ArtifactCache:
     def store(self, sha256: str, artifact: bytes | bytearray) -> None:
         """Write atomically (temp file + rename), so a concurrent reader never sees half a file."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._swept:
+            self._swept = True
+            self._sweep()
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:

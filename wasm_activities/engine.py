@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import threading
 import time
 import weakref
@@ -58,6 +59,7 @@ from .wasi_overrides import BLOCKING_WASI_IMPORTS, define_wasi_overrides
 
 __all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
 
+QUEUE_GRACE_S = 1.0  # past its deadline, a pooled call's caller stops waiting for the thread
 TICK_SECONDS = 0.005  # epoch period: a timeout fires at most one tick late
 UNMETERED_FUEL = 2**63 - 1
 WASM_PAGE = 65536
@@ -235,6 +237,14 @@ class _Call:
         )
 
 
+def _address_space_unlimited() -> bool:
+    """Whether the pooling allocator can reserve its slots: it maps POOLED_INSTANCES x 4 GiB
+    of address space up front, and under any `ulimit -v` (even 64 GB) wasmtime panicked at
+    start-up. With a limit, core modules use on-demand allocation (slower, but running)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft == resource.RLIM_INFINITY
+
+
 def _engine_config(*, pooling: bool) -> wasmtime.Config:
     config = wasmtime.Config()
     config.epoch_interruption = True
@@ -281,12 +291,16 @@ class SandboxRuntime:
         # mapping and unmapping fresh memory (a call's C-side cost halves). Components keep
         # on-demand allocation: their instance, table and memory counts vary too much to size
         # slots for.
-        self.engine = wasmtime.Engine(_engine_config(pooling=True))
+        pooling = _address_space_unlimited()
+        self.engine = wasmtime.Engine(_engine_config(pooling=pooling))
         self._engine_ptr = fast.pointer(self.engine.ptr())
         self._component_engine = wasmtime.Engine(_engine_config(pooling=False))
         directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._targets = {  # is_component -> (engine, artifact cache)
-            False: (self.engine, ArtifactCache(directory, _CORE_ENGINE_CONFIG)),
+            False: (
+                self.engine,
+                ArtifactCache(directory, _CORE_ENGINE_CONFIG if pooling else _ENGINE_CONFIG),
+            ),
             True: (self._component_engine, ArtifactCache(directory, _ENGINE_CONFIG)),
         }
         self._linker = wasmtime.Linker(self.engine)
@@ -446,9 +460,21 @@ class SandboxRuntime:
             inline.skip -= 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RunResult] = loop.create_future()
-        call = functools.partial(self._execute, module, input, limits, grants, secrets)
+        # The limit covers time queued for a thread too (schedule-to-close): a 200 ms call
+        # waited 52 s in the queue behind slow ones and then got its full 200 ms.
+        call = functools.partial(
+            self._execute, module, input, limits, grants, secrets, queued_at=time.monotonic()
+        )
         self._pool.submit(functools.partial(_run_for_loop, loop, future, call))
-        return await future
+        try:
+            # A call still queued at its deadline is answered then; when a thread reaches it,
+            # it finds its time gone and ends at once.
+            return await asyncio.wait_for(
+                asyncio.shield(future), limits.timeout_ms / 1000 + QUEUE_GRACE_S
+            )
+        except TimeoutError:
+            future.add_done_callback(_discard)  # its late outcome is nobody's any more
+            raise ActivityTimeout(timeout_ms=limits.timeout_ms) from None
 
     def run_sync(
         self,
@@ -481,6 +507,8 @@ class SandboxRuntime:
         secrets: Mapping[str, str] | None,
         keep: list[Callable[[], None]],
         inline_fuel: int | None = None,
+        *,
+        queued_at: float | None = None,
     ) -> RunResult:
         """One call. The Store's teardown is appended to `keep` so the caller decides when it
         runs (dropping a Store unmaps its memory, better spent after the result is handed over).
@@ -489,11 +517,14 @@ class SandboxRuntime:
         the GIL when the module has no WASI streams; raises `_Overran` past the cap.
         """
         payload = _json_bytes(input)
-        started = time.monotonic()
+        started = time.monotonic() if queued_at is None else queued_at
+        left = limits.timeout_ms / 1000 - (time.monotonic() - started)
+        if left <= 0:
+            raise ActivityTimeout(timeout_ms=limits.timeout_ms)  # its time went in the queue
         fuel = limits.fuel or UNMETERED_FUEL
         store_fuel = fuel if inline_fuel is None else min(fuel, inline_fuel)
         capped = store_fuel < fuel
-        ticks = math.ceil(limits.timeout_ms / 1000 / TICK_SECONDS) + 1
+        ticks = math.ceil(left / TICK_SECONDS) + 1
         if module.abi is Abi.COMPONENT:
             wstore = wasmtime.Store(self._component_engine)
             keep.append(wstore.close)
@@ -676,6 +707,11 @@ def _run_for_loop(
     else:
         _settle_soon(loop, future, result, None)
     return functools.partial(_teardown, keep)
+
+
+def _discard(future: asyncio.Future[RunResult]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _interrupt_component(store: wasmtime.Store) -> None:

@@ -8,13 +8,19 @@ The red team's module slept its full 5 s under a 500 ms limit on every path, a 1
 from __future__ import annotations
 
 import asyncio
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import wasmtime
 
+from tests.wasm_activities.test_inline import NET
+from tests.wasm_activities.test_inline import spinner as spin_module
 from wasm_activities import (
     Abi,
     ActivityTimeout,
@@ -126,3 +132,52 @@ def test_an_aborted_guest_stops_at_once_not_at_its_deadline(runtime: SandboxRunt
     with pytest.raises(LogTooLarge):
         runtime.run_sync(module, {}, limits=Limits(timeout_ms=5000))
     assert time.monotonic() - began < 1.0
+
+
+async def test_a_call_queued_past_its_limit_is_answered_at_its_deadline(
+    prepared: Prepared, wasm_module: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    """One pool thread, busy with a long CPU-bound call: a 200 ms call queued behind it used
+    to wait the whole time and then get its full 200 ms."""
+    with SandboxRuntime(cache_dir=tmp_path, max_workers=1) as runtime:
+        spinner = spin_module(runtime, 2_000_000_000)  # seconds of pure CPU
+        sleeper = runtime.prepare(wasm_module("sleeper.c"), Abi.REACTOR)
+        busy = asyncio.create_task(
+            runtime.run(spinner, {}, limits=Limits(timeout_ms=6000), grants=NET)
+        )
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        with pytest.raises(ActivityTimeout):
+            await runtime.run(sleeper, {}, limits=Limits(timeout_ms=200))
+        assert time.monotonic() - began < LATE_S
+        assert not busy.done(), "the pool thread was not busy the whole time"
+        await asyncio.gather(busy, return_exceptions=True)
+
+
+def test_the_sandbox_runs_under_an_address_space_limit(tmp_path: Path) -> None:
+    """The pooling allocator reserves terabytes of address space; under `ulimit -v` wasmtime
+    panicked at start-up. With a limit the runtime falls back to on-demand allocation."""
+    script = (
+        "import wasmtime\n"
+        "from wasm_activities import Abi, SandboxRuntime\n"
+        f"from tests.wasm_activities.test_inline import SPIN_WAT\n"
+        f"with SandboxRuntime(cache_dir={str(tmp_path)!r}) as rt:\n"
+        "    wat = SPIN_WAT.replace('SPINS', '\\\\01\\\\00\\\\00\\\\00')\n"
+        "    module = rt.prepare(wasmtime.wat2wasm(wat), Abi.REACTOR)\n"
+        "    print(rt.run_sync(module, {'ok': 1}).output)\n"
+    )
+    limit = 8 * 2**30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=cap,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "{'ok': 1}"

@@ -48,7 +48,9 @@ class NetPattern:
             raise ValueError(
                 f"net grant {text!r}: expected host, host:port, https://host or *.example.com"
             )
-        return cls(scheme, host, port)
+        # URLs name an IPv6 host in brackets, but the parsed URL's host has none: compare
+        # bare addresses, or an IPv6 grant never matches.
+        return cls(scheme, host.strip("[]"), port)
 
     def matches(self, scheme: str, host: str, port: int) -> bool:
         """Whether a request to scheme://host:port is allowed by this pattern."""

@@ -1,4 +1,5 @@
-"""WASI calls the sandbox implements itself because wasmtime's own would outlast the deadline.
+"""WASI calls the sandbox implements itself: wasmtime's own would outlast the deadline
+(`poll_oneoff`) or reach outside a grant (`path_symlink`).
 
 wasmtime's `poll_oneoff` (what `nanosleep`, `sleep` and `usleep` become) blocks its thread in
 native code for the whole requested time: epoch interruption only stops *wasm* code, so a guest
@@ -26,6 +27,7 @@ __all__ = ["BLOCKING_WASI_IMPORTS", "define_wasi_overrides"]
 from .abi import WASI_MODULE
 
 BLOCKING_WASI_IMPORTS = frozenset({"poll_oneoff"})
+_SYMLINK_REFUSED = 63  # EPERM
 """WASI imports that can wait on time: a module importing one never runs on the event loop."""
 
 _SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")  # userdata, tag, clock id, timeout, precision, flags
@@ -112,8 +114,21 @@ def define_wasi_overrides(linker: wasmtime.Linker) -> None:
             _guarded_poll,
             access_caller=True,
         )
+        # Symlinks: wasmtime keeps a guest from following one out of its preopen, but let it
+        # create one that points anywhere (`/etc`, `../..`) for host processes to follow
+        # later. No activity needs them, so creating one is refused.
+        linker.define_func(
+            WASI_MODULE,
+            "path_symlink",
+            wasmtime.FuncType([i32] * 5, [i32]),
+            _refuse_symlink,
+        )
     finally:
         linker.allow_shadowing = False
+
+
+def _refuse_symlink(*args: int) -> int:
+    return _SYMLINK_REFUSED
 
 
 def _guarded_poll(caller: wasmtime.Caller, *args: int) -> int:

@@ -30,6 +30,9 @@ Prepared = Callable[[str], PreparedModule]
         ("*.example.com", "https://badexample.com/", False),
         ("api.example.com", "ftp://api.example.com/", False),
         ("api.example.com", "https://user@api.example.com@evil.com/", False),
+        ("[::1]:8080", "http://[::1]:8080/x", True),
+        ("[::1]", "https://[::1]/x", True),
+        ("[::1]:8080", "http://[::2]:8080/x", False),
     ],
 )
 def test_net_patterns(pattern: str, url: str, allowed: bool) -> None:
@@ -122,6 +125,18 @@ def test_symlink_escape_is_blocked(
     os.symlink("/etc/passwd", data_dir / "link")
     grants = Grants(fs=[FsGrant(host=str(data_dir), guest="/data")])
     assert probe(runtime, prepared, grants, read="/data/link")["read"].startswith("error:")
+
+
+@pytest.mark.parametrize("target", ["/etc", "../../..", "hello.txt"])
+def test_a_guest_cannot_create_symlinks_even_in_a_rw_grant(
+    runtime: SandboxRuntime, prepared: Prepared, data_dir: Path, target: str
+) -> None:
+    """Following one out of the preopen was already blocked, but a created link to `/etc`
+    would be followed by the next host process that looks in the directory."""
+    grants = Grants(fs=[FsGrant(host=str(data_dir), guest="/data", mode="rw")])
+    out = probe(runtime, prepared, grants, symlink="/data/escape", target=target)
+    assert out["symlink"] == "error:EPERM"
+    assert not (data_dir / "escape").is_symlink()
 
 
 def test_ro_grant_cannot_be_written(

@@ -1,5 +1,6 @@
 /* Filesystem/env probe (command ABI). Input:
- *   {"read": "/path", "write": "/path", "env": "NAME"}   (each optional)
+ *   {"read": "/path", "write": "/path", "env": "NAME", "symlink": "/link",
+ *    "target": "/anywhere"}   (each optional)
  * Output: {"read": "<first 64 bytes>" | "error:<errno name>", "write": "ok" | "error:…",
  *          "env": "<value>" | null}. */
 #include <errno.h>
@@ -56,6 +57,20 @@ int main(void) {
             loom_buf_puts(&out, "\"ok\"");
         }
         if (fd >= 0) close(fd);
+        loom_buf_puts(&out, ",");
+    }
+    path = loom_json_get_string(in.data, in.len, "symlink", &len);
+    if (path) {
+        size_t tlen = 0;
+        char *target = loom_json_get_string(in.data, in.len, "target", &tlen);
+        loom_buf_puts(&out, "\"symlink\":");
+        if (symlink(target ? target : "/", path) != 0) {
+            char msg[32];
+            snprintf(msg, sizeof msg, "error:%s", err_name(errno));
+            loom_buf_json_string(&out, msg, strlen(msg));
+        } else {
+            loom_buf_puts(&out, "\"ok\"");
+        }
         loom_buf_puts(&out, ",");
     }
     char *name = loom_json_get_string(in.data, in.len, "env", &len);

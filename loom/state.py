@@ -126,3 +126,25 @@ class StateProxy:
 
 
 _MISSING = object()
+
+
+class _FieldFirst:
+    """A dict-style helper of `StateProxy` that yields to a state field of the same name:
+    with a declared `items: list[str]`, `ctx.state.items` is that list, not `dict.items`."""
+
+    def __init__(self, method: Callable[..., Any], name: str) -> None:
+        self._method = method
+        self._name = name
+        self.__doc__ = method.__doc__
+
+    def __get__(self, obj: StateProxy | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._method
+        data: dict[str, JSON] = object.__getattribute__(obj, "_data")
+        if self._name in data:
+            return data[self._name]
+        return self._method.__get__(obj, owner)
+
+
+for _helper in ("get", "keys", "items", "to_dict", "set", "update", "batch"):
+    setattr(StateProxy, _helper, _FieldFirst(getattr(StateProxy, _helper), _helper))

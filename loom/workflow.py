@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from loom._json import JSON, type_adapter
+from loom._json import JSON, dumps, loads, type_adapter
 from loom.exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -175,7 +175,9 @@ class CompiledWorkflow(Generic[InT, StateT]):
         return typing.cast(InT, self._input.validate_python(value))
 
     def initial_state(self) -> dict[str, JSON]:
-        return dict(self._initial_state)
+        """A deep copy: a `field(default_factory=list)` default edited in place by one run
+        must not be what the next run of this workflow starts with."""
+        return dict(loads(dumps(self._initial_state)))
 
     def decode_state(self, value: Mapping[str, JSON]) -> StateT:
         """Build the typed State from its JSON form."""

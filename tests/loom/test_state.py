@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import loom
 from loom.client import get_store
 from loom.history import EventKind
@@ -49,3 +52,28 @@ async def test_every_mutation_is_an_event(db_path, make_worker) -> None:
         (EventKind.STATE_UPDATE, None, None, {"b": [1, 2]}),
         (EventKind.STATE_SET, "g", "default", None),
     ]
+
+
+@dataclass
+class Basket:
+    items: list[str] = field(default_factory=list)
+    tags: dict[str, int] = field(default_factory=dict)
+
+
+@loom.workflow(name="Basket")
+class BasketFlow(loom.Workflow[dict, Basket]):  # type: ignore[type-arg]
+    @loom.step
+    async def fill(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.items.append(ctx.input["item"])  # the declared field, not dict.items
+        ctx.state.tags[ctx.input["item"]] = len(ctx.state.items)
+
+
+async def test_state_defaults_never_leak_between_runs_and_fields_win_over_helpers(
+    make_worker: Any,
+) -> None:
+    async with make_worker([BasketFlow]):
+        first = await BasketFlow.start({"item": "apple"})
+        assert await first.result(timeout=30) == Basket(items=["apple"], tags={"apple": 1})
+        second = await BasketFlow.start({"item": "pear"})
+        assert await second.result(timeout=30) == Basket(items=["pear"], tags={"pear": 1})
+    assert BasketFlow.compile().initial_state() == {"items": [], "tags": {}}

@@ -56,9 +56,23 @@ def _fail(ctx: click.Context, err: BaseException) -> NoReturn:
 
 
 def _execute(
-    ctx: click.Context, database: str, operation: Callable[[Registry], Awaitable[_T]]
+    ctx: click.Context,
+    database: str,
+    operation: Callable[[Registry], Awaitable[_T]],
+    *,
+    create: bool = False,
 ) -> _T:
-    """Run one registry operation under a single `asyncio.run`, mapping typed errors to exit 1."""
+    """Run one registry operation under a single `asyncio.run`, mapping typed errors to exit 1.
+
+    Only `register` creates a database: anything else pointed at a mistyped path would
+    otherwise leave an empty database there and report nothing registered."""
+    if not create:
+        from loom.cli import DatabaseNotFoundError, require_database  # cli imports this module
+
+        try:
+            require_database(database)
+        except DatabaseNotFoundError as err:
+            _fail(ctx, err)
 
     async def main() -> _T:
         async with Registry(database) as registry:
@@ -129,7 +143,10 @@ def register(ctx: click.Context, path: Path, approve_grants: bool, database: str
     again changes nothing; other bytes under an existing version are refused.
     """
     result = _execute(
-        ctx, database, lambda registry: registry.register(path, approve_grants=approve_grants)
+        ctx,
+        database,
+        lambda registry: registry.register(path, approve_grants=approve_grants),
+        create=True,
     )
     if result.widened:
         click.echo(f"approved wider grants for {result.activity.ref}:", err=True)

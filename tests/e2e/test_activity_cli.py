@@ -243,6 +243,7 @@ def test_output_violation(tmp_path: Path) -> None:
 
 def test_list_and_show_render_for_people(tmp_path: Path) -> None:
     db = tmp_path / "loom.db"
+    assert CliRunner().invoke(main, ["init", "--db", str(db)]).exit_code == 0
     code, out, err = invoke("list", db=db)
     assert (code, out) == (0, "")
     assert "no activities registered" in err
@@ -346,8 +347,9 @@ def test_verbose_run_prints_logs_and_usage_to_stderr(tmp_path: Path) -> None:
 def test_unopenable_database_is_one_line(tmp_path: Path) -> None:
     code, _, err = invoke("list", db=tmp_path / "missing-dir" / "loom.db")
     assert code == 1
-    assert err.startswith("RegistryError: cannot open database ")
+    assert err.startswith("DatabaseNotFoundError: database ")
     assert err.count("\n") == 1
+
     (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
     code, _, err = invoke("list", db=tmp_path / "garbage.db")
     assert code == 1
@@ -370,3 +372,12 @@ def test_native_activities_are_listed_but_not_run_from_the_cli(tmp_path: Path) -
     code, out, err = invoke("run", "charge", db=db)
     assert (code, out) == (1, "")
     assert err.startswith("RegistryError: charge@0.0.0 is a native activity")
+
+
+def test_read_commands_never_create_a_database(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    for args in (["list"], ["show", "echo"], ["run", "echo"], ["remove", "echo@1.0.0"]):
+        code, _, err = invoke(*args, db=typo)
+        assert code == 1, args
+        assert "does not exist" in err and "loom init" in err
+    assert not typo.exists()

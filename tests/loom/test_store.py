@@ -34,11 +34,12 @@ async def _start(store: Store) -> str:
 
 async def test_expired_lease_is_reclaimed_and_the_stale_holder_is_fenced(store) -> None:
     workflow_id = await _start(store)
-    [first] = await store.claim_tasks("dead-worker", 10, 50, lambda _: None)
+    [first] = await store.claim_tasks("dead-worker", 10, 1_000, lambda _: None)
     assert first.workflow_id == workflow_id
-    # While the lease holds nobody else gets the task.
-    assert await store.claim_tasks("other", 10, 50, lambda _: None) == []
-    await asyncio.sleep(0.1)
+    # While the lease holds nobody else gets the task (1 s: a busy machine may take 50 ms
+    # between two claims).
+    assert await store.claim_tasks("other", 10, 1_000, lambda _: None) == []
+    await asyncio.sleep(1.1)
     [second] = await store.claim_tasks("live-worker", 10, 5_000, lambda _: None)
     assert second.task_id == first.task_id and second.attempt == first.attempt + 1
 

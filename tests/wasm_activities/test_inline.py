@@ -57,11 +57,11 @@ def spinner(runtime: SandboxRuntime, spins: int) -> PreparedModule:
 async def test_short_pure_call_runs_on_the_loop_thread(
     runtime: SandboxRuntime, pool_jobs: PoolJobs
 ) -> None:
-    module = spinner(runtime, 10)
+    module = spinner(runtime, 9)  # a module of its own: no other test's inline history
     result = await runtime.run(module, {"n": 1})
     assert result.output == {"n": 1}
     assert pool_jobs() == 0
-    assert module._inline.skip == 0
+    # (no check of the back-off here: on a loaded machine even this call may take > 2 ms)
 
 
 async def test_call_past_the_inline_budget_is_rerun_on_the_pool(

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict
@@ -59,6 +59,9 @@ __all__ = ["RegistrationResult", "Registry", "parse_spec"]
 _T = TypeVar("_T")
 _SPEC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _WASM_MAGIC = b"\0asm"
+VALIDATION_THREADS = 2
+"""Threads that validate activity input/output for `Registry.run` (jsonschema holds the GIL,
+so more would not run faster; two keep one large document from queueing every other call)."""
 # Fields that define a version; two registrations of one name@version must agree on all of them.
 _DEFINING_FIELDS = (
     "abi",
@@ -206,6 +209,11 @@ class Registry:
         self._path = _database_path(database)
         self._runtime = runtime
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-registry")
+        # Validation is CPU work proportional to the document (up to megabytes): off the loop,
+        # and not on the database thread, where it would queue behind (and delay) every read.
+        self._validation_executor = ThreadPoolExecutor(
+            max_workers=VALIDATION_THREADS, thread_name_prefix="loom-validate"
+        )
         self._store: ModuleStore | None = None
         self._prepared: dict[str, PreparedModule] = {}
         self._versions: dict[tuple[str, str], ActivityVersion] = {}
@@ -502,12 +510,35 @@ class Registry:
         return validator
 
     def validate_input(self, activity: ActivityVersion, value: JSON) -> None:
-        """Raise SchemaViolationError(direction="input") unless `value` fits the input schema."""
+        """Raise SchemaViolationError(direction="input") unless `value` fits the input schema.
+
+        Synchronous CPU work (linear in the size of `value`); from a coroutine, await
+        `validate(..., direction="input")` instead so the event loop keeps running.
+        """
         self._validator(activity, "input").validate(value)
 
     def validate_output(self, activity: ActivityVersion, value: JSON) -> None:
-        """Raise SchemaViolationError(direction="output") unless `value` fits the output schema."""
+        """Raise SchemaViolationError(direction="output") unless `value` fits the output schema.
+
+        Synchronous, like `validate_input`; await `validate(..., direction="output")` in async
+        code.
+        """
         self._validator(activity, "output").validate(value)
+
+    async def validate(
+        self, activity: ActivityVersion, value: JSON, *, direction: Literal["input", "output"]
+    ) -> None:
+        """`validate_input`/`validate_output` on the registry's validation threads.
+
+        A large document can take milliseconds to validate; here the event loop keeps serving
+        other workflows meanwhile. `run` validates this way.
+
+        Raises:
+            SchemaViolationError: `value` does not match the `direction` schema.
+        """
+        validator = self._validator(activity, direction)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._validation_executor, validator.validate, value)
 
     async def run(
         self,
@@ -527,12 +558,12 @@ class Registry:
             CorruptModuleError: the stored module is unusable.
             ValueError: the activity is native.
         """
-        self.validate_input(activity, input)
+        await self.validate(activity, input, direction="input")
         prepared = await self.prepare(activity)
         result = await self.runtime.run(
             prepared, input, limits=activity.limits, grants=activity.grants, secrets=secrets
         )
-        self.validate_output(activity, result.output)
+        await self.validate(activity, result.output, direction="output")
         return result
 
     async def close(self) -> None:
@@ -544,6 +575,7 @@ class Registry:
         if store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
         self._executor.shutdown(wait=False)
+        self._validation_executor.shutdown(wait=False)
 
 
 def _read_module(manifest: Manifest) -> bytes:

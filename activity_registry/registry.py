@@ -36,6 +36,7 @@ from activity_registry.manifest import (
     ActivityVersion,
     Manifest,
     RetryPolicy,
+    read_regular_file,
 )
 from activity_registry.module_store import (
     ModuleStore,
@@ -54,11 +55,23 @@ from wasm_activities import (
     get_runtime,
 )
 
-__all__ = ["RegistrationResult", "Registry", "parse_spec"]
+__all__ = [
+    "DEFAULT_MAX_MODULE_BYTES",
+    "MAX_MODULE_BYTES_ENV",
+    "RegistrationResult",
+    "Registry",
+    "parse_spec",
+]
 
 _T = TypeVar("_T")
 _SPEC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _WASM_MAGIC = b"\0asm"
+DEFAULT_MAX_MODULE_BYTES = 64 << 20
+"""Largest module `register` accepts (64 MiB) unless `max_module_bytes` or the env var says.
+
+Every worker loads and compiles module bytes from the database, so an unbounded module is an
+unbounded cost on every host."""
+MAX_MODULE_BYTES_ENV = "LOOM_MAX_MODULE_BYTES"
 VALIDATION_THREADS = 2
 """Threads that validate activity input/output for `Registry.run` (jsonschema holds the GIL,
 so more would not run faster; two keep one large document from queueing every other call)."""
@@ -201,12 +214,22 @@ class Registry:
     Args:
         database: SQLite file path (or `sqlite:///path`), the same file the engine uses.
         runtime: The sandbox runtime to prepare and run modules with; default `get_runtime()`.
+        max_module_bytes: Largest module `register` accepts; default the `LOOM_MAX_MODULE_BYTES`
+            environment variable, else `DEFAULT_MAX_MODULE_BYTES` (64 MiB).
+
+    Raises:
+        ValueError: `max_module_bytes` (or the environment variable) is not a positive integer.
     """
 
     def __init__(
-        self, database: str | os.PathLike[str], *, runtime: SandboxRuntime | None = None
+        self,
+        database: str | os.PathLike[str],
+        *,
+        runtime: SandboxRuntime | None = None,
+        max_module_bytes: int | None = None,
     ) -> None:
         self._path = _database_path(database)
+        self.max_module_bytes = _max_module_bytes(max_module_bytes)
         self._runtime = runtime
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-registry")
         # Validation is CPU work proportional to the document (up to megabytes): off the loop,
@@ -280,7 +303,7 @@ class Registry:
 
     def _register(self, path: Path, approve_grants: bool, store: ModuleStore) -> RegistrationResult:
         manifest = Manifest.load(path)
-        content = _read_module(manifest)
+        content = _read_module(manifest, self.max_module_bytes)
         sha256 = hashlib.sha256(content).hexdigest()
         self._prepared[sha256] = self._prepare_bytes(content, manifest.abi, sha256)
         activity = ActivityVersion(
@@ -578,9 +601,32 @@ class Registry:
         self._validation_executor.shutdown(wait=False)
 
 
-def _read_module(manifest: Manifest) -> bytes:
+def _max_module_bytes(given: int | None) -> int:
+    if given is None:
+        text = os.environ.get(MAX_MODULE_BYTES_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_MODULE_BYTES
+        try:
+            given = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{MAX_MODULE_BYTES_ENV}={text!r} is not a number of bytes; "
+                f"set it to a positive integer (default {DEFAULT_MAX_MODULE_BYTES})"
+            ) from None
+    if given <= 0:
+        raise ValueError(f"max_module_bytes must be a positive number of bytes, got {given}")
+    return given
+
+
+def _read_module(manifest: Manifest, max_bytes: int) -> bytes:
+    hint = (
+        f"shrink the module (strip debug info), or raise the limit with {MAX_MODULE_BYTES_ENV} "
+        "or Registry(max_module_bytes=...)"
+    )
     try:
-        return manifest.module_path.read_bytes()
+        return read_regular_file(manifest.module_path, max_bytes=max_bytes, limit_hint=hint)
+    except ValueError as err:
+        raise ManifestError(manifest.path, "module", f"module file {err}") from err
     except OSError as err:
         raise ManifestError(
             manifest.path, "module", f"cannot read {manifest.module_path}: {err.strerror}"

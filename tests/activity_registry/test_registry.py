@@ -463,3 +463,29 @@ def test_activity_version_rejects_unknown_abi() -> None:
             output_schema={},
             registered_at=0,
         )
+
+
+async def test_oversized_module_is_refused(
+    db_path: Path, make_activity: ActivityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = make_activity()  # the echo module is ~100 bytes
+    async with Registry(db_path, max_module_bytes=64) as small:
+        with pytest.raises(ManifestError) as refused:
+            await small.register(manifest)
+        assert refused.value.field == "module"
+        assert "over the 64-byte limit" in str(refused.value)
+        assert "LOOM_MAX_MODULE_BYTES" in str(refused.value)
+        assert await small.list() == []
+
+    monkeypatch.setenv("LOOM_MAX_MODULE_BYTES", "64")
+    async with Registry(db_path) as from_env:
+        assert from_env.max_module_bytes == 64
+        with pytest.raises(ManifestError, match="over the 64-byte limit"):
+            await from_env.register(manifest)
+    monkeypatch.setenv("LOOM_MAX_MODULE_BYTES", "lots")
+    with pytest.raises(ValueError, match="LOOM_MAX_MODULE_BYTES='lots'"):
+        Registry(db_path)
+    monkeypatch.delenv("LOOM_MAX_MODULE_BYTES")
+    async with Registry(db_path) as default:
+        assert default.max_module_bytes == 64 * 1024 * 1024
+        assert (await default.register(manifest)).created is True

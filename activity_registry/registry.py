@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
+from activity_registry.approval import approved_grants, describe_baseline
 from activity_registry.exceptions import (
     ActivityNotFoundError,
     CorruptModuleError,
@@ -39,6 +40,7 @@ from activity_registry.manifest import (
     read_regular_file,
 )
 from activity_registry.module_store import (
+    Decision,
     ModuleStore,
     PostgresModuleStore,
     is_postgres_url,
@@ -48,6 +50,7 @@ from activity_registry.schema import JSON, SchemaValidator, check_schema
 from activity_registry.version_range import VersionRange, parse_version
 from wasm_activities import (
     Abi,
+    Grants,
     InvalidModule,
     PreparedModule,
     RunResult,
@@ -94,7 +97,8 @@ class RegistrationResult(BaseModel):
     Attributes:
         activity: The stored version (the earlier one when this was a no-op).
         created: False when the same name@version with the same bytes was already registered.
-        widened: Grants added over the previous version (approved, since it was stored).
+        widened: Grants beyond those already approved for the name (a new name: beyond none),
+            approved with `approve_grants=True`, since the version was stored.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -172,10 +176,10 @@ def _differences(old: ActivityVersion, new: ActivityVersion) -> list[str]:
 
 def _registration_check(
     activity: ActivityVersion, *, approve_grants: bool, widened_out: list[str]
-) -> Callable[[list[ActivityVersion]], ActivityVersion | None]:
+) -> Decision:
     """Build the decision `ModuleStore.register` runs inside its write transaction."""
 
-    def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+    def decide(stored: list[ActivityVersion], recorded: Grants | None) -> ActivityVersion | None:
         for existing in stored:
             if existing.version != activity.version:
                 continue
@@ -187,13 +191,12 @@ def _registration_check(
                 existing=_describe(existing),
                 attempted=f"{_describe(activity)} (differs in {', '.join(differences)})",
             )
-        others = [v for v in stored if not v.is_native]
-        if not others:
-            return None
-        previous = max(others, key=lambda v: parse_version(v.version))
-        widened = activity.grants.widened_from(previous.grants)
+        # A first version is held to SAFE_GRANTS (nothing), a later one (even after every
+        # version was removed) to all grants approved for the name so far.
+        widened = activity.grants.widened_from(approved_grants(recorded, stored))
         if widened and not approve_grants:
-            raise GrantsWidenedError(activity.ref, previous.ref, widened)
+            baseline = describe_baseline(activity.name, recorded, stored)
+            raise GrantsWidenedError(activity.ref, baseline, widened)
         widened_out.extend(widened)
         return None
 
@@ -295,7 +298,9 @@ class Registry:
             ManifestError: the manifest or a schema is invalid (names the field).
             CorruptModuleError: the module is not wasm or lacks the ABI's exports.
             VersionConflictError: name@version exists with other bytes or another definition.
-            GrantsWidenedError: grants exceed the highest other version's, without approval.
+            GrantsWidenedError: without `approve_grants`, the version asks for net, secrets,
+                env or fs grants not yet approved for its name. A new name's baseline is no
+                grants; approvals accumulate per name and survive `remove`.
         """
         result = await self._call(partial(self._register, Path(path), approve_grants))
         self._listings.pop(result.activity.name, None)
@@ -371,7 +376,7 @@ class Registry:
             registered_at=now_ms(),
         )
 
-        def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+        def decide(stored: list[ActivityVersion], _: Grants | None) -> ActivityVersion | None:
             for existing in stored:
                 if existing.version != version:
                     continue

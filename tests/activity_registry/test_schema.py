@@ -3,6 +3,7 @@ no schema file is read without bound (red-team issue 12, findings 1-3)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -168,3 +169,30 @@ def test_oversized_schema_file_is_refused(folder_with: Any) -> None:
         Manifest.load(manifest)
     assert refused.value.field == "input_schema"
     assert f"over the {MAX_SCHEMA_BYTES:,}-byte limit" in str(refused.value)
+
+
+async def test_validate_runs_off_the_event_loop(
+    registry: Registry, make_activity: ActivityFactory
+) -> None:
+    schema = {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}}
+    await registry.register(make_activity(output_schema=schema))
+    activity = await registry.resolve("echo")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    try:
+        # Validated on the loop, this would return before the ticker ever ran.
+        await registry.validate(activity, ["word"] * 1_000, direction="output")
+        assert ticks > 0
+        with pytest.raises(SchemaViolationError):
+            await registry.validate(activity, ["Word"], direction="output")
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker

@@ -109,12 +109,17 @@ class VersionConflictError(RegistryError):
 
 
 class GrantsWidenedError(RegistryError):
-    """A new version asks for more capabilities than the previous one; needs explicit approval.
+    """A version asks for capabilities not yet approved for its name; needs explicit approval.
+
+    A new name starts from no grants; approvals then accumulate per name and outlive removed
+    versions. Approve with `loom activity register --approve-grants` or
+    `Registry.register(path, approve_grants=True)`.
 
     Attributes:
         ref: The version being registered.
-        previous: The version its grants were compared with.
-        widened: Human-readable additions, one per line of the diff.
+        previous: What its grants were compared with (`the grants approved for NAME`, or the
+            default for a new activity: no grants).
+        widened: Human-readable additions, one per line of the diff (`net: +api.example.com`).
     """
 
     def __init__(self, ref: str, previous: str, widened: Sequence[str]) -> None:
@@ -122,8 +127,9 @@ class GrantsWidenedError(RegistryError):
         self.previous = previous
         self.widened = list(widened)
         super().__init__(
-            f"{ref} widens the grants of {previous} ({'; '.join(self.widened)}); "
-            "review them and re-register with --approve-grants",
+            f"{ref} asks for grants beyond {previous}: {'; '.join(self.widened)}; review them, "
+            "then re-register with --approve-grants "
+            "(in Python: Registry.register(path, approve_grants=True))",
             ref=ref,
             previous=previous,
             widened=self.widened,

@@ -6,7 +6,9 @@ Parsing and validation only; storage lives in `module_store`, running in `wasm_a
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +24,13 @@ __all__ = [
     "ABIS",
     "DEFINITION_FIELDS",
     "MANIFEST_FILENAME",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SCHEMA_BYTES",
     "NAME_PATTERN",
     "ActivityVersion",
     "Manifest",
     "RetryPolicy",
+    "read_regular_file",
 ]
 
 MANIFEST_FILENAME = "activity.toml"
@@ -33,6 +38,10 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ABIS = ("command", "reactor", "component", "native")
 WasmAbi = Literal["command", "reactor", "component"]
 _SCHEMA_FIELDS = ("input_schema", "output_schema")
+MAX_MANIFEST_BYTES = 1 << 20
+"""An activity.toml larger than this (1 MiB) is refused unread."""
+MAX_SCHEMA_BYTES = 1 << 20
+"""A schema file larger than this (1 MiB) is refused: schemas are compiled per worker."""
 
 
 class RetryPolicy(BaseModel):
@@ -183,12 +192,39 @@ def _locate(given: Path) -> Path:
     return candidate.resolve()
 
 
+def read_regular_file(path: Path, *, max_bytes: int, limit_hint: str = "") -> bytes:
+    """The bytes of `path`, refusing anything but a regular file of at most `max_bytes`.
+
+    A device (`/dev/zero`), FIFO or growing file would otherwise be read forever: the file is
+    opened without blocking, checked with fstat, and read no further than the limit.
+
+    Raises:
+        ValueError: not a regular file, or too large (the message says how to fix it).
+        OSError: it cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file; point at a file")
+        content = file.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        hint = f" {limit_hint}" if limit_hint else ""
+        raise ValueError(
+            f"{path} is {max(info.st_size, len(content)):,} bytes, over the "
+            f"{max_bytes:,}-byte limit;{hint or ' make it smaller'}"
+        )
+    return content
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except tomllib.TOMLDecodeError as err:
+        content = read_regular_file(path, max_bytes=MAX_MANIFEST_BYTES)
+        return tomllib.loads(content.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ManifestError(path, None, f"not valid TOML: {err}") from err
+    except ValueError as err:
+        raise ManifestError(path, None, str(err)) from err
     except OSError as err:
         raise ManifestError(path, None, f"cannot read: {err.strerror}") from err
 
@@ -221,14 +257,16 @@ def _reject_unknown_fields(path: Path, data: dict[str, Any]) -> None:
 def _read_schema(manifest_path: Path, field: str, relative: str) -> JSON:
     schema_path = manifest_path.parent / relative
     try:
-        text = schema_path.read_text(encoding="utf-8")
+        content = read_regular_file(schema_path, max_bytes=MAX_SCHEMA_BYTES)
+    except ValueError as err:
+        raise ManifestError(manifest_path, field, f"schema file {err}") from err
     except OSError as err:
         raise ManifestError(
             manifest_path, field, f"cannot read schema file {schema_path}: {err.strerror}"
         ) from err
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ManifestError(
             manifest_path, field, f"schema file {schema_path} is not valid JSON: {err}"
         ) from err

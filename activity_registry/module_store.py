@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from activity_registry.approval import approved_grants
 from activity_registry.manifest import ActivityVersion, RetryPolicy
 from wasm_activities import Grants, Limits
 
 __all__ = [
     "COMPONENT",
     "SCHEMA_VERSION",
+    "Decision",
     "ModuleStore",
     "PostgresModuleStore",
     "Registration",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 COMPONENT = "activity_registry"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK = 0x6C6F6F6D
 """pg_advisory_xact_lock key; the engine's PostgreSQL store takes the same one to migrate."""
@@ -64,6 +66,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE INDEX IF NOT EXISTS activity_versions_sha256 ON activity_versions (sha256)",
     ),
+    # Per name, not per version: deleting versions must not reset what was approved.
+    2: (
+        """
+        CREATE TABLE IF NOT EXISTS activity_grant_approvals (
+            name TEXT PRIMARY KEY,
+            grants TEXT NOT NULL,
+            approved_at INTEGER NOT NULL
+        )
+        """,
+    ),
 }
 
 _COLUMNS = (
@@ -85,9 +97,10 @@ class Registration:
     created: bool
 
 
-# Called inside the write transaction with every stored version of the name; returns the
-# already-stored equal version (no-op) or None (insert), or raises to abort.
-Decision = Callable[[list[ActivityVersion]], ActivityVersion | None]
+# Called inside the write transaction with every stored version of the name and the grants
+# recorded as approved for it (None: none recorded); returns the already-stored equal version
+# (no-op) or None (insert), or raises to abort.
+Decision = Callable[[list[ActivityVersion], Grants | None], ActivityVersion | None]
 
 
 def _to_row(activity: ActivityVersion) -> tuple[object, ...]:
@@ -216,21 +229,34 @@ class ModuleStore:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def approved_grants(self, name: str) -> Grants | None:
+        """The grants recorded as approved for `name` (None if none were ever recorded)."""
+        row = self._connection.execute(
+            "SELECT grants FROM activity_grant_approvals WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else Grants.model_validate_json(row[0])
+
     def register(
         self, activity: ActivityVersion, content: bytes | None, decide: Decision
     ) -> Registration:
         """Store `activity` (and its module bytes) in one transaction, unless `decide` objects.
 
-        `decide` sees the name's stored versions inside the transaction; it raises to refuse,
-        returns the equal stored version to make this a no-op, or None to insert.
+        `decide` sees the name's stored versions and recorded approvals inside the
+        transaction; it raises to refuse, returns the equal stored version to make this a
+        no-op, or None to insert. Inserting a WebAssembly version records its grants as
+        approved for the name (with everything approved before).
         """
         with self._write() as db:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM activity_versions WHERE name = ?", (activity.name,)
             )
-            existing = decide([_from_row(row) for row in rows])
+            stored = [_from_row(row) for row in rows]
+            recorded = self.approved_grants(activity.name)
+            existing = decide(stored, recorded)
             if existing is not None:
                 return Registration(existing, created=False)
+            if not activity.is_native:
+                self._record_approval(activity, approved_grants(recorded, [*stored, activity]))
             if content is not None and activity.sha256 is not None:
                 db.execute(
                     "INSERT INTO activity_modules (sha256, size_bytes, content, created_at)"
@@ -248,8 +274,20 @@ class ModuleStore:
             )
         return Registration(activity, created=True)
 
+    def _record_approval(self, activity: ActivityVersion, grants: Grants) -> None:
+        self._connection.execute(
+            "DELETE FROM activity_grant_approvals WHERE name = ?", (activity.name,)
+        )
+        self._connection.execute(
+            "INSERT INTO activity_grant_approvals (name, grants, approved_at) VALUES (?, ?, ?)",
+            (activity.name, grants.model_dump_json(), activity.registered_at),
+        )
+
     def delete(self, name: str, version: str) -> bool:
-        """Delete name@version and, if no other version uses them, its module bytes."""
+        """Delete name@version and, if no other version uses them, its module bytes.
+
+        The name's grant approvals stay: re-registering it must not skip approval.
+        """
         with self._write() as db:
             row = db.execute(
                 "SELECT sha256 FROM activity_versions WHERE name = ? AND version = ?",

@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
+from activity_registry.approval import approved_grants, describe_baseline
 from activity_registry.exceptions import (
     ActivityNotFoundError,
     CorruptModuleError,
@@ -36,8 +37,10 @@ from activity_registry.manifest import (
     ActivityVersion,
     Manifest,
     RetryPolicy,
+    read_regular_file,
 )
 from activity_registry.module_store import (
+    Decision,
     ModuleStore,
     PostgresModuleStore,
     is_postgres_url,
@@ -47,6 +50,7 @@ from activity_registry.schema import JSON, SchemaValidator, check_schema
 from activity_registry.version_range import VersionRange, parse_version
 from wasm_activities import (
     Abi,
+    Grants,
     InvalidModule,
     PreparedModule,
     RunResult,
@@ -54,11 +58,26 @@ from wasm_activities import (
     get_runtime,
 )
 
-__all__ = ["RegistrationResult", "Registry", "parse_spec"]
+__all__ = [
+    "DEFAULT_MAX_MODULE_BYTES",
+    "MAX_MODULE_BYTES_ENV",
+    "RegistrationResult",
+    "Registry",
+    "parse_spec",
+]
 
 _T = TypeVar("_T")
 _SPEC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _WASM_MAGIC = b"\0asm"
+DEFAULT_MAX_MODULE_BYTES = 64 << 20
+"""Largest module `register` accepts (64 MiB) unless `max_module_bytes` or the env var says.
+
+Every worker loads and compiles module bytes from the database, so an unbounded module is an
+unbounded cost on every host."""
+MAX_MODULE_BYTES_ENV = "LOOM_MAX_MODULE_BYTES"
+VALIDATION_THREADS = 2
+"""Threads that validate activity input/output for `Registry.run` (jsonschema holds the GIL,
+so more would not run faster; two keep one large document from queueing every other call)."""
 # Fields that define a version; two registrations of one name@version must agree on all of them.
 _DEFINING_FIELDS = (
     "abi",
@@ -78,7 +97,8 @@ class RegistrationResult(BaseModel):
     Attributes:
         activity: The stored version (the earlier one when this was a no-op).
         created: False when the same name@version with the same bytes was already registered.
-        widened: Grants added over the previous version (approved, since it was stored).
+        widened: Grants beyond those already approved for the name (a new name: beyond none),
+            approved with `approve_grants=True`, since the version was stored.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -156,10 +176,10 @@ def _differences(old: ActivityVersion, new: ActivityVersion) -> list[str]:
 
 def _registration_check(
     activity: ActivityVersion, *, approve_grants: bool, widened_out: list[str]
-) -> Callable[[list[ActivityVersion]], ActivityVersion | None]:
+) -> Decision:
     """Build the decision `ModuleStore.register` runs inside its write transaction."""
 
-    def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+    def decide(stored: list[ActivityVersion], recorded: Grants | None) -> ActivityVersion | None:
         for existing in stored:
             if existing.version != activity.version:
                 continue
@@ -171,13 +191,12 @@ def _registration_check(
                 existing=_describe(existing),
                 attempted=f"{_describe(activity)} (differs in {', '.join(differences)})",
             )
-        others = [v for v in stored if not v.is_native]
-        if not others:
-            return None
-        previous = max(others, key=lambda v: parse_version(v.version))
-        widened = activity.grants.widened_from(previous.grants)
+        # A first version is held to SAFE_GRANTS (nothing), a later one (even after every
+        # version was removed) to all grants approved for the name so far.
+        widened = activity.grants.widened_from(approved_grants(recorded, stored))
         if widened and not approve_grants:
-            raise GrantsWidenedError(activity.ref, previous.ref, widened)
+            baseline = describe_baseline(activity.name, recorded, stored)
+            raise GrantsWidenedError(activity.ref, baseline, widened)
         widened_out.extend(widened)
         return None
 
@@ -198,14 +217,29 @@ class Registry:
     Args:
         database: SQLite file path (or `sqlite:///path`), the same file the engine uses.
         runtime: The sandbox runtime to prepare and run modules with; default `get_runtime()`.
+        max_module_bytes: Largest module `register` accepts; default the `LOOM_MAX_MODULE_BYTES`
+            environment variable, else `DEFAULT_MAX_MODULE_BYTES` (64 MiB).
+
+    Raises:
+        ValueError: `max_module_bytes` (or the environment variable) is not a positive integer.
     """
 
     def __init__(
-        self, database: str | os.PathLike[str], *, runtime: SandboxRuntime | None = None
+        self,
+        database: str | os.PathLike[str],
+        *,
+        runtime: SandboxRuntime | None = None,
+        max_module_bytes: int | None = None,
     ) -> None:
         self._path = _database_path(database)
+        self.max_module_bytes = _max_module_bytes(max_module_bytes)
         self._runtime = runtime
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-registry")
+        # Validation is CPU work proportional to the document (up to megabytes): off the loop,
+        # and not on the database thread, where it would queue behind (and delay) every read.
+        self._validation_executor = ThreadPoolExecutor(
+            max_workers=VALIDATION_THREADS, thread_name_prefix="loom-validate"
+        )
         self._store: ModuleStore | None = None
         self._prepared: dict[str, PreparedModule] = {}
         self._versions: dict[tuple[str, str], ActivityVersion] = {}
@@ -264,7 +298,9 @@ class Registry:
             ManifestError: the manifest or a schema is invalid (names the field).
             CorruptModuleError: the module is not wasm or lacks the ABI's exports.
             VersionConflictError: name@version exists with other bytes or another definition.
-            GrantsWidenedError: grants exceed the highest other version's, without approval.
+            GrantsWidenedError: without `approve_grants`, the version asks for net, secrets,
+                env or fs grants not yet approved for its name. A new name's baseline is no
+                grants; approvals accumulate per name and survive `remove`.
         """
         result = await self._call(partial(self._register, Path(path), approve_grants))
         self._listings.pop(result.activity.name, None)
@@ -272,7 +308,7 @@ class Registry:
 
     def _register(self, path: Path, approve_grants: bool, store: ModuleStore) -> RegistrationResult:
         manifest = Manifest.load(path)
-        content = _read_module(manifest)
+        content = _read_module(manifest, self.max_module_bytes)
         sha256 = hashlib.sha256(content).hexdigest()
         self._prepared[sha256] = self._prepare_bytes(content, manifest.abi, sha256)
         activity = ActivityVersion(
@@ -340,7 +376,7 @@ class Registry:
             registered_at=now_ms(),
         )
 
-        def decide(stored: list[ActivityVersion]) -> ActivityVersion | None:
+        def decide(stored: list[ActivityVersion], _: Grants | None) -> ActivityVersion | None:
             for existing in stored:
                 if existing.version != version:
                     continue
@@ -502,12 +538,35 @@ class Registry:
         return validator
 
     def validate_input(self, activity: ActivityVersion, value: JSON) -> None:
-        """Raise SchemaViolationError(direction="input") unless `value` fits the input schema."""
+        """Raise SchemaViolationError(direction="input") unless `value` fits the input schema.
+
+        Synchronous CPU work (linear in the size of `value`); from a coroutine, await
+        `validate(..., direction="input")` instead so the event loop keeps running.
+        """
         self._validator(activity, "input").validate(value)
 
     def validate_output(self, activity: ActivityVersion, value: JSON) -> None:
-        """Raise SchemaViolationError(direction="output") unless `value` fits the output schema."""
+        """Raise SchemaViolationError(direction="output") unless `value` fits the output schema.
+
+        Synchronous, like `validate_input`; await `validate(..., direction="output")` in async
+        code.
+        """
         self._validator(activity, "output").validate(value)
+
+    async def validate(
+        self, activity: ActivityVersion, value: JSON, *, direction: Literal["input", "output"]
+    ) -> None:
+        """`validate_input`/`validate_output` on the registry's validation threads.
+
+        A large document can take milliseconds to validate; here the event loop keeps serving
+        other workflows meanwhile. `run` validates this way.
+
+        Raises:
+            SchemaViolationError: `value` does not match the `direction` schema.
+        """
+        validator = self._validator(activity, direction)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._validation_executor, validator.validate, value)
 
     async def run(
         self,
@@ -527,12 +586,12 @@ class Registry:
             CorruptModuleError: the stored module is unusable.
             ValueError: the activity is native.
         """
-        self.validate_input(activity, input)
+        await self.validate(activity, input, direction="input")
         prepared = await self.prepare(activity)
         result = await self.runtime.run(
             prepared, input, limits=activity.limits, grants=activity.grants, secrets=secrets
         )
-        self.validate_output(activity, result.output)
+        await self.validate(activity, result.output, direction="output")
         return result
 
     async def close(self) -> None:
@@ -544,11 +603,35 @@ class Registry:
         if store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
         self._executor.shutdown(wait=False)
+        self._validation_executor.shutdown(wait=False)
 
 
-def _read_module(manifest: Manifest) -> bytes:
+def _max_module_bytes(given: int | None) -> int:
+    if given is None:
+        text = os.environ.get(MAX_MODULE_BYTES_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_MODULE_BYTES
+        try:
+            given = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{MAX_MODULE_BYTES_ENV}={text!r} is not a number of bytes; "
+                f"set it to a positive integer (default {DEFAULT_MAX_MODULE_BYTES})"
+            ) from None
+    if given <= 0:
+        raise ValueError(f"max_module_bytes must be a positive number of bytes, got {given}")
+    return given
+
+
+def _read_module(manifest: Manifest, max_bytes: int) -> bytes:
+    hint = (
+        f"shrink the module (strip debug info), or raise the limit with {MAX_MODULE_BYTES_ENV} "
+        "or Registry(max_module_bytes=...)"
+    )
     try:
-        return manifest.module_path.read_bytes()
+        return read_regular_file(manifest.module_path, max_bytes=max_bytes, limit_hint=hint)
+    except ValueError as err:
+        raise ManifestError(manifest.path, "module", f"module file {err}") from err
     except OSError as err:
         raise ManifestError(
             manifest.path, "module", f"cannot read {manifest.module_path}: {err.strerror}"

@@ -132,7 +132,7 @@ activity: click.Group = click.Group(
 @activity.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--approve-grants", is_flag=True, help="Accept grants wider than the previous version's."
+    "--approve-grants", is_flag=True, help="Approve grants not yet approved for the name."
 )
 @database_option
 @click.pass_context

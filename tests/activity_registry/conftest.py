@@ -31,3 +31,8 @@ def make_activity(tmp_path: Path) -> ActivityFactory:
         return write_activity(tmp_path / "activities", **kwargs)
 
     return make
+
+
+# A loopback HTTP server that counts connections: proves a schema is never fetched.
+from tests.wasm_activities.conftest import LoopbackServer as LoopbackServer  # noqa: E402
+from tests.wasm_activities.conftest import http_server as http_server  # noqa: E402

@@ -66,7 +66,8 @@ async def test_register_stores_version_and_bytes(
     assert [row[0] for row in table_rows(db_path, "activity_modules")] == [expected_sha]
     migrations = table_rows(db_path, "schema_migrations")
     assert [(component, version) for component, version, _ in migrations] == [
-        ("activity_registry", 1)
+        ("activity_registry", 1),
+        ("activity_registry", 2),
     ]
 
 
@@ -111,15 +112,18 @@ async def test_same_bytes_other_definition_conflicts(
 async def test_widened_grants_are_refused_then_approved(
     registry: Registry, make_activity: ActivityFactory, db_path: Path
 ) -> None:
-    await registry.register(make_activity(version="1.0.0", grants='net = ["api.example.com"]'))
+    await registry.register(
+        make_activity(version="1.0.0", grants='net = ["api.example.com"]'), approve_grants=True
+    )
     wider = make_activity(
         version="1.1.0", grants='net = ["api.example.com", "evil.example.net"]\nsecrets = ["KEY"]'
     )
     with pytest.raises(GrantsWidenedError) as refused:
         await registry.register(wider)
     assert refused.value.widened == ["net: +evil.example.net", "secrets: +KEY"]
-    assert refused.value.previous == "echo@1.0.0"
+    assert refused.value.previous == "the grants approved for echo"
     assert "--approve-grants" in str(refused.value)
+    assert "approve_grants=True" in str(refused.value)
     assert len(table_rows(db_path, "activity_versions")) == 1
 
     approved = await registry.register(wider, approve_grants=True)
@@ -131,7 +135,8 @@ async def test_widened_grants_are_refused_then_approved(
 async def test_narrower_grants_need_no_approval(
     registry: Registry, make_activity: ActivityFactory
 ) -> None:
-    await registry.register(make_activity(version="1.0.0", grants='net = ["a.example.com"]'))
+    first = make_activity(version="1.0.0", grants='net = ["a.example.com"]')
+    await registry.register(first, approve_grants=True)
     result = await registry.register(make_activity(version="1.0.1"))
     assert result.created is True
     assert result.widened == []
@@ -428,7 +433,7 @@ async def test_shares_schema_migrations_with_the_engine(
         async with Registry(db_path) as registry:
             await registry.register(make_activity())
     rows = sorted((c, v) for c, v, _ in table_rows(db_path, "schema_migrations"))
-    assert rows == [("activity_registry", 1), ("loom", 1)]
+    assert rows == [("activity_registry", 1), ("activity_registry", 2), ("loom", 1)]
     if is_postgres(db_path):
         return
     with sqlite3.connect(db_path) as db:
@@ -463,3 +468,29 @@ def test_activity_version_rejects_unknown_abi() -> None:
             output_schema={},
             registered_at=0,
         )
+
+
+async def test_oversized_module_is_refused(
+    db_path: Path, make_activity: ActivityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = make_activity()  # the echo module is ~100 bytes
+    async with Registry(db_path, max_module_bytes=64) as small:
+        with pytest.raises(ManifestError) as refused:
+            await small.register(manifest)
+        assert refused.value.field == "module"
+        assert "over the 64-byte limit" in str(refused.value)
+        assert "LOOM_MAX_MODULE_BYTES" in str(refused.value)
+        assert await small.list() == []
+
+    monkeypatch.setenv("LOOM_MAX_MODULE_BYTES", "64")
+    async with Registry(db_path) as from_env:
+        assert from_env.max_module_bytes == 64
+        with pytest.raises(ManifestError, match="over the 64-byte limit"):
+            await from_env.register(manifest)
+    monkeypatch.setenv("LOOM_MAX_MODULE_BYTES", "lots")
+    with pytest.raises(ValueError, match="LOOM_MAX_MODULE_BYTES='lots'"):
+        Registry(db_path)
+    monkeypatch.delenv("LOOM_MAX_MODULE_BYTES")
+    async with Registry(db_path) as default:
+        assert default.max_module_bytes == 64 * 1024 * 1024
+        assert (await default.register(manifest)).created is True

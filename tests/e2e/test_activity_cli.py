@@ -155,12 +155,12 @@ def test_widened_grants_need_approval(word_count: Path, tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr.splitlines() == [
-        "word-count@1.1.0 asks for more than word-count@1.0.0:",
+        "word-count@1.1.0 asks for more than the grants approved for word-count:",
         "  net: +api.example.com",
         "  secrets: +API_KEY",
-        "GrantsWidenedError: word-count@1.1.0 widens the grants of word-count@1.0.0 "
-        "(net: +api.example.com; secrets: +API_KEY); "
-        "review them and re-register with --approve-grants",
+        "GrantsWidenedError: word-count@1.1.0 asks for grants beyond the grants approved for "
+        "word-count: net: +api.example.com; secrets: +API_KEY; review them, then re-register "
+        "with --approve-grants (in Python: Registry.register(path, approve_grants=True))",
     ]
 
     approved = loom("activity", "register", str(wider), "--approve-grants", db=db)
@@ -251,7 +251,7 @@ def test_list_and_show_render_for_people(tmp_path: Path) -> None:
     manifest = write_activity(
         tmp_path, name="echo", version="1.2.0", grants='net = ["api.example.com"]'
     )
-    assert invoke("register", str(manifest), db=db)[0] == 0
+    assert invoke("register", str(manifest), "--approve-grants", db=db)[0] == 0
     code, out, _ = invoke("list", db=db)
     assert code == 0
     assert re.search(r"echo\s+1\.2\.0\s+reactor\s+[0-9a-f]{12}\s", out)
@@ -333,7 +333,7 @@ def test_verbose_run_prints_logs_and_usage_to_stderr(tmp_path: Path) -> None:
     )
     shutil.copy(build_example("char-count"), tmp_path / "char_count.wasm")
     db = tmp_path / "loom.db"
-    assert invoke("register", str(tmp_path), db=db)[0] == 0
+    assert invoke("register", str(tmp_path), "--approve-grants", db=db)[0] == 0
     code, out, err = invoke("run", "char-count@1.0.0", "--input", '"x"', "-v", db=db)
     assert code == 0, err
     assert json.loads(out) == {"codepoints": 3, "bytes": 3, "lines": 1}

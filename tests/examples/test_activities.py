@@ -39,7 +39,8 @@ async def registry(tmp_path: Path, servers: StubServers) -> AsyncIterator[Regist
     async with Registry(tmp_path / "loom.db") as registry:
         for name in ["llm-chat", "web-fetch", "md-report"]:
             build_example(name)
-            await registry.register(manifest_for(name, nets.get(name), tmp_path / "stage"))
+            manifest = manifest_for(name, nets.get(name), tmp_path / "stage")
+            await registry.register(manifest, approve_grants=True)  # the stub servers' hosts
         yield registry
 
 

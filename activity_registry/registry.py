@@ -310,7 +310,9 @@ class Registry:
         manifest = Manifest.load(path)
         content = _read_module(manifest, self.max_module_bytes)
         sha256 = hashlib.sha256(content).hexdigest()
-        self._prepared[sha256] = self._prepare_bytes(content, manifest.abi, sha256)
+        prepared = self._prepare_bytes(content, manifest.abi, sha256, source=manifest.module_path)
+        _check_initial_memory(manifest, prepared)
+        self._prepared[sha256] = prepared
         activity = ActivityVersion(
             **{field: getattr(manifest, field) for field in DEFINITION_FIELDS},
             abi=manifest.abi,
@@ -324,10 +326,15 @@ class Registry:
             activity=outcome.activity, created=outcome.created, widened=widened
         )
 
-    def _prepare_bytes(self, content: bytes, abi: str, sha256: str) -> PreparedModule:
+    def _prepare_bytes(
+        self, content: bytes, abi: str, sha256: str, *, source: Path | None = None
+    ) -> PreparedModule:
+        """`source`: the file the bytes came from, named in errors (a sha256 alone does not
+        tell a user which of their files is wrong)."""
+        shown = f"module {source} (sha256 {sha256[:12]})" if source else f"module {sha256[:12]}"
         if not content.startswith(_WASM_MAGIC):
             raise CorruptModuleError(
-                f"module {sha256[:12]} is not WebAssembly (no \\0asm header); "
+                f"{shown} is not WebAssembly (no \\0asm header); "
                 "point `module` at a compiled .wasm file",
                 sha256=sha256,
             )
@@ -335,7 +342,7 @@ class Registry:
             return self.runtime.prepare(content, Abi(abi))
         except InvalidModule as err:
             raise CorruptModuleError(
-                f"module {sha256[:12]} cannot run as abi '{abi}': {err}", sha256=sha256
+                f"{shown} cannot run as abi '{abi}': {err}", sha256=sha256
             ) from err
 
     async def register_native(
@@ -621,6 +628,24 @@ def _max_module_bytes(given: int | None) -> int:
     if given <= 0:
         raise ValueError(f"max_module_bytes must be a positive number of bytes, got {given}")
     return given
+
+
+def _check_initial_memory(manifest: Manifest, prepared: PreparedModule) -> None:
+    """A module that starts with more memory than its limit fails every call: refuse it here,
+    where the fix can be named, instead of at its first call."""
+    start, limit = prepared.initial_memory_bytes, manifest.limits.memory_bytes
+    if start <= limit:
+        return
+    mib = 1024 * 1024
+    needed = -(-start // mib)
+    raise ManifestError(
+        manifest.path,
+        "limits.memory_mb",
+        f"module {manifest.module_path} starts with {start / mib:.1f} MiB of linear memory, over "
+        f"memory_mb = {manifest.limits.memory_mb}; raise memory_mb to at least {needed}, or "
+        "build with a smaller stack (zig cc keeps 16 MiB unless linked with "
+        "-Wl,-z,stack-size=65536)",
+    )
 
 
 def _read_module(manifest: Manifest, max_bytes: int) -> bytes:

@@ -97,6 +97,8 @@ class PreparedModule:
     _may_block: bool = True  # imports a call that waits (a WASI sleep): never inline
     _has_initialize: bool = False
     _pre_ptr: int = 0
+    initial_memory_bytes: int = 0
+    """Linear memory a core module starts with (mostly its stack); 0 when not known."""
     _inline: _InlineHistory = field(default_factory=lambda: _InlineHistory())
 
 
@@ -238,6 +240,12 @@ class _Call:
         )
 
 
+def _initial_memory_bytes(module: wasmtime.Module) -> int:
+    kinds = [e.type for e in module.exports] + [i.type for i in module.imports]
+    pages = [kind.limits.min for kind in kinds if isinstance(kind, wasmtime.MemoryType)]
+    return max(pages, default=0) * WASM_PAGE
+
+
 def _address_space_unlimited() -> bool:
     """Whether the pooling allocator can reserve its slots: it maps POOLED_INSTANCES x 4 GiB
     of address space up front, and under any `ulimit -v` (even 64 GB) wasmtime panicked at
@@ -374,6 +382,7 @@ class SandboxRuntime:
                     for imp in compiled.imports
                 ),
                 _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
+                initial_memory_bytes=_initial_memory_bytes(compiled),
                 _pre_ptr=fast.pointer(pre.ptr()),
             )
         with self._lock:

@@ -28,7 +28,8 @@ class Limits(BaseModel):
         max_log_bytes: cap on logs (stderr and `loom.log`) -> `LogTooLarge`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: `memory_mb = "32"` in a manifest is a mistake to report, not a string to coerce
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     memory_mb: int = Field(default=32, ge=1, le=4096)
     timeout_ms: int = Field(default=2000, ge=1, le=24 * 3600 * 1000)

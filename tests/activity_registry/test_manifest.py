@@ -140,6 +140,7 @@ def test_top_level_errors_name_the_field(
     [
         ("[limits]\nmemory_mb = 0", "limits.memory_mb", "greater than or equal to 1"),
         ('[limits]\ntimeout_ms = "2s"', "limits.timeout_ms", "valid integer"),
+        ('[limits]\nmemory_mb = "32"', "limits.memory_mb", "valid integer"),
         ("[limits]\nmemory = 3", "limits.memory", "[limits] accepts"),
         ('[grants]\nnet = ["http://x y"]', "grants.net", "expected host"),
         ('[grants]\nsecrets = ["NOT-VALID"]', "grants.secrets", "not a valid name"),

@@ -211,6 +211,7 @@ def test_corrupt_module_is_refused(tmp_path: Path) -> None:
     assert code == 1
     assert err.startswith("CorruptModuleError: module ")
     assert "is not WebAssembly" in err
+    assert str(tmp_path) in err  # names the file, not only a sha256
     code, out, _ = invoke("list", "--json", db=tmp_path / "loom.db")
     assert json.loads(out) == []
 
@@ -381,3 +382,14 @@ def test_read_commands_never_create_a_database(tmp_path: Path) -> None:
         assert code == 1, args
         assert "does not exist" in err and "loom init" in err
     assert not typo.exists()
+
+
+def test_a_module_starting_over_its_memory_limit_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """It would fail every call; the documented zig build once kept a 16 MiB stack."""
+    big = SPIN_WAT.replace('(memory (export "memory") 1)', '(memory (export "memory") 300)')
+    assert big != SPIN_WAT
+    manifest = write_activity(tmp_path, wat=big, extra="[limits]\nmemory_mb = 16")
+    code, _, err = invoke("register", str(manifest), db=tmp_path / "loom.db")
+    assert code == 1
+    assert "limits.memory_mb" in err and "18.8 MiB" in err
+    assert "at least 19" in err and "stack-size" in err

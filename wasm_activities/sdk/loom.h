@@ -4,7 +4,7 @@
  *     int loom_handle(const char *input, size_t input_len, loom_buf *out);
  * and put LOOM_REACTOR(loom_handle) in exactly one .c file. Return 0 with JSON in `out`, or
  * non-zero with an error message in `out` (the host raises GuestError with it).
- * Build: python -m ziglang cc --target=wasm32-wasi -O2 -mexec-model=reactor -s act.c -o act.wasm
+ * Build: python -m ziglang cc --target=wasm32-wasi -O2 -mexec-model=reactor -Wl,-z,stack-size=65536 -s act.c -o act.wasm
  *
  * Command ABI: read JSON from stdin, write JSON to stdout, log to stderr, exit(0).
  *

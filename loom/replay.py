@@ -22,6 +22,7 @@ from typing import Any
 from loom._json import JSON, dumps, loads
 from loom.exceptions import (
     ActivityFailedError,
+    CancelledWorkflowError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
@@ -42,6 +43,8 @@ STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE)
 REFUSED = "refused"
 """Payload flag of a result event the run recorded itself for a command it refused (an
 oversized argument): no task ran, and replay must not take the event's time as news."""
+REMOVED_KEYS = "removed"
+"""STATE_UPDATE payload field: the keys `ctx.state.update(fn)` removed (sorted)."""
 
 
 def workflow_task_key(workflow_id: str) -> str:
@@ -193,7 +196,11 @@ def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
     if kind is EventKind.ACTIVITY_SCHEDULED:
         return f"{payload['name']}(args {payload['digest']})"
     if kind is EventKind.STATE_UPDATE:
-        return ",".join(sorted(payload["changes"]))
+        key = ",".join(sorted(payload["changes"]))
+        removed = payload.get(REMOVED_KEYS)
+        if removed:  # absent in histories written before keys could be removed
+            key += " removed " + ",".join(removed)
+        return key
     return str(payload.get("key", ""))
 
 
@@ -462,15 +469,28 @@ class WorkflowRun:
         self.state_data[key] = value
         self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
 
-    def record_state_update(self, changes: dict[str, JSON]) -> None:
-        if not changes:
+    def record_state_update(self, changes: dict[str, JSON], removed: Iterable[str] = ()) -> None:
+        """One STATE_UPDATE: `changes` assigned, `removed` keys deleted from the state.
+
+        Removed keys are recorded (sorted) under `removed`, and only when there are any, so
+        the event of an update that removes nothing is what it always was.
+        """
+        gone = sorted(key for key in removed if key in self.state_data and key not in changes)
+        if not changes and not gone:
             return
+        for key in gone:
+            self.note_previous(key)
+            del self.state_data[key]
+            self._mutable_snapshot.pop(key, None)
         recorded = {}
         for key, value in changes.items():
             self.note_previous(key)
             self.state_data[key] = value
             recorded[key] = self._remember(key, value)
-        self.issue(EventKind.STATE_UPDATE, {"changes": recorded})
+        payload: dict[str, JSON] = {"changes": recorded}
+        if gone:
+            payload[REMOVED_KEYS] = gone
+        self.issue(EventKind.STATE_UPDATE, payload)
 
     def _remember(self, key: str, value: JSON) -> JSON:
         """Snapshot a mutable value so later in-place edits neither leak into the recorded
@@ -694,7 +714,7 @@ def decode_error(error: Mapping[str, JSON], workflow_id: str) -> BaseException:
             workflow_id, 0, str(details.get("expected")), str(details.get("actual"))
         )
     if kind == "WorkflowCancelledError":
-        return WorkflowCancelledError(message.removeprefix("workflow cancelled: "))
+        return CancelledWorkflowError(message.removeprefix("workflow cancelled: "))
     return WorkflowExecutionError(workflow_id, kind, message, details)
 
 

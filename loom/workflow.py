@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from loom._json import JSON, dumps, loads, type_adapter
+from loom._json import JSON, dict_model_defaults, dumps, is_dict_model, loads, type_adapter
 from loom.exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -117,6 +117,24 @@ def workflow(
         return klass
 
     return declare(cls) if cls is not None else declare
+
+
+class Input(dict[str, Any]):
+    """Base of a dict-style workflow input, as in loom-core (`class OrderInput(loom.Input)`).
+
+    A plain `dict`: annotated keys are validated when present (class-level values are
+    defaults) and `ctx.input["order_id"]` reads them. A dataclass or pydantic model works
+    too, and gives attribute access instead.
+    """
+
+
+class State(dict[str, Any]):
+    """Base of a dict-style workflow State, as in loom-core (`class QuizState(loom.State)`).
+
+    Annotated keys are validated when present and class-level values are the initial
+    state; `handle.result()` returns an instance of the class (a `dict`). In workflow code
+    `ctx.state` offers attribute and dict access either way.
+    """
 
 
 class Workflow(Generic[InT, StateT]):
@@ -272,6 +290,15 @@ def _initial_state(cls: type, state_type: Any, adapter: TypeAdapter[Any]) -> dic
         return {}
     if state_type is dict:
         return {}
+    if is_dict_model(state_type):
+        defaults = dict_model_defaults(state_type)
+        try:
+            return dict(loads(dumps(defaults)))
+        except (TypeError, ValueError) as err:
+            raise WorkflowDefinitionError(
+                f"workflow {cls.__name__}: the defaults of State {_type_name(state_type)} "
+                f"must be JSON values: {err}"
+            ) from err
     try:
         default = state_type()
     except TypeError as err:

@@ -190,6 +190,9 @@ class _Recorded:
     kind: EventKind
     key: str
     seq: int
+    is_merge: bool = False
+    """A STATE_UPDATE of `state.update(fn)` written before it replaced the state (no
+    `removed` field): replaying it merges, as the code did when it was recorded."""
 
 
 def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
@@ -272,6 +275,8 @@ class WorkflowRun:
                             event.kind,
                             _command_key(event.kind, event.payload),
                             int(event.payload["seq"]),
+                            event.kind is EventKind.STATE_UPDATE
+                            and REMOVED_KEYS not in event.payload,
                         )
                     )
             else:
@@ -469,13 +474,21 @@ class WorkflowRun:
         self.state_data[key] = value
         self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
 
-    def record_state_update(self, changes: dict[str, JSON], removed: Iterable[str] = ()) -> None:
-        """One STATE_UPDATE: `changes` assigned, `removed` keys deleted from the state.
+    def record_state_update(
+        self, changes: dict[str, JSON], removed: Iterable[str] | None = None
+    ) -> None:
+        """One STATE_UPDATE: `changes` assigned and, for `state.update(fn)` (`removed` not
+        None), the keys `fn` left out deleted.
 
-        Removed keys are recorded (sorted) under `removed`, and only when there are any, so
-        the event of an update that removes nothing is what it always was.
+        An update records `removed` (sorted, maybe empty); its replay key names removed
+        keys only when there are some, so it is the key older events had. Replaying an
+        older update (no `removed` field: it merged) merges again, so a workflow started
+        before updates replaced the state finishes with the state it would have had.
         """
-        gone = sorted(key for key in removed if key in self.state_data and key not in changes)
+        if removed is not None and self._recorded and self._recorded[0].is_merge:
+            removed = ()
+        gone = sorted(key for key in removed or () if key in self.state_data)
+        gone = [key for key in gone if key not in changes]
         if not changes and not gone:
             return
         for key in gone:
@@ -488,7 +501,7 @@ class WorkflowRun:
             self.state_data[key] = value
             recorded[key] = self._remember(key, value)
         payload: dict[str, JSON] = {"changes": recorded}
-        if gone:
+        if removed is not None:
             payload[REMOVED_KEYS] = gone
         self.issue(EventKind.STATE_UPDATE, payload)
 

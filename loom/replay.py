@@ -485,10 +485,10 @@ class WorkflowRun:
         older update (no `removed` field: it merged) merges again, so a workflow started
         before updates replaced the state finishes with the state it would have had.
         """
-        if removed is not None and self._recorded and self._recorded[0].is_merge:
-            removed = ()
         gone = sorted(key for key in removed or () if key in self.state_data)
         gone = [key for key in gone if key not in changes]
+        if gone and self._recorded and self._is_merged_update(bool(changes)):
+            gone = []
         if not changes and not gone:
             return
         for key in gone:
@@ -504,6 +504,18 @@ class WorkflowRun:
         if removed is not None:
             payload[REMOVED_KEYS] = gone
         self.issue(EventKind.STATE_UPDATE, payload)
+
+    def _is_merged_update(self, has_changes: bool) -> bool:
+        """Whether the update being replayed was recorded when `update(fn)` merged.
+
+        Its event has no `removed` field; and an update that only removes keys, which now
+        always records an event, recorded none then, so the next recorded command is
+        another one (merging changed nothing).
+        """
+        head = self._recorded[0]
+        if head.kind is EventKind.STATE_UPDATE:
+            return head.is_merge
+        return not has_changes
 
     def _remember(self, key: str, value: JSON) -> JSON:
         """Snapshot a mutable value so later in-place edits neither leak into the recorded

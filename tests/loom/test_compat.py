@@ -130,6 +130,17 @@ class Replace(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
         ctx.state.after = sorted(ctx.state.keys())
 
 
+@loom.workflow(name="CompatPrune")
+class Prune(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def edit(self, ctx: loom.WorkflowContext[dict, dict]) -> None:  # type: ignore[type-arg]
+        await ctx.state.set("keep", 1)
+        await ctx.state.set("drop", 2)
+        await ctx.state.update(lambda s: {"keep": s["keep"]})  # removes only: no change
+        await ctx.wait_until_signal("go")
+        ctx.state.after = sorted(ctx.state.keys())
+
+
 def _load(name: str) -> list[Event]:
     rows = json.loads((HISTORIES / name).read_text())
     return [Event(r["sequence"], EventKind(r["kind"]), r["payload"], r["created_at"]) for r in rows]
@@ -150,8 +161,8 @@ async def test_update_replaces_the_state_and_records_removed_keys(
     assert update["removed"] == ["draft"]
 
 
-def _replay(name: str) -> dict[str, Any]:
-    run = WorkflowRun(Replace.compile(), "golden")
+def _replay(name: str, workflow: type[loom.Workflow[Any, Any]] = Replace) -> dict[str, Any]:
+    run = WorkflowRun(workflow.compile(), "golden")
     run.apply(_load(name))
     assert run.failure is None, name
     activation = run.take_activation()
@@ -177,6 +188,16 @@ def test_golden_history_from_before_update_replaced_replays_as_a_merge() -> None
         "count": 2,
         "final": True,
         "after": ["count", "draft", "final"],
+    }
+
+
+def test_golden_removal_only_update_replays_both_ways() -> None:
+    assert _replay("state_update_prune.json", Prune) == {"keep": 1, "after": ["keep"]}
+    # Before, that update changed nothing and so recorded no event; it replays as nothing.
+    assert _replay("state_update_prune_merge.json", Prune) == {
+        "keep": 1,
+        "drop": 2,
+        "after": ["drop", "keep"],
     }
 
 

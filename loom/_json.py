@@ -86,10 +86,16 @@ def is_dict_model(tp: Any) -> bool:
 
 
 def dict_model_defaults(tp: type[dict[str, Any]]) -> dict[str, JSON]:
-    """The class-level values of the annotated keys of a dict model (its defaults)."""
+    """The class-level values of the annotated keys of a dict model (its defaults).
+
+    `loom.State`/`loom.Input` subclasses keep them in `__loom_defaults__` (so that they do
+    not shadow attribute reads of the keys); a plain dict subclass keeps them as class
+    attributes.
+    """
     defaults: dict[str, JSON] = {}
     for klass in reversed(tp.__mro__):
-        for key in getattr(klass, "__annotations__", {}):
+        defaults.update(vars(klass).get("__loom_defaults__", {}))
+        for key in vars(klass).get("__annotations__", {}):
             if key in vars(klass):
                 defaults[key] = vars(klass)[key]
     return defaults

@@ -63,6 +63,9 @@ async def test_dict_subclass_input_and_state_validate_and_come_back_as_the_class
     state = await compiled.execute(Person(name="Ann"))
     assert type(state) is Scores
     assert state == {"total": 3, "notes": ["hi Ann"]}
+    assert state.total == 3  # loom.State keys read as attributes too
+    with pytest.raises(AttributeError, match="no key 'missing'"):
+        _ = state.missing
     with pytest.raises(TypeError, match="name"):
         compiled.encode_input({"name": 12})
     assert compiled.encode_input({"name": "x", "extra": 1}) == {"name": "x", "extra": 1}

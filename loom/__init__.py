@@ -1,11 +1,14 @@
 """Loom: durable, typed workflows whose activities can be sandboxed WebAssembly modules."""
 
+from importlib import metadata as _metadata
+
 from loom.activity import Activity, activity
 from loom.client import WorkflowHandle, configure, get_handle
 from loom.context import WorkflowContext
 from loom.exceptions import (
     ActivityFailedError,
     ActivityTimeoutError,
+    CancelledWorkflowError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
@@ -23,17 +26,20 @@ from loom.history import WorkflowStatus
 from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
 from loom.worker import Worker
-from loom.workflow import CompiledWorkflow, Workflow, step, workflow
+from loom.workflow import CompiledWorkflow, Input, State, Workflow, step, workflow
 
 __all__ = [
     "Activity",
     "ActivityFailedError",
     "ActivityTimeoutError",
+    "CancelledWorkflowError",
     "CompiledWorkflow",
+    "Input",
     "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",
     "PayloadTooLargeError",
+    "State",
     "StateSerializationError",
     "StoreFullError",
     "Worker",
@@ -56,3 +62,8 @@ __all__ = [
     "stream_progress",
     "workflow",
 ]
+
+try:
+    __version__ = _metadata.version("loom")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from typing import Any, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
-from pydantic import PydanticUserError, TypeAdapter
+import typing_extensions
+from pydantic import AfterValidator, ConfigDict, PydanticUserError, TypeAdapter
 
 JSON: TypeAlias = Any
 """A JSON-compatible value; `Any` is confined to this alias."""
@@ -52,14 +53,78 @@ def is_json(value: object) -> bool:
 
 
 def type_adapter(tp: Any) -> TypeAdapter[Any]:
-    """A pydantic adapter for `tp`, also for `typing.TypedDict` on Python 3.11.
+    """A pydantic adapter for `tp`, also for the two dict forms pydantic cannot take itself.
 
-    pydantic refuses `typing.TypedDict` before 3.12; such types are checked as plain JSON
-    objects rather than rejected, since users rightly write the stdlib form.
+    - `typing.TypedDict` on Python 3.11 (pydantic refuses it before 3.12): it is validated
+      as the same TypedDict rebuilt from `typing_extensions`, required keys and all.
+    - A plain `dict` subclass with annotations (`class S(dict): x: int`, the loom-core style,
+      and `loom.State`/`loom.Input`): every annotated key is optional and checked when
+      present, other keys are kept, class-level values are defaults, and the validated
+      value is an instance of the class, so `result["x"]` and `result.get("x")` work.
     """
+    if is_dict_model(tp):
+        return TypeAdapter(_dict_model_schema(tp))
     try:
         return TypeAdapter(tp)
     except PydanticUserError:
-        if typing.is_typeddict(tp):
-            return TypeAdapter(dict[str, Any])
-        raise
+        if not typing.is_typeddict(tp):
+            raise
+    try:
+        return TypeAdapter(_rebuilt_typeddict(tp))
+    except PydanticUserError:  # nested stdlib TypedDicts: checked as a plain JSON object
+        return TypeAdapter(dict[str, Any])
+
+
+def is_dict_model(tp: Any) -> bool:
+    """Whether `tp` is a `dict` subclass declared like a model (not a TypedDict)."""
+    return (
+        isinstance(tp, type)
+        and issubclass(tp, dict)
+        and tp is not dict
+        and not typing.is_typeddict(tp)
+    )
+
+
+def dict_model_defaults(tp: type[dict[str, Any]]) -> dict[str, JSON]:
+    """The class-level values of the annotated keys of a dict model (its defaults).
+
+    `loom.State`/`loom.Input` subclasses keep them in `__loom_defaults__` (so that they do
+    not shadow attribute reads of the keys); a plain dict subclass keeps them as class
+    attributes.
+    """
+    defaults: dict[str, JSON] = {}
+    for klass in reversed(tp.__mro__):
+        defaults.update(vars(klass).get("__loom_defaults__", {}))
+        for key in vars(klass).get("__annotations__", {}):
+            if key in vars(klass):
+                defaults[key] = vars(klass)[key]
+    return defaults
+
+
+_make_typeddict: Any = typing_extensions.TypedDict
+"""The functional TypedDict form, built at run time (so typed as Any: mypy wants literals)."""
+
+
+def _dict_model_schema(tp: type[dict[str, Any]]) -> Any:
+    hints = typing.get_type_hints(tp)
+    fields = {key: typing_extensions.NotRequired[hint] for key, hint in hints.items()}
+    shape = _make_typeddict(tp.__name__, fields)
+    shape.__pydantic_config__ = ConfigDict(extra="allow")  # a dict keeps undeclared keys
+    defaults = dict_model_defaults(tp)
+
+    def build(value: dict[str, Any]) -> dict[str, Any]:
+        return tp({**loads(dumps(defaults)), **value})
+
+    return Annotated[shape, AfterValidator(build)]
+
+
+def _rebuilt_typeddict(tp: Any) -> Any:
+    hints = typing.get_type_hints(tp)
+    required = getattr(tp, "__required_keys__", frozenset(hints))
+    fields = {
+        key: typing_extensions.Required[hint]
+        if key in required
+        else typing_extensions.NotRequired[hint]
+        for key, hint in hints.items()
+    }
+    return _make_typeddict(tp.__name__, fields)

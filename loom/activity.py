@@ -52,6 +52,8 @@ class Activity(Generic[P, R]):
     name: str
     retry: RetryOptions
     timeout: float
+    description: str = ""
+    """What it does, for people (registry listings); defaults to the docstring's first line."""
     _adapters: tuple[dict[str, TypeAdapter[Any]], TypeAdapter[Any] | None] | None = field(
         default=None, repr=False
     )
@@ -143,6 +145,7 @@ def activity(fn: Callable[P, Awaitable[R]], /) -> Activity[P, R]: ...
 def activity(
     *,
     name: str | None = None,
+    description: str | None = None,
     retry: int | None = None,
     retry_count: int | None = None,
     timeout: float | None = None,
@@ -159,6 +162,7 @@ def activity(
     /,
     *,
     name: str | None = None,
+    description: str | None = None,
     retry: int | None = None,
     retry_count: int | None = None,
     timeout: float | None = None,
@@ -170,11 +174,20 @@ def activity(
 ) -> Activity[P, R] | Callable[[Callable[P, Awaitable[R]]], Activity[P, R]]:
     """Declare an async function as a durable activity.
 
-    `retry` (alias `retry_count`) is the maximum number of attempts including the first;
+    `retry` is the maximum number of attempts including the first (default 3);
+    `retry_count` (loom-core's spelling) counts retries after the first attempt, so
+    `retry_count=0` means one attempt and no retry. Give one of them, not both.
     `timeout` (alias `timeout_seconds`) bounds each attempt. Exceptions whose type is in
-    `non_retryable` fail the activity at once.
+    `non_retryable` fail the activity at once. `description` is shown in registry
+    listings (default: the docstring's first line).
     """
-    attempts = retry if retry is not None else retry_count
+    if retry is not None and retry_count is not None:
+        raise TypeError(
+            "give retry= (attempts in all) or retry_count= (retries after the first), not both"
+        )
+    if retry_count is not None and retry_count < 0:
+        raise ValueError(f"retry_count must be >= 0 retries, got {retry_count}")
+    attempts = retry if retry_count is None else 1 + retry_count
     per_attempt = timeout if timeout is not None else timeout_seconds
     if attempts is not None and attempts < 1:
         raise ValueError(f"retry must be >= 1 attempt, got {attempts}")
@@ -197,6 +210,11 @@ def activity(
                 non_retryable=tuple(non_retryable),
             ),
             timeout=per_attempt or DEFAULT_TIMEOUT_SECONDS,
+            description=(
+                description
+                if description is not None
+                else (func.__doc__ or "").strip().split("\n")[0]
+            ),
         )
         _declared[declared.name] = declared
         return declared

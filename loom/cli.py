@@ -329,8 +329,24 @@ def init(database: str) -> None:
 
 @main.command()
 @click.option("--app", "app", required=True, help="Module defining workflows and activities.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True)
+@click.option(
+    "--concurrency",
+    "--workers",
+    "-w",
+    "concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Tasks run at once (--workers/-w is the loom-core spelling).",
+)
+@click.option(
+    "--poll-interval",
+    "-p",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls when no wakeup came.",
+)
 @click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 @click.option(
     "--log-level",
@@ -427,8 +443,8 @@ def start(
 @main.command(name="list")
 @click.option(
     "--status",
-    type=click.Choice([s.value for s in WorkflowStatus], case_sensitive=False),
-    help="Only workflows with this status.",
+    type=click.Choice([*(s.value for s in WorkflowStatus), "CANCELLED"], case_sensitive=False),
+    help="Only workflows with this status (CANCELLED is read as CANCELED).",
 )
 @click.option("--name", help="Only workflows of this @loom.workflow name.")
 @click.option("--owner", help="Only workflows of this owner.")
@@ -447,7 +463,7 @@ def list_(
 
     async def operation() -> list[WorkflowRecord]:
         return await open_store(database).list_workflows(
-            status=WorkflowStatus(status.upper()) if status else None,
+            status=WorkflowStatus(status) if status else None,
             name=name,
             owner=owner,
             limit=limit,

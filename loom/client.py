@@ -166,6 +166,19 @@ class WorkflowHandle(Generic[StateT]):
         """Current status (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)."""
         return (await self._record()).status
 
+    async def info(self) -> dict[str, JSON]:
+        """What is known of the workflow now, as one dict (loom-core's `handle.info()`).
+
+        Keys: `workflow_id`, `workflow_name`, `workflow_version`, `status` (a
+        WorkflowStatus, which is a str), `input`, `state`, `error`, `owner`, `agent`,
+        `parent_id`, `current_step`, `step_description`, `step_index`, `total_steps`,
+        `created_at`, `updated_at` (unix ms).
+        """
+        record = await self._record()
+        data = {name: getattr(record, name) for name in _INFO_FIELDS}
+        data["status"] = record.status
+        return data
+
     async def state(self) -> dict[str, JSON]:
         """The latest committed state as JSON (also while running)."""
         return (await self._record()).state
@@ -233,6 +246,27 @@ class WorkflowHandle(Generic[StateT]):
             reason = clip(reason, client_limits().max_error_chars)
         if not await self._store.cancel_workflow(self.workflow_id, reason):
             await self._record()  # raises WorkflowNotFoundError for unknown ids
+
+
+_INFO_FIELDS = (
+    "workflow_id",
+    "workflow_name",
+    "workflow_version",
+    "status",
+    "input",
+    "state",
+    "error",
+    "owner",
+    "agent",
+    "parent_id",
+    "current_step",
+    "step_description",
+    "step_index",
+    "total_steps",
+    "created_at",
+    "updated_at",
+)
+"""What `info()` shows of a record: not the engine's bookkeeping (sequences, epoch)."""
 
 
 class _ClosedWatcher:

@@ -70,7 +70,17 @@ def _seconds(duration: float | int | timedelta) -> float:
 
 
 class WorkflowContext(Generic[InT, StateT]):
-    """What a step receives: input, state, logger and the durable operations."""
+    """What a step receives: input, state, logger and the durable operations.
+
+    Annotate it `WorkflowContext[In, State]`; the one-parameter form `WorkflowContext[State]`
+    of loom-core is accepted too (the input is then untyped).
+    """
+
+    def __class_getitem__(cls, params: Any) -> Any:
+        # Runtime only: annotations are not used to type `ctx`, so one parameter is `[Any, S]`.
+        if not isinstance(params, tuple):
+            params = (Any, params)
+        return super().__class_getitem__(params)  # type: ignore[misc]  # Generic's hook
 
     def __init__(self, run: WorkflowRun) -> None:
         self._run = run
@@ -79,6 +89,11 @@ class WorkflowContext(Generic[InT, StateT]):
 
     @property
     def workflow_id(self) -> str:
+        return self._run.workflow_id
+
+    @property
+    def id(self) -> str:
+        """Alias of `workflow_id` (the loom-core spelling)."""
         return self._run.workflow_id
 
     @property
@@ -184,10 +199,38 @@ class WorkflowContext(Generic[InT, StateT]):
         assert future is not None
         return await future
 
-    async def sleep(self, duration: float | int | timedelta) -> None:
-        """Durable timer: survives restarts; `duration` in seconds or a timedelta."""
+    async def sleep(
+        self,
+        duration: float | int | timedelta | None = None,
+        /,
+        *,
+        delta: timedelta | float | int | None = None,
+        until: datetime | None = None,
+    ) -> None:
+        """Durable timer: survives restarts.
+
+        Give exactly one of `duration` (seconds or a timedelta), `delta=` (the loom-core
+        spelling of the same) or `until=` (a datetime). `until` is measured against the
+        workflow's clock `ctx.now()`, never the host's, so replay waits the same; a naive
+        datetime is taken as UTC (the zone of `ctx.now()`), and a time already past fires
+        at once.
+        """
         run = self._run
-        fire_at = run.now_ms + int(_seconds(duration) * 1000)
+        given = [value for value in (duration, delta, until) if value is not None]
+        if len(given) != 1:
+            raise TypeError(
+                "ctx.sleep() takes exactly one of a duration, delta= or until=, e.g. "
+                "ctx.sleep(30), ctx.sleep(delta=timedelta(hours=1)), ctx.sleep(until=when)"
+            )
+        if until is not None:
+            if not isinstance(until, datetime):
+                raise TypeError(f"ctx.sleep(until=) takes a datetime, got {until!r}")
+            aware = until if until.tzinfo is not None else until.replace(tzinfo=UTC)
+            fire_at = max(run.now_ms, int(aware.timestamp() * 1000))
+        else:
+            span = duration if duration is not None else delta
+            assert span is not None  # exactly one was given, and it was not `until`
+            fire_at = run.now_ms + int(_seconds(span) * 1000)
         seq, future, is_new = run.issue(
             EventKind.TIMER_STARTED, {"key": "timer", "fire_at": fire_at}, _ignore
         )
@@ -217,6 +260,12 @@ class WorkflowContext(Generic[InT, StateT]):
         run.wait_signal(seq, name)
         assert future is not None
         return await future
+
+    async def wait_until_signal(
+        self, name: str, timeout: float | int | timedelta | None = None
+    ) -> Any:
+        """Alias of `wait_for_signal` (the loom-core spelling)."""
+        return await self.wait_for_signal(name, timeout)
 
     def start_workflow(
         self,

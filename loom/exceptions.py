@@ -150,6 +150,17 @@ class WorkflowCancelledError(BaseException):
         super().__init__(f"workflow cancelled: {reason or 'no reason given'}")
 
 
+class CancelledWorkflowError(WorkflowCancelledError, LoomError):
+    """Raised by `handle.result()` (and `execute()`) for a workflow that was cancelled.
+
+    Outside workflow code nothing needs to get past an `except Exception`, so the client
+    raises this subclass, which is both: `except WorkflowCancelledError` catches it as
+    before, and so does `except Exception` / `except LoomError` (loom-core's handles raised
+    a plain Exception). Inside workflow code cancellation stays a bare
+    WorkflowCancelledError, a BaseException that `except Exception` does not swallow.
+    """
+
+
 class ConfigurationError(LoomError, ValueError):
     """An environment variable holds a value Loom cannot use (e.g. `LOOM_MAX_STATE_BYTES=8M`).
 

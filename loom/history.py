@@ -61,6 +61,20 @@ class WorkflowStatus(StrEnum):
     FAILED = "FAILED"
     CANCELED = "CANCELED"
 
+    @classmethod
+    def _missing_(cls, value: object) -> WorkflowStatus | None:
+        """Accept other spellings as input (`"cancelled"`, `"CANCELLED"`, any case).
+
+        loom-core spelled it CANCELLED; the stored and reported value stays CANCELED, so
+        `WorkflowStatus("CANCELLED") is WorkflowStatus.CANCELED`.
+        """
+        if not isinstance(value, str):
+            return None
+        spelled = value.strip().upper()
+        if spelled == "CANCELLED":
+            spelled = "CANCELED"
+        return cls._value2member_map_.get(spelled)  # type: ignore[return-value]  # members
+
     @property
     def is_closed(self) -> bool:
         return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED)

@@ -53,9 +53,12 @@ async def get_progress(owner: str, *, database: str | None = None) -> Progress:
 
 async def stream_progress(
     owner: str, *, database: str | None = None, poll_interval: float = POLL_INTERVAL
-) -> AsyncIterator[Progress]:
-    """Yield `get_progress(owner)` at once, then again each time it changes.
+) -> AsyncIterator[list[WorkflowProgress]]:
+    """Yield the list of the owner's open workflows (`get_progress(owner)["workflows"]`) at
+    once, then again each time it changes.
 
+    Each item is one workflow's progress dict, as in loom-core:
+    `async for update in loom.stream_progress("user_1"): for wf in update: wf["message"]`.
     A worker in this process wakes the stream on every commit; a worker elsewhere is seen by
     polling every `poll_interval` seconds. Close it with `aclose()` (or `contextlib.aclosing`)
     to stop listening.
@@ -67,10 +70,10 @@ async def stream_progress(
         last: list[WorkflowProgress] | None = None
         while True:
             changed.clear()  # before the read: a commit during the read wakes the next wait
-            snapshot = await _snapshot(store, owner)
-            if snapshot["workflows"] != last:
-                last = snapshot["workflows"]
-                yield snapshot
+            workflows = (await _snapshot(store, owner))["workflows"]
+            if workflows != last:
+                last = workflows
+                yield workflows
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), poll_interval)
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 from loom._json import JSON, dumps, loads
 from loom.exceptions import (
     ActivityFailedError,
+    CancelledWorkflowError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
@@ -42,6 +43,8 @@ STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE)
 REFUSED = "refused"
 """Payload flag of a result event the run recorded itself for a command it refused (an
 oversized argument): no task ran, and replay must not take the event's time as news."""
+REMOVED_KEYS = "removed"
+"""STATE_UPDATE payload field: the keys `ctx.state.update(fn)` removed (sorted)."""
 
 
 def workflow_task_key(workflow_id: str) -> str:
@@ -187,13 +190,20 @@ class _Recorded:
     kind: EventKind
     key: str
     seq: int
+    is_merge: bool = False
+    """A STATE_UPDATE of `state.update(fn)` written before it replaced the state (no
+    `removed` field): replaying it merges, as the code did when it was recorded."""
 
 
 def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
     if kind is EventKind.ACTIVITY_SCHEDULED:
         return f"{payload['name']}(args {payload['digest']})"
     if kind is EventKind.STATE_UPDATE:
-        return ",".join(sorted(payload["changes"]))
+        key = ",".join(sorted(payload["changes"]))
+        removed = payload.get(REMOVED_KEYS)
+        if removed:  # absent in histories written before keys could be removed
+            key += " removed " + ",".join(removed)
+        return key
     return str(payload.get("key", ""))
 
 
@@ -265,6 +275,8 @@ class WorkflowRun:
                             event.kind,
                             _command_key(event.kind, event.payload),
                             int(event.payload["seq"]),
+                            event.kind is EventKind.STATE_UPDATE
+                            and REMOVED_KEYS not in event.payload,
                         )
                     )
             else:
@@ -462,15 +474,48 @@ class WorkflowRun:
         self.state_data[key] = value
         self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
 
-    def record_state_update(self, changes: dict[str, JSON]) -> None:
-        if not changes:
+    def record_state_update(
+        self, changes: dict[str, JSON], removed: Iterable[str] | None = None
+    ) -> None:
+        """One STATE_UPDATE: `changes` assigned and, for `state.update(fn)` (`removed` not
+        None), the keys `fn` left out deleted.
+
+        An update records `removed` (sorted, maybe empty); its replay key names removed
+        keys only when there are some, so it is the key older events had. Replaying an
+        older update (no `removed` field: it merged) merges again, so a workflow started
+        before updates replaced the state finishes with the state it would have had.
+        """
+        gone = sorted(key for key in removed or () if key in self.state_data)
+        gone = [key for key in gone if key not in changes]
+        if gone and self._recorded and self._is_merged_update(bool(changes)):
+            gone = []
+        if not changes and not gone:
             return
+        for key in gone:
+            self.note_previous(key)
+            del self.state_data[key]
+            self._mutable_snapshot.pop(key, None)
         recorded = {}
         for key, value in changes.items():
             self.note_previous(key)
             self.state_data[key] = value
             recorded[key] = self._remember(key, value)
-        self.issue(EventKind.STATE_UPDATE, {"changes": recorded})
+        payload: dict[str, JSON] = {"changes": recorded}
+        if removed is not None:
+            payload[REMOVED_KEYS] = gone
+        self.issue(EventKind.STATE_UPDATE, payload)
+
+    def _is_merged_update(self, has_changes: bool) -> bool:
+        """Whether the update being replayed was recorded when `update(fn)` merged.
+
+        Its event has no `removed` field; and an update that only removes keys, which now
+        always records an event, recorded none then, so the next recorded command is
+        another one (merging changed nothing).
+        """
+        head = self._recorded[0]
+        if head.kind is EventKind.STATE_UPDATE:
+            return head.is_merge
+        return not has_changes
 
     def _remember(self, key: str, value: JSON) -> JSON:
         """Snapshot a mutable value so later in-place edits neither leak into the recorded
@@ -694,7 +739,7 @@ def decode_error(error: Mapping[str, JSON], workflow_id: str) -> BaseException:
             workflow_id, 0, str(details.get("expected")), str(details.get("actual"))
         )
     if kind == "WorkflowCancelledError":
-        return WorkflowCancelledError(message.removeprefix("workflow cancelled: "))
+        return CancelledWorkflowError(message.removeprefix("workflow cancelled: "))
     return WorkflowExecutionError(workflow_id, kind, message, details)
 
 

@@ -5,7 +5,7 @@ Knows nothing about storage; it reports mutations to the run that owns it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, ItemsView, Iterator, KeysView
+from collections.abc import AsyncIterator, Callable, ItemsView, Iterator, KeysView, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ class StateProxy:
     """`ctx.state`: read and assign fields as attributes or keys.
 
     `ctx.state.paid = True` and `ctx.state["paid"] = True` record STATE_SET at once;
-    `await ctx.state.update(fn)` and `async with ctx.state.batch():` record one STATE_UPDATE.
+    `await ctx.state.update(fn)` (which replaces the state with what `fn` returns) and
+    `async with ctx.state.batch():` record one STATE_UPDATE.
     In-place edits of nested lists/dicts are noticed before the next command and recorded
     as STATE_UPDATE.
     """
@@ -90,16 +91,31 @@ class StateProxy:
         """Assign one field (records STATE_SET)."""
         self._assign(key, value)
 
-    async def update(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
-        """Apply `fn` to a copy of the state (it may mutate it or return a new dict).
+    async def update(self, fn: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> None:
+        """Replace the state with what `fn(copy_of_state)` returns (loom-core's semantics).
 
-        The changed fields are recorded as one STATE_UPDATE.
+        Keys the returned mapping leaves out are removed, so `update(lambda s: {"n": 1})`
+        leaves only `n`. A `fn` that mutates its argument and returns None replaces the state
+        with the mutated copy. Changed and removed keys are recorded as one STATE_UPDATE;
+        a replay runs `fn` again and checks it changes and removes the same keys.
         """
         draft = self.to_dict()
         result = fn(draft)
         new = draft if result is None else result
-        changes = {k: _normalise(k, v) for k, v in new.items() if self._data.get(k, _MISSING) != v}
-        self._run.record_state_update(changes)
+        if not isinstance(new, Mapping):
+            raise TypeError(
+                f"ctx.state.update(fn): fn must return the new state as a dict (or None "
+                f"after editing its argument), got {type(new).__name__}"
+            )
+        changes: dict[str, JSON] = {}
+        for key, value in new.items():
+            normal = _normalise(key, value)
+            old = self._data.get(key, _MISSING)
+            # Compared as JSON text: 1, 1.0 and True are equal in Python, not in the state.
+            if old is _MISSING or dumps(old) != dumps(normal):
+                changes[key] = normal
+        removed = [key for key in self._data if key not in new]
+        self._run.record_state_update(changes, removed)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[StateProxy]:

@@ -591,7 +591,7 @@ class Worker:
             for activity in self._activities.values():
                 await self._activity_registry.register_native(
                     activity.name,
-                    description=(activity.fn.__doc__ or "").strip().split("\n")[0],
+                    description=activity.description,
                     input_schema=activity.input_schema(),
                     output_schema=activity.output_schema(),
                     retry=RetryPolicy(

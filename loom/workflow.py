@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from loom._json import JSON, dumps, loads, type_adapter
+from loom._json import JSON, dict_model_defaults, dumps, is_dict_model, loads, type_adapter
 from loom.exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -117,6 +117,49 @@ def workflow(
         return klass
 
     return declare(cls) if cls is not None else declare
+
+
+class _DictFields(dict[str, Any]):
+    """A dict whose keys also read as attributes (`value.score` is `value["score"]`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A class-level default would shadow the key on attribute reads (`state.total` would
+        # stay 0): defaults move to `__loom_defaults__`, which `dict_model_defaults` reads.
+        super().__init_subclass__(**kwargs)
+        defaults: dict[str, Any] = {}
+        for key in vars(cls).get("__annotations__", {}):
+            if key in vars(cls):
+                defaults[key] = vars(cls)[key]
+                delattr(cls, key)
+        setattr(cls, "__loom_defaults__", defaults)  # noqa: B010  # a name mypy cannot see
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):  # copy, pickle and pydantic probe dunders: never keys
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__} has no key {key!r} (keys: {', '.join(self) or 'none'})"
+            ) from None
+
+
+class Input(_DictFields):
+    """Base of a dict-style workflow input, as in loom-core (`class OrderInput(loom.Input)`).
+
+    A plain `dict`: annotated keys are validated when present (class-level values are
+    defaults); `ctx.input["order_id"]` and `ctx.input.order_id` both read them. A
+    dataclass or pydantic model works too.
+    """
+
+
+class State(_DictFields):
+    """Base of a dict-style workflow State, as in loom-core (`class QuizState(loom.State)`).
+
+    Annotated keys are validated when present and class-level values are the initial
+    state; `handle.result()` returns an instance of the class (a `dict` whose keys also
+    read as attributes). In workflow code `ctx.state` offers attribute and dict access.
+    """
 
 
 class Workflow(Generic[InT, StateT]):
@@ -272,6 +315,15 @@ def _initial_state(cls: type, state_type: Any, adapter: TypeAdapter[Any]) -> dic
         return {}
     if state_type is dict:
         return {}
+    if is_dict_model(state_type):
+        defaults = dict_model_defaults(state_type)
+        try:
+            return dict(loads(dumps(defaults)))
+        except (TypeError, ValueError) as err:
+            raise WorkflowDefinitionError(
+                f"workflow {cls.__name__}: the defaults of State {_type_name(state_type)} "
+                f"must be JSON values: {err}"
+            ) from err
     try:
         default = state_type()
     except TypeError as err:

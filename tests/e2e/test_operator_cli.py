@@ -91,7 +91,7 @@ async def _watch_progress(db: Path, owner: str, wanted: str) -> list[Any]:
     async with contextlib.aclosing(stream):
         async for snapshot in stream:
             seen.append(snapshot)
-            if any(w["message"] == wanted for w in snapshot["workflows"]):
+            if any(w["message"] == wanted for w in snapshot):
                 return seen
     raise AssertionError("stream ended")
 
@@ -109,8 +109,8 @@ def test_start_signal_inspect_list_against_a_worker(tmp_path: Path) -> None:
         assert started.stdout == "q1\n"
 
         seen = asyncio.run(_watch_progress(db, "u1", "Robin is waiting for the teacher"))
-        assert seen[-1]["workflows"][0]["current_step"] == 2
-        assert seen[-1]["workflows"][0]["total_steps"] == 2
+        assert seen[-1][0]["current_step"] == 2
+        assert seen[-1][0]["total_steps"] == 2
 
         inspected = loom_json("inspect", "q1", "--events", db=db)
         assert inspected["status"] == "RUNNING"

@@ -11,7 +11,7 @@ from typing import Any
 import loom
 from loom.client import get_store
 from loom.postgres_store import PostgresStore
-from loom.progress import Progress, progress_message
+from loom.progress import WorkflowProgress, progress_message
 from loom.sqlite_store import SQLiteStore
 from loom.store import NewWorkflow, WorkflowRecord
 from tests.conftest import is_postgres
@@ -41,18 +41,19 @@ class PlainWorkflow(loom.Workflow[dict, dict]):
         await ctx.wait_for_signal("done")
 
 
-async def _until(
-    stream: Any, predicate: Callable[[Progress], bool], seen: list[Progress]
-) -> Progress:
-    async for snapshot in stream:
-        seen.append(snapshot)
-        if predicate(snapshot):
-            return snapshot  # type: ignore[no-any-return]  # the stream yields Progress
+Update = list[WorkflowProgress]
+
+
+async def _until(stream: Any, predicate: Callable[[Update], bool], seen: list[Update]) -> Update:
+    async for update in stream:
+        seen.append(update)
+        if predicate(update):
+            return update  # type: ignore[no-any-return]  # the stream yields Update
     raise AssertionError("stream ended")
 
 
-def _steps(snapshot: Progress) -> list[tuple[str, int, str]]:
-    return [(w["workflow_id"], w["current_step"], w["status"]) for w in snapshot["workflows"]]
+def _steps(update: Update) -> list[tuple[str, int, str]]:
+    return [(w["workflow_id"], w["current_step"], w["status"]) for w in update]
 
 
 async def test_get_progress_reports_agent_step_and_message(
@@ -77,15 +78,15 @@ async def test_get_progress_reports_agent_step_and_message(
     async with make_worker([TutorWorkflow], [think]):
         stream = loom.stream_progress(owner="u1")
         async with contextlib.aclosing(stream):
-            seen: list[Progress] = []
+            seen: list[Update] = []
             await _until(stream, lambda s: _steps(s) == [("t-pending", 1, "RUNNING")], seen)
-            [entry] = seen[-1]["workflows"]
+            [entry] = seen[-1]
             assert entry["message"] == "Robin is reading your essay"
             await pending.signal("next")
             await _until(stream, lambda s: _steps(s) == [("t-pending", 2, "RUNNING")], seen)
-            assert seen[-1]["workflows"][0]["message"] == "Robin is grading your answers"
+            assert seen[-1][0]["message"] == "Robin is grading your answers"
             await pending.signal("done")
-            await _until(stream, lambda s: s["workflows"] == [], seen)
+            await _until(stream, lambda s: s == [], seen)
         assert await pending.status() is loom.WorkflowStatus.COMPLETED
         # Every yield differs from the one before: the stream never repeats itself.
         assert all(a != b for a, b in itertools.pairwise(seen))
@@ -99,7 +100,7 @@ async def test_stream_unsubscribes_when_closed(db_path: Path) -> None:
     before = len(store.wakeups._progress)
     stream = loom.stream_progress(owner="nobody")
     first = await anext(stream)
-    assert first == {"owner": "nobody", "workflows": []}
+    assert first == []  # a list of workflows, unlike get_progress's {"owner", "workflows"}
     assert len(store.wakeups._progress) == before + 1
     await stream.aclose()
     assert len(store.wakeups._progress) == before
@@ -112,8 +113,8 @@ async def test_stream_polls_for_writes_from_another_process(db_path: Path) -> No
     try:
         stream = loom.stream_progress(owner="u3", poll_interval=0.05)
         async with contextlib.aclosing(stream):
-            seen: list[Progress] = []
-            await _until(stream, lambda s: s["workflows"] == [], seen)
+            seen: list[Update] = []
+            await _until(stream, lambda s: s == [], seen)
             await other.create_workflow(
                 NewWorkflow(
                     workflow_id="p1",
@@ -128,8 +129,8 @@ async def test_stream_polls_for_writes_from_another_process(db_path: Path) -> No
                 )
             )
             await _until(stream, lambda s: _steps(s) == [("p1", 1, "PENDING")], seen)
-            assert seen[-1]["workflows"][0]["message"] == "Getting started"
-            assert seen[-1]["workflows"][0]["agent"] is None
+            assert seen[-1][0]["message"] == "Getting started"
+            assert seen[-1][0]["agent"] is None
     finally:
         await other.close()
 

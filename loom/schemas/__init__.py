@@ -1,0 +1,1 @@
+"""loom-core's import path `loom.schemas.state`, kept as a re-export."""

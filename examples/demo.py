@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -38,6 +39,7 @@ from examples.research_agent import (
     ResearchAgent,
     ResearchInput,
 )
+from loom.client import get_store
 
 __all__ = ["ACTIVITIES", "DemoOptions", "DemoResult", "main", "run_demo"]
 
@@ -75,6 +77,11 @@ class DemoResult:
     state: dict[str, object]
     registered: dict[str, bool]  # `name@version sha256:…` -> newly registered
     stub_requests: dict[str, int]
+    build_seconds: float = 0.0
+    workflow_seconds: float = 0.0  # start to completion, as the store recorded it
+
+
+BUILD_PROGRESS_S = 15.0
 
 
 def say(message: str = "") -> None:
@@ -93,13 +100,32 @@ def _child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def build_activities() -> None:
-    """Compile every tool from its committed sources (cached under .build/wasm)."""
+def build_activities() -> float:
+    """Compile every tool from its committed sources (cached under .build/wasm); returns the
+    seconds it took. A first build (the Python component) takes minutes on a slow machine, so
+    it says what it is building and, every 15 s, how long so far."""
+    began = time.perf_counter()
     for name in ACTIVITIES:
         started = time.perf_counter()
-        built = build_example(name)
+        done = threading.Event()
+
+        def still_building(
+            name: str = name, started: float = started, done: threading.Event = done
+        ) -> None:
+            while not done.wait(BUILD_PROGRESS_S):
+                say(f"      … still building {name} ({time.perf_counter() - started:.0f} s)")
+
+        say(f"      building {name} …")
+        reporter = threading.Thread(target=still_building, daemon=True)
+        reporter.start()
+        try:
+            built = build_example(name)
+        finally:
+            done.set()
+            reporter.join()
         elapsed = time.perf_counter() - started
         say(f"      {name:<11} {built.stat().st_size:>10,} bytes  ({elapsed:.1f} s)")
+    return time.perf_counter() - began
 
 
 def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
@@ -225,7 +251,7 @@ async def run_demo(options: DemoOptions) -> DemoResult:
     api_key = api_key or DEMO_API_KEY
     loom.configure(database=options.db)
     say("[1/6] building the example activities from source (C reactors, Python component)")
-    build_activities()
+    build_seconds = build_activities()
     llm_port = 0 if options.llm_endpoint else options.llm_port
     with ExitStack() as stack:
         try:
@@ -248,6 +274,8 @@ async def run_demo(options: DemoOptions) -> DemoResult:
         status = await handle.status()
         state = await handle.state()
         requests = dict(servers.requests)
+        record = await get_store().get_workflow(handle.workflow_id)
+        workflow_seconds = (record.updated_at - record.created_at) / 1000 if record else 0.0
     say("[6/6] stopped the worker and the local servers")
     return DemoResult(
         workflow_id=handle.workflow_id,
@@ -256,6 +284,8 @@ async def run_demo(options: DemoOptions) -> DemoResult:
         state=state,
         registered=registered,
         stub_requests=requests,
+        build_seconds=build_seconds,
+        workflow_seconds=workflow_seconds,
     )
 
 
@@ -315,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     _print_result(result, options)
     elapsed = time.perf_counter() - started
     if result.status is loom.WorkflowStatus.COMPLETED:
-        say(f"Demo completed: workflow {result.workflow_id} completed in {elapsed:.1f} s.")
+        say(
+            f"Demo completed: workflow {result.workflow_id} ran {result.workflow_seconds:.1f} s "
+            f"from start to completion (builds {result.build_seconds:.1f} s, "
+            f"{elapsed:.1f} s in all)."
+        )
         return 0
     say(f"Demo failed: workflow {result.workflow_id} ended {result.status.value}.")
     return 1

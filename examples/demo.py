@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -48,8 +49,8 @@ ACTIVITIES = ["web-fetch", "word-count", "llm-chat", "md-report"]
 
 # Ports the committed manifests grant; other ports get a rewritten copy of the manifest.
 _GRANTED = {
-    "llm-chat": f"127.0.0.1:{DEFAULT_LLM_PORT}",
-    "web-fetch": f"127.0.0.1:{DEFAULT_PAGE_PORT}",
+    "llm-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
+    "web-fetch": f"http://127.0.0.1:{DEFAULT_PAGE_PORT}",
 }
 DEMO_API_KEY = "sk-loom-demo-local"
 TOPIC = "durable workflows with sandboxed tools"
@@ -140,13 +141,11 @@ def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
     text = manifest.read_text()
     granted = _GRANTED[name]
     text = text.replace(f'net = ["{granted}"]', f'net = ["{net}"]')
-    text = text.replace(
-        f"http://{granted}/v1/chat/completions", f"http://{net}/v1/chat/completions"
-    )
+    text = text.replace(f"{granted}/v1/chat/completions", f"{net}/v1/chat/completions")
     module = next(line for line in text.splitlines() if line.startswith("module = "))
     module_path = (manifest.parent / module.split('"')[1]).resolve()
     text = text.replace(module, f'module = "{module_path}"')
-    staged = stage_dir / f"{name}-{net.replace(':', '-')}" / "activity.toml"
+    staged = stage_dir / f"{name}-{re.sub(r'[^A-Za-z0-9.]+', '-', net)}" / "activity.toml"
     staged.parent.mkdir(parents=True, exist_ok=True)
     staged.write_text(text)
     return staged
@@ -155,11 +154,13 @@ def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
 def register_activities(options: DemoOptions, servers: StubServers) -> dict[str, bool]:
     """`loom activity register` each tool; maps each printed `name@version sha256:…` line to
     whether it was new (False: already registered, nothing changed)."""
-    llm_host = f"127.0.0.1:{servers.llm_port}"
+    llm_host = f"http://127.0.0.1:{servers.llm_port}"
     if options.llm_endpoint:
+        # The grant keeps the endpoint's scheme: `https://api.openai.com` (a bare host means
+        # https too, but saying so is clearer in `loom activity show`).
         parts = urlsplit(options.llm_endpoint)
-        llm_host = parts.netloc if parts.port else f"{parts.hostname}"
-    nets = {"llm-chat": llm_host, "web-fetch": f"127.0.0.1:{servers.page_port}"}
+        llm_host = f"{parts.scheme}://{parts.netloc}"
+    nets = {"llm-chat": llm_host, "web-fetch": f"http://127.0.0.1:{servers.page_port}"}
     lines: dict[str, bool] = {}
     for name in ACTIVITIES:
         manifest = manifest_for(name, nets.get(name), options.stage_dir)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["FsGrant", "Grants", "NetPattern"]
+__all__ = ["FsGrant", "Grants", "NetPattern", "is_loopback"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\[[0-9a-f:.]+\]$")
@@ -22,7 +22,8 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 @dataclass(frozen=True, slots=True)
 class NetPattern:
     """One parsed `Grants.net` entry: ``host``, ``host:port``, ``scheme://host[:port]``,
-    ``*.example.com`` (any subdomain, not the bare domain)."""
+    ``*.example.com`` (any subdomain, not the bare domain). Without a scheme it means https
+    (port 443 unless given); plain http is granted only as ``http://host[:port]``."""
 
     scheme: str | None
     host: str
@@ -52,11 +53,19 @@ class NetPattern:
         # bare addresses, or an IPv6 grant never matches.
         return cls(scheme, host.strip("[]"), port)
 
+    @property
+    def effective_scheme(self) -> str:
+        """A pattern without a scheme means https: plain http must be granted by name
+        (`http://host:port`), or a bare grant sent secrets in clear text to any port."""
+        return self.scheme or "https"
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.effective_scheme]
+
     def matches(self, scheme: str, host: str, port: int) -> bool:
         """Whether a request to scheme://host:port is allowed by this pattern."""
-        if self.scheme is not None and scheme != self.scheme:
-            return False
-        if self.port is not None and port != self.port:
+        if scheme != self.effective_scheme or port != self.effective_port:
             return False
         if self.host.startswith("*."):
             return host.endswith(self.host[1:])
@@ -64,13 +73,19 @@ class NetPattern:
 
     def covers(self, other: NetPattern) -> bool:
         """Whether everything `other` allows is also allowed by this pattern."""
-        if self.scheme is not None and other.scheme != self.scheme:
-            return False
-        if self.port is not None and other.port != self.port:
+        if (other.effective_scheme, other.effective_port) != (
+            self.effective_scheme,
+            self.effective_port,
+        ):
             return False
         if self.host.startswith("*."):
             return other.host.endswith(self.host[1:])
         return other.host == self.host
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: the only hosts a secret may reach over plain http."""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def split_url(url: str) -> tuple[str, str, int]:

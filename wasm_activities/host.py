@@ -32,7 +32,7 @@ from .exceptions import (
     SandboxError,
     WasmTrap,
 )
-from .grants import Grants, split_url
+from .grants import Grants, is_loopback, split_url
 from .limits import Limits
 
 __all__ = [
@@ -268,8 +268,17 @@ def _substitute(context: CallContext, text: str) -> str:
 
 
 def _substitute_secrets(context: CallContext, request: dict[str, Any]) -> dict[str, Any]:
-    """Fill placeholders; the destination must not change (secrets cannot steer the host)."""
+    """Fill placeholders; the destination must not change (secrets cannot steer the host),
+    and a secret travels in clear text only to this machine (plain http to loopback)."""
     target = split_url(request["url"])
+    carries = any(
+        SECRET_OPEN in text
+        for text in (request["url"], request["body"], *request["headers"].values())
+    )
+    if carries and target[0] == "http" and not is_loopback(target[1]):
+        raise CapabilityDenied(
+            capability="secret over plain http to", requested=target[1], granted=[]
+        )
     url = _substitute(context, request["url"])
     if split_url(url) != target:
         raise CapabilityDenied(

@@ -33,8 +33,8 @@ def servers() -> Iterator[StubServers]:
 @pytest.fixture
 async def registry(tmp_path: Path, servers: StubServers) -> AsyncIterator[Registry]:
     nets = {
-        "llm-chat": f"127.0.0.1:{servers.llm_port}",
-        "web-fetch": f"127.0.0.1:{servers.page_port}",
+        "llm-chat": f"http://127.0.0.1:{servers.llm_port}",
+        "web-fetch": f"http://127.0.0.1:{servers.page_port}",
     }
     async with Registry(tmp_path / "loom.db") as registry:
         for name in ["llm-chat", "web-fetch", "md-report"]:

@@ -89,6 +89,11 @@ class LoopbackServer:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def grant(self) -> str:
+        """The net grant for it: plain http must be granted by name."""
+        return f"http://{self.host}"
+
 
 @pytest.fixture
 def http_server() -> Iterator[LoopbackServer]:

@@ -18,11 +18,17 @@ Prepared = Callable[[str], PreparedModule]
     ("pattern", "url", "allowed"),
     [
         ("api.example.com", "https://api.example.com/v1", True),
-        ("api.example.com", "http://api.example.com:8080/", True),
+        # Without a scheme a grant means https on 443: plain http is granted by name.
+        ("api.example.com", "http://api.example.com/", False),
+        ("api.example.com", "https://api.example.com:8443/", False),
+        ("api.example.com:8443", "https://api.example.com:8443/", True),
+        ("http://api.example.com:8080", "http://api.example.com:8080/", True),
+        ("http://api.example.com:8080", "https://api.example.com:8080/", False),
         ("api.example.com", "https://evil.com/?api.example.com", False),
         ("api.example.com", "https://api.example.com.evil.com/", False),
-        ("127.0.0.1:8080", "http://127.0.0.1:8080/x", True),
-        ("127.0.0.1:8080", "http://127.0.0.1:8081/x", False),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080/x", False),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/x", True),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8081/x", False),
         ("https://api.example.com", "http://api.example.com/", False),
         ("https://api.example.com", "https://api.example.com/", True),
         ("*.example.com", "https://a.b.example.com/", True),
@@ -30,9 +36,9 @@ Prepared = Callable[[str], PreparedModule]
         ("*.example.com", "https://badexample.com/", False),
         ("api.example.com", "ftp://api.example.com/", False),
         ("api.example.com", "https://user@api.example.com@evil.com/", False),
-        ("[::1]:8080", "http://[::1]:8080/x", True),
+        ("http://[::1]:8080", "http://[::1]:8080/x", True),
         ("[::1]", "https://[::1]/x", True),
-        ("[::1]:8080", "http://[::2]:8080/x", False),
+        ("http://[::1]:8080", "http://[::2]:8080/x", False),
     ],
 )
 def test_net_patterns(pattern: str, url: str, allowed: bool) -> None:

@@ -59,7 +59,7 @@ def test_request_to_ungranted_host_is_denied_before_connecting(
 def test_granted_request_gets_secret_while_guest_sees_only_placeholder(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
-    grants = Grants(net=[http_server.host], secrets=["API_KEY"])
+    grants = Grants(net=[http_server.grant], secrets=["API_KEY"])
     request = {
         "method": "POST",
         "url": f"http://{http_server.host}/v1?key={{{{secret:API_KEY}}}}",
@@ -87,7 +87,7 @@ def test_leak_scan_finds_a_secret_that_does_enter_memory(
     """Control for the leak check: a secret sent as plain guest data IS found by the scan."""
     request = {"url": f"http://{http_server.host}/?{SECRET}"}
     payload = {"request": json.dumps(request), "needle_xor": xor_hex(SECRET)}
-    grants = Grants(net=[http_server.host])
+    grants = Grants(net=[http_server.grant])
     output = runtime.run_sync(prepared("http_client.c"), payload, grants=grants).output
     assert output["leaks"] >= 1
 
@@ -95,7 +95,7 @@ def test_leak_scan_finds_a_secret_that_does_enter_memory(
 def test_ungranted_secret_is_denied_and_never_sent(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
-    grants = Grants(net=[http_server.host])  # host granted, secret not
+    grants = Grants(net=[http_server.grant])  # host granted, secret not
     request = {"url": f"http://{http_server.host}/", "headers": {"X": "{{secret:API_KEY}}"}}
     with pytest.raises(CapabilityDenied, match="API_KEY") as info:
         call(runtime, prepared, request, grants, secrets={"API_KEY": SECRET})
@@ -106,7 +106,7 @@ def test_ungranted_secret_is_denied_and_never_sent(
 def test_secret_cannot_steer_the_destination(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
-    grants = Grants(net=["*.example.com", http_server.host], secrets=["HOST"])
+    grants = Grants(net=["*.example.com", http_server.grant], secrets=["HOST"])
     request = {"url": "http://{{secret:HOST}}.example.com/"}
     with pytest.raises(CapabilityDenied):
         call(runtime, prepared, request, grants, secrets={"HOST": "127.0.0.1"})
@@ -120,7 +120,10 @@ def test_network_error_is_returned_to_the_guest(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = call(
-        runtime, prepared, {"url": f"http://127.0.0.1:{port}/"}, Grants(net=[f"127.0.0.1:{port}"])
+        runtime,
+        prepared,
+        {"url": f"http://127.0.0.1:{port}/"},
+        Grants(net=[f"http://127.0.0.1:{port}"]),
     )
     assert out["code"] == -2
     assert "failed" in json.loads(out["response"])["error"]
@@ -149,7 +152,7 @@ def test_slow_server_counts_against_the_activity_deadline(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
     http_server.delay_s = 1.0
-    grants = Grants(net=[http_server.host])
+    grants = Grants(net=[http_server.grant])
     payload = {"request": json.dumps({"url": f"http://{http_server.host}/slow"}), "needle_xor": ""}
     begin = time.monotonic()
     with pytest.raises(ActivityTimeout):
@@ -162,7 +165,7 @@ def test_slow_server_counts_against_the_activity_deadline(
 def test_header_injection_is_refused_without_leaking_the_secret(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
-    grants = Grants(net=[http_server.host], secrets=["API_KEY"])
+    grants = Grants(net=[http_server.grant], secrets=["API_KEY"])
     request = {
         "url": f"http://{http_server.host}/",
         "headers": {"X": "a\r\nInjected: {{secret:API_KEY}}"},
@@ -170,3 +173,13 @@ def test_header_injection_is_refused_without_leaking_the_secret(
     out = call(runtime, prepared, request, grants, secrets={"API_KEY": SECRET})
     assert out["code"] == -3 and "refused" in out["response"]
     assert http_server.connections == 0
+
+
+def test_a_secret_never_travels_over_plain_http_beyond_loopback(
+    runtime: SandboxRuntime, prepared: Prepared
+) -> None:
+    """Refused before any connection (the address is unroutable: nothing could answer)."""
+    grants = Grants(net=["http://10.255.255.1:9"], secrets=["API_KEY"])
+    request = {"url": "http://10.255.255.1:9/", "headers": {"Authorization": "{{secret:API_KEY}}"}}
+    with pytest.raises(CapabilityDenied, match="plain http"):
+        call(runtime, prepared, request, grants, secrets={"API_KEY": SECRET})

@@ -115,7 +115,7 @@ def test_a_trickling_server_cannot_outlast_the_deadline(
         runtime.run_sync(
             prepared("http_client.c"),
             payload,
-            grants=Grants(net=[hostile_server]),
+            grants=Grants(net=[f"http://{hostile_server}"]),
             limits=Limits(timeout_ms=1000),
         )
     assert time.monotonic() - began < LATE_S
@@ -136,7 +136,7 @@ def test_the_host_decides_host_length_and_connection_and_keeps_the_query(
         "headers": {"Host": "internal.admin", "content-length": "0", "X-Kept": "yes"},
         "body": "hello",
     }
-    seen = _seen(call(runtime, prepared, request, Grants(net=[http_server.host])))
+    seen = _seen(call(runtime, prepared, request, Grants(net=[http_server.grant])))
     assert seen["path"] == "/?q=1&r=two"
     headers = {k.lower(): v for k, v in seen["headers"].items()}
     assert headers["host"] == http_server.host
@@ -149,7 +149,7 @@ def test_a_method_that_is_not_a_token_is_refused_before_connecting(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer, method: str
 ) -> None:
     request = {"method": method or " ", "url": f"http://{http_server.host}/"}
-    out = call(runtime, prepared, request, Grants(net=[http_server.host]))
+    out = call(runtime, prepared, request, Grants(net=[http_server.grant]))
     assert out["code"] == -3 and "token" in out["response"]
     assert http_server.connections == 0
 
@@ -166,7 +166,7 @@ def test_an_echoed_secret_is_redacted_in_every_common_encoding(
         secret.encode().hex(),
     ]
     http_server.reply_extra = " | ".join(forms)
-    grants = Grants(net=[http_server.host], secrets=["API_KEY"])
+    grants = Grants(net=[http_server.grant], secrets=["API_KEY"])
     request = {"url": f"http://{http_server.host}/", "headers": {"X-Key": "{{secret:API_KEY}}"}}
     payload = {"request": json.dumps(request), "needle_xor": xor_hex(secret)}
     result = runtime.run_sync(
@@ -182,7 +182,7 @@ def test_an_echoed_secret_is_redacted_in_every_common_encoding(
 def test_substituting_many_placeholders_is_linear(
     runtime: SandboxRuntime, prepared: Prepared, http_server: LoopbackServer
 ) -> None:
-    grants = Grants(net=[http_server.host], secrets=["API_KEY"])
+    grants = Grants(net=[http_server.grant], secrets=["API_KEY"])
     body = "{{secret:API_KEY}}," * 50_000  # ~0.9 MB of placeholders
     request = {"method": "POST", "url": f"http://{http_server.host}/", "body": body}
     began = time.monotonic()

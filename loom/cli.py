@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal as os_signal  # `signal` is the command below
 import sqlite3
 import sys
 import traceback
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE = "./loom.db"
 DEFAULT_LIST_LIMIT = 50
 _T = TypeVar("_T")
+
+
+STOP_SIGNALS = {os_signal.SIGINT, os_signal.SIGTERM}
 
 
 class DatabaseNotFoundError(LoomError):
@@ -387,9 +391,12 @@ def worker(
         f"{len(activities)} activity(ies) from {database}",
         err=True,
     )
-    # run() turns SIGINT/SIGTERM into a graceful stop; a Ctrl-C that lands before its
-    # handlers are installed (during start-up) just ends the process without a traceback.
+    # run() turns SIGINT/SIGTERM into a graceful stop. Until its handlers are installed the
+    # signals are held back (a Ctrl-C landing while asyncio.run built its loop left a broken
+    # loop and a traceback); run() unblocks them, and one that arrived meanwhile stops it.
     with contextlib.suppress(KeyboardInterrupt):
+        if hasattr(os_signal, "pthread_sigmask"):
+            os_signal.pthread_sigmask(os_signal.SIG_BLOCK, STOP_SIGNALS)
         asyncio.run(instance.run())
     click.echo(f"worker {instance.worker_id} stopped", err=True)
 

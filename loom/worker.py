@@ -154,6 +154,10 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._request_stop)
                 installed.append(sig)
+        if installed and hasattr(signal, "pthread_sigmask"):
+            # `loom worker` holds these back while the loop starts; one that arrived
+            # meanwhile is delivered now, to the handler just installed.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, installed)
         try:
             self._main = asyncio.current_task()
             await self._serve()

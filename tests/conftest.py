@@ -93,3 +93,49 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | st
 
 def is_postgres(database: Path | str) -> bool:
     return str(database).startswith(("postgres://", "postgresql://"))
+
+
+# Test files whose modules are built from source: everything under these folders, and these.
+_BUILDS_FOR = (
+    {"wasm_activities", "examples"},
+    {"test_wasm_activities.py", "test_wasm_workflow.py"},
+)
+_BUILDS_FOR_CLI = "test_activity_cli.py"
+
+
+def _uses_wasm(path: Path) -> bool:
+    folders, files = _BUILDS_FOR
+    return bool(folders & set(path.parts)) or path.name in files or path.name == _BUILDS_FOR_CLI
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build every WASM module the selected tests use before the first test starts.
+
+    A cold build (the Python component takes minutes on a slow machine) used to happen inside
+    whichever test asked first, against that test's timeout; a killed build was never cached,
+    so every later run failed again. Builds are cached under the git-ignored `.build/`,
+    written atomically under a lock, and each has its own bound (`BUILD_TIMEOUT_S`).
+    """
+    if session.config.option.collectonly:
+        return
+    if not any(_uses_wasm(Path(str(item.path))) for item in session.items):
+        return
+    import time
+
+    from examples.build import EXAMPLES_DIR
+    from tests.wasm_activities.build import build_c, build_example
+    from tests.wasm_activities.conftest import MODULES_DIR, TEST_MODULES
+    from wasm_activities import Abi
+
+    began = time.monotonic()
+    examples = sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/activity.toml"))
+    for name in examples:
+        build_example(name)
+    for module, abi in TEST_MODULES.items():
+        build_c(MODULES_DIR / module, reactor=abi is Abi.REACTOR)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        count = len(examples) + len(TEST_MODULES)
+        reporter.write_line(
+            f"built or found {count} WASM modules in {time.monotonic() - began:.1f} s (.build/)"
+        )

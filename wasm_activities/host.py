@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import re
@@ -144,7 +145,10 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
-def _encodings(value: str) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def _encodings(value: str) -> tuple[str, ...]:
+    """The forms of one secret to mask, longest first (cached: `redact` runs on every
+    response header and the body, and the forms of a secret never change)."""
     raw = value.encode()
     forms = {
         value,
@@ -158,7 +162,7 @@ def _encodings(value: str) -> list[str]:
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode()
         forms.update({text, text.rstrip("=")})
-    return sorted((form for form in forms if form), key=len, reverse=True)
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
@@ -394,9 +398,10 @@ def _http_error(context: CallContext, code: int, message: str) -> int:
     return code
 
 
-def _guarded(name: str, func: Callable[..., Any], default: int | None) -> Callable[..., Any]:
-    """Never let a host import raise: wasmtime-py parks the exception in a process-global slot
-    that a concurrent call could pick up. An unexpected failure aborts this call as a trap."""
+def guarded(name: str, func: Callable[..., Any], default: int | None) -> Callable[..., Any]:
+    """Never let a host import (`name`: module.function) raise: wasmtime-py parks the
+    exception in a process-global slot that a concurrent call could pick up. An unexpected
+    failure aborts this call as a trap; so does calling it after the call was aborted."""
 
     def call(*args: Any) -> Any:
         context = getattr(_local, "context", None)
@@ -407,7 +412,7 @@ def _guarded(name: str, func: Callable[..., Any], default: int | None) -> Callab
             return func(*args)
         except Exception as err:  # any bug or surprise in a host import fails only this call
             if context is not None:
-                message = redact(f"host import loom.{name} failed: {err!r}", context.secrets)
+                message = redact(f"host import {name} failed: {err!r}", context.secrets)
                 context.fail(WasmTrap(trap=message, trap_code=None, backtrace=[]))
             return default
 
@@ -428,7 +433,7 @@ def define_host_imports(linker: wasmtime.Linker) -> None:
             HOST_MODULE,
             name,
             wasmtime.FuncType(params, results),
-            _guarded(name, func, default=None if not results else -1),
+            guarded(f"{HOST_MODULE}.{name}", func, default=None if not results else -1),
             access_caller=True,
         )
 

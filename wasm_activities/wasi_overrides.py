@@ -19,16 +19,15 @@ import time
 import wasmtime
 
 from ._pool import blocking
-from .exceptions import ActivityTimeout, WasmTrap
-from .host import current
+from .abi import WASI_MODULE
+from .exceptions import ActivityTimeout
+from .host import current, guarded
 
 __all__ = ["BLOCKING_WASI_IMPORTS", "define_wasi_overrides"]
 
-from .abi import WASI_MODULE
-
 BLOCKING_WASI_IMPORTS = frozenset({"poll_oneoff"})
-_SYMLINK_REFUSED = 63  # EPERM
 """WASI imports that can wait on time: a module importing one never runs on the event loop."""
+_SYMLINK_REFUSED = 63  # EPERM
 
 _SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")  # userdata, tag, clock id, timeout, precision, flags
 _EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, nbytes, flags
@@ -111,7 +110,7 @@ def define_wasi_overrides(linker: wasmtime.Linker) -> None:
             WASI_MODULE,
             "poll_oneoff",
             wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-            _guarded_poll,
+            guarded(f"{WASI_MODULE}.poll_oneoff", _poll_oneoff, default=_INVAL),
             access_caller=True,
         )
         # Symlinks: wasmtime keeps a guest from following one out of its preopen, but let it
@@ -129,12 +128,3 @@ def define_wasi_overrides(linker: wasmtime.Linker) -> None:
 
 def _refuse_symlink(*args: int) -> int:
     return _SYMLINK_REFUSED
-
-
-def _guarded_poll(caller: wasmtime.Caller, *args: int) -> int:
-    """Never raise into wasmtime (see host._guarded): a surprise aborts only this call."""
-    try:
-        return _poll_oneoff(caller, *args)
-    except Exception as err:  # a bug here fails this call, not the worker
-        current().fail(WasmTrap(trap=f"poll_oneoff failed: {err!r}", trap_code=None, backtrace=[]))
-        return _INVAL

@@ -291,8 +291,7 @@ class Worker:
         and the workflow would never move again. If the store refuses (it is what failed),
         the heartbeat retries the release before it renews anything.
         """
-        first, longest = GIVE_BACK_DELAY_MS
-        delay = min(longest, first * 2 ** min(task.attempt - 1, 16))
+        delay = int(_backoff(GIVE_BACK_DELAY_MS, task.attempt))
         note = (
             f"worker {self.worker_id} could not process task {task.task_key} "
             f"(attempt {task.attempt}): {type(err).__name__}: {self._clip(err)}; "
@@ -388,9 +387,9 @@ class Worker:
                 limits=self.limits,
             )
             run.apply(events)
-        if _diverges_from_its_code(run, compiled, record.source_hash):
+        code = _foreign_code(run, compiled, record.source_hash)
+        if code is not None:
             run.close()
-            code = record.source_hash or run.started_by
             await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
             return
         self._diverged.pop(task.workflow_id, None)
@@ -424,8 +423,7 @@ class Worker:
         self._diverged[task.workflow_id] = (code, count, divergence)
         if len(self._diverged) > max(self.max_cached_workflows, 1000):  # bounded memory
             del self._diverged[next(iter(self._diverged))]
-        first, longest = DEPLOY_RETRY_DELAY_MS
-        delay = min(longest, first * 2 ** min(count - 1, 16)) * random.uniform(0.8, 1.2)
+        delay = _backoff(DEPLOY_RETRY_DELAY_MS, count) * random.uniform(0.8, 1.2)
         note = (
             f"workflow {task.workflow_id} was run by code with source_hash {code}; "
             f"worker {self.worker_id} runs {compiled.source_hash} and its replay diverges "
@@ -690,17 +688,23 @@ def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> Ste
     return StepProgress(info.name, info.description)
 
 
-def _diverges_from_its_code(
+def _foreign_code(
     run: WorkflowRun, compiled: CompiledWorkflow[Any, Any], current_code: str
-) -> bool:
-    """Non-determinism under code other than the code that last ran the workflow is a deploy
+) -> str | None:
+    """The source_hash of the other code a replay diverged from, or None.
+
+    Non-determinism under code other than the code that last ran the workflow is a deploy
     question, not a workflow bug: the same code replaying differently still fails."""
     code = current_code or run.started_by
-    return (
-        isinstance(run.failure, NonDeterministicWorkflowError)
-        and bool(code)
-        and code != compiled.source_hash
-    )
+    if isinstance(run.failure, NonDeterministicWorkflowError) and code != compiled.source_hash:
+        return code or None
+    return None
+
+
+def _backoff(bounds: tuple[float, float], attempt: int) -> float:
+    """`first` doubled per attempt after the first, capped at `longest`."""
+    first, longest = bounds
+    return float(min(longest, first * 2.0 ** min(attempt - 1, 16)))
 
 
 class _Outage:
@@ -723,8 +727,7 @@ class _Outage:
                 err,
             )
         self._failures += 1
-        first, longest = STORE_BACKOFF_SECONDS
-        return float(min(longest, first * 2 ** min(self._failures - 1, 16)))
+        return _backoff(STORE_BACKOFF_SECONDS, self._failures)
 
     def recovered(self) -> None:
         if self._failures:

@@ -38,7 +38,7 @@ from loom.sqlite_store._operations import (
     _release_tasks,
     _retry_activity,
 )
-from loom.sqlite_store._writer import MIGRATIONS, T, _Writer, connect, migrate, now_ms
+from loom.sqlite_store._writer import MIGRATIONS, T, _Writer, connect, migrate
 from loom.store import (
     ClaimedTask,
     CommitResult,
@@ -53,7 +53,7 @@ from loom.store import (
     WorkflowRecord,
 )
 
-__all__ = ["MIGRATIONS", "SQLiteStore", "connect", "migrate", "now_ms"]
+__all__ = ["MIGRATIONS", "SQLiteStore", "connect", "migrate"]
 # Shared with the PostgreSQL store: the row layout of `workflows` and its decoding.
 __all__ += ["_WORKFLOW_COLUMNS", "_record"]
 

@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from loom.clock import boot_id, monotonic_ms, wall_ms
@@ -94,12 +94,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def now_ms() -> int:
-    """This process's wall clock; for what no other process compares (migration stamps).
-    Leases and due times use the store's clock (`anchor_clock`)."""
-    return wall_ms()
-
-
 def connect(path: str) -> sqlite3.Connection:
     """Open a connection with the engine's pragmas (WAL, busy timeout, full sync)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -110,10 +104,22 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations; returns the schema version."""
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction taken at once (BEGIN IMMEDIATE): committed, or rolled back on
+    any error, COMMIT's own included."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version."""
+    with _immediate(conn):
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, "
             "version INTEGER NOT NULL, applied_at INTEGER NOT NULL, "
@@ -129,12 +135,9 @@ def migrate(conn: sqlite3.Connection) -> int:
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
-                (SCHEMA_COMPONENT, version, now_ms()),
+                # a stamp for people, compared by no process: this process's wall clock
+                (SCHEMA_COMPONENT, version, wall_ms()),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return len(MIGRATIONS)
 
 
@@ -142,8 +145,7 @@ def anchor_clock(conn: sqlite3.Connection) -> tuple[int, float]:
     """The database's clock anchor for this boot of the host (see `loom.clock`): the first
     process of a boot sets it from its wall clock; every later one reads it back."""
     boot = boot_id()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         row = conn.execute("SELECT boot_id, wall_ms, monotonic_ms FROM clock").fetchone()
         if row is not None and row[0] == boot:
             anchor = (int(row[1]), float(row[2]))
@@ -154,10 +156,6 @@ def anchor_clock(conn: sqlite3.Connection) -> tuple[int, float]:
                 "INSERT INTO clock (boot_id, wall_ms, monotonic_ms) VALUES (?, ?, ?)",
                 (boot, *anchor),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return anchor
 
 
@@ -229,17 +227,14 @@ class _Writer:
             try:
                 results = self._transaction(conn, batch)
                 break
-            except sqlite3.OperationalError as err:
-                # busy_timeout already waited; another process holds the lock for long.
-                if not _is_busy(err):
-                    results = [(False, _store_error(err))] * len(batch)
-                    break
-                _rollback(conn)
-                time.sleep(0.01 * (attempt + 1))
             except Exception as err:
                 # Whatever broke (a full disk at COMMIT, I/O errors), every caller gets the
                 # error and this thread lives on: callers must never wait forever.
                 _rollback(conn)
+                if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+                    # busy_timeout already waited; another process holds the lock for long.
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
                 results = [(False, _store_error(err))] * len(batch)
                 break
         else:

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from loom._json import JSON
+from loom.activation import TIMER_TASK, Activation, ChildStart
 from loom.activity import declared_activity
 from loom.exceptions import LoomError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
-from loom.replay import TIMER_TASK, Activation, ChildStart, WorkflowRun, decode_error, now_ms
+from loom.replay import WorkflowRun, decode_error, now_ms
 from loom.workflow import CompiledWorkflow, compiled_workflow
 
 

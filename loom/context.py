@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from loom._json import JSON, dumps, is_json, loads, measured_digest, type_adapter
+from loom.activation import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
 from loom.activity import Activity
 from loom.exceptions import PayloadTooLargeError
 from loom.history import EventKind
-from loom.replay import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
 from loom.state import StateProxy
 from loom.workflow import CompiledWorkflow, Workflow
 

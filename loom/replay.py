@@ -16,10 +16,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from loom._json import JSON, dumps, loads
+from loom.activation import Activation, ChildStart, TaskSpec
 from loom.exceptions import (
     ActivityFailedError,
     CancelledWorkflowError,
@@ -35,62 +36,12 @@ from loom.workflow import CompiledWorkflow
 
 logger = logging.getLogger("loom.workflow")
 
-TaskKind = str
-WORKFLOW_TASK = "workflow"
-ACTIVITY_TASK = "activity"
-TIMER_TASK = "timer"
 STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE)
 REFUSED = "refused"
 """Payload flag of a result event the run recorded itself for a command it refused (an
 oversized argument): no task ran, and replay must not take the event's time as news."""
 REMOVED_KEYS = "removed"
 """STATE_UPDATE payload field: the keys `ctx.state.update(fn)` removed (sorted)."""
-
-
-def workflow_task_key(workflow_id: str) -> str:
-    return f"w:{workflow_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """A task to create with the activation (activity attempt or timer)."""
-
-    key: str
-    kind: TaskKind
-    payload: dict[str, JSON]
-    run_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChildStart:
-    """A child workflow to create in the same transaction as the parent's command."""
-
-    workflow_id: str
-    workflow_name: str
-    workflow_version: str
-    input: JSON
-    state: dict[str, JSON]
-    source_hash: str
-    total_steps: int
-    parent_seq: int
-    seed: int
-
-
-@dataclass(slots=True)
-class Activation:
-    """Everything one workflow task produced; the store commits it in one transaction."""
-
-    events: list[NewEvent] = field(default_factory=list)
-    tasks: list[TaskSpec] = field(default_factory=list)
-    cancel_task_keys: list[str] = field(default_factory=list)
-    children: list[ChildStart] = field(default_factory=list)
-    logs: list[tuple[str, str, int]] = field(default_factory=list)
-    status: WorkflowStatus = WorkflowStatus.RUNNING
-    state: dict[str, JSON] = field(default_factory=dict)
-    step_index: int = 0
-    error: dict[str, JSON] | None = None
-    source_hash: str | None = None
-    """The code that computed it; the store keeps it as the workflow's current code."""
 
 
 class HistoryGapError(LoomError):

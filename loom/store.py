@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from loom._json import JSON
+from loom.activation import Activation
 from loom.clock import StoreClock
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
-from loom.replay import Activation
 
 CursorLookup = Callable[[str], tuple[int, int] | None]
 """workflow_id -> (cursor, epoch) of a cached run, so a claim loads only unseen events."""

@@ -32,13 +32,14 @@ from activity_registry import (
     parse_spec,
 )
 from loom._json import JSON, is_json
+from loom.activation import ACTIVITY_TASK, TIMER_TASK
 from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
 from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, clip
-from loom.replay import ACTIVITY_TASK, TIMER_TASK, WorkflowRun
+from loom.replay import WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
 from loom.workflow import CompiledWorkflow, Workflow
 from wasm_activities import SandboxError

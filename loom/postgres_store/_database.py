@@ -17,7 +17,9 @@ from typing import Any
 import asyncpg
 
 from loom.clock import REANCHOR_SECONDS, StoreClock, monotonic_ms, wall_ms
+from loom.dialect import POSTGRESQL, Dialect, Mode, Rollback
 from loom.exceptions import LoomError
+from loom.schema import SCHEMA_COMPONENT, migrations
 
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -27,7 +29,6 @@ CHANNEL = "loom_tasks"
 CLOSED_CHANNEL = "loom_closed"
 """Payload: closed workflow ids, one per line, so handles in other processes return at once."""
 MAX_PAYLOAD = 7_000  # NOTIFY payloads must stay under 8,000 bytes
-SCHEMA_COMPONENT = "loom"
 MIGRATION_LOCK = 0x6C6F6F6D  # pg_advisory_xact_lock key shared with the registry ("loom")
 DEFAULT_POOL_SIZE = 4
 MAX_POOL_SIZE = 16
@@ -36,67 +37,7 @@ RETRIES = 10
 OPEN_TIMEOUT = 30.0
 URL_SCHEMES = ("postgres://", "postgresql://")
 
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS workflows (
-        workflow_id TEXT PRIMARY KEY,
-        workflow_name TEXT NOT NULL,
-        workflow_version TEXT NOT NULL,
-        status TEXT NOT NULL,
-        input TEXT NOT NULL,
-        state TEXT NOT NULL,
-        error TEXT,
-        owner TEXT,
-        agent TEXT,
-        parent_id TEXT,
-        parent_seq BIGINT,
-        source_hash TEXT NOT NULL,
-        current_step TEXT,
-        step_description TEXT,
-        step_index BIGINT NOT NULL DEFAULT 0,
-        total_steps BIGINT NOT NULL,
-        last_sequence BIGINT NOT NULL,
-        processed_sequence BIGINT NOT NULL DEFAULT 0,
-        epoch BIGINT NOT NULL DEFAULT 0,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
-    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
-    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
-    CREATE TABLE IF NOT EXISTS events (
-        workflow_id TEXT NOT NULL,
-        sequence BIGINT NOT NULL,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        PRIMARY KEY (workflow_id, sequence)
-    );
-    CREATE TABLE IF NOT EXISTS tasks (
-        task_id BIGSERIAL PRIMARY KEY,
-        task_key TEXT NOT NULL UNIQUE,
-        workflow_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        run_at BIGINT NOT NULL,
-        attempts BIGINT NOT NULL DEFAULT 0,
-        lease_owner TEXT,
-        lease_expires_at BIGINT
-    );
-    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
-    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
-    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
-    CREATE TABLE IF NOT EXISTS logs (
-        log_id BIGSERIAL PRIMARY KEY,
-        workflow_id TEXT NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        created_at BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
-    """,
-]
-
+MIGRATIONS = migrations("BIGSERIAL PRIMARY KEY")
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
@@ -134,12 +75,36 @@ async def migrate(conn: Connection) -> int:
 _Op = Callable[..., Coroutine[Any, Any, Any]]
 
 
-class Rollback(Exception):
-    """Raised by an operation to roll its transaction back and return `result` anyway."""
+class PostgresConnection:
+    """`loom.dialect.Connection` over a pooled asyncpg connection, for one operation."""
 
-    def __init__(self, result: object) -> None:
-        super().__init__("rolled back")
-        self.result = result
+    dialect: Dialect = POSTGRESQL
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        rows: list[Any] = await self._conn.fetch(sql, *args)
+        return rows
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any | None:
+        return await self._conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def notify_tasks(self) -> None:
+        """Delivered at commit: workers in other processes claim what became runnable."""
+        await self._conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+    async def settings(self) -> dict[str, str]:
+        return {
+            name: str(await self._conn.fetchval(f"SHOW {name}"))
+            for name in ("server_version", "synchronous_commit", "fsync", "max_connections")
+        }
 
 
 class _Database:
@@ -257,11 +222,12 @@ class _Database:
     def pool_size(self) -> int:
         return self._pool_size
 
-    def submit(self, fn: _Op, args: tuple[Any, ...], transaction: bool) -> asyncio.Future[Any]:
-        """Run `fn(conn, *args)` on a pooled connection, in a transaction if asked (else each
-        statement commits by itself); the result arrives on the caller's loop."""
+    def submit(self, fn: _Op, args: tuple[Any, ...], mode: Mode) -> asyncio.Future[Any]:
+        """Run `fn(connection, *args)` on a pooled connection, in a transaction for
+        `Mode.TRANSACTION` (else each statement commits by itself); the result arrives on
+        the caller's loop."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._loop.call_soon_threadsafe(self._start, fn, args, transaction, future)
+        self._loop.call_soon_threadsafe(self._start, fn, args, mode, future)
         return future
 
     def notify(self, closed_workflow_id: str | None = None) -> None:
@@ -285,9 +251,9 @@ class _Database:
     # -- on the DB thread ----------------------------------------------------------------
 
     def _start(
-        self, fn: _Op, args: tuple[Any, ...], transaction: bool, future: asyncio.Future[Any]
+        self, fn: _Op, args: tuple[Any, ...], mode: Mode, future: asyncio.Future[Any]
     ) -> None:
-        task = self._spawn(self._run(fn, args, transaction))
+        task = self._spawn(self._run(fn, args, mode is Mode.TRANSACTION))
         task.add_done_callback(lambda done: _hand_back(done, future))
 
     async def _run(self, fn: _Op, args: tuple[Any, ...], transaction: bool) -> Any:
@@ -296,11 +262,12 @@ class _Database:
         for attempt in range(RETRIES):
             pool = self._pool
             async with pool.acquire() as conn:
+                connection = PostgresConnection(conn)
                 try:
                     if not transaction:
-                        return await fn(conn, *args)
+                        return await fn(connection, *args)
                     async with conn.transaction():
-                        return await fn(conn, *args)
+                        return await fn(connection, *args)
                 except Rollback as rollback:
                     return rollback.result
                 except _RETRYABLE:  # the server chose this one to break a lock cycle

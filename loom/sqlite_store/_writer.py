@@ -1,6 +1,7 @@
 """The SQLite writer thread: one connection per database, group commit, schema migrations.
 
-Operations are plain functions run on this thread; it drains its queue and commits every
+Operations (coroutines of `loom.operations`) run on this thread over a `SQLiteConnection`,
+whose statements execute as they are called; the thread drains its queue and commits every
 pending operation in one transaction, then wakes the awaiting coroutines. Knows nothing of
 what the operations do.
 """
@@ -9,89 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
+from loom._json import dumps
 from loom.clock import boot_id, monotonic_ms, wall_ms
+from loom.dialect import SQLITE, Dialect, Rollback, run_now
 from loom.exceptions import LoomError, StoreFullError
-
-T = TypeVar("T")
+from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 
 BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 512
-SCHEMA_COMPONENT = "loom"
-
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS workflows (
-        workflow_id TEXT PRIMARY KEY,
-        workflow_name TEXT NOT NULL,
-        workflow_version TEXT NOT NULL,
-        status TEXT NOT NULL,
-        input TEXT NOT NULL,
-        state TEXT NOT NULL,
-        error TEXT,
-        owner TEXT,
-        agent TEXT,
-        parent_id TEXT,
-        parent_seq INTEGER,
-        source_hash TEXT NOT NULL,
-        current_step TEXT,
-        step_description TEXT,
-        step_index INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL,
-        last_sequence INTEGER NOT NULL,
-        processed_sequence INTEGER NOT NULL DEFAULT 0,
-        epoch INTEGER NOT NULL DEFAULT 0,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
-    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
-    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
-    CREATE TABLE IF NOT EXISTS events (
-        workflow_id TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (workflow_id, sequence)
-    );
-    CREATE TABLE IF NOT EXISTS tasks (
-        task_id INTEGER PRIMARY KEY,
-        task_key TEXT NOT NULL UNIQUE,
-        workflow_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        run_at INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        lease_owner TEXT,
-        lease_expires_at INTEGER
-    );
-    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
-    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
-    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
-    CREATE TABLE IF NOT EXISTS logs (
-        log_id INTEGER PRIMARY KEY,
-        workflow_id TEXT NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS clock (
-        boot_id TEXT NOT NULL,
-        monotonic_ms REAL NOT NULL,
-        wall_ms INTEGER NOT NULL
-    );
-    """,
-]
+_PARAMETER = re.compile(r"\$(\d+)")
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -159,7 +96,60 @@ def anchor_clock(conn: sqlite3.Connection) -> tuple[int, float]:
     return anchor
 
 
-_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]
+class SQLiteConnection:
+    """`loom.dialect.Connection` over the writer's sqlite3 connection: `$n` placeholders
+    become `?n`, array parameters JSON text for `json_each`, and each call runs at once."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        text, count = _translate(sql)
+        # A statement binds parameters 1..count: operations pass one argument list to the
+        # several statements of one write, each using part of it.
+        params = [dumps(a) if isinstance(a, list | tuple) else a for a in args[:count]]
+        return self._conn.execute(text, params)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return self._execute(sql, args).fetchall()
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any | None:
+        rows = self._execute(sql, args).fetchall()  # to the end: RETURNING completes
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self._execute(sql, args).fetchall()
+
+    async def notify_tasks(self) -> None:
+        """Nothing to do: only this process's workers share the writer, and the store wakes
+        them after the commit."""
+
+    async def settings(self) -> dict[str, str]:
+        settings = {
+            pragma: str(self._conn.execute(f"PRAGMA {pragma}").fetchone()[0])
+            for pragma in ("journal_mode", "synchronous", "busy_timeout")
+        }
+        level = settings["synchronous"]
+        if level.isdigit() and int(level) < len(_SYNCHRONOUS):
+            settings["synchronous"] = _SYNCHRONOUS[int(level)]
+        return settings
+
+
+@functools.lru_cache(maxsize=1024)
+def _translate(sql: str) -> tuple[str, int]:
+    """SQLite's spelling of `sql` and the highest parameter number it uses."""
+    count = max((int(n) for n in _PARAMETER.findall(sql)), default=0)
+    return _PARAMETER.sub(r"?\1", sql), count
+
+
+Operation = Callable[..., Coroutine[Any, Any, Any]]
+_Op = tuple[Operation, tuple[Any, ...], "asyncio.Future[Any]", bool]
 
 
 class _Writer:
@@ -177,8 +167,9 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
-    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    def submit(self, fn: Operation, args: tuple[Any, ...], write: bool) -> asyncio.Future[Any]:
+        """Queue `fn(connection, *args)` for the next batch; `write` takes the write lock."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put((fn, args, future, write))
         return future
 
@@ -252,6 +243,7 @@ class _Writer:
         re-run in a fresh transaction (optimistic: no per-operation savepoint on the hot path).
         """
         failed: dict[int, Exception] = {}
+        connection = SQLiteConnection(conn)
         while True:
             writes = any(op[3] for i, op in enumerate(batch) if i not in failed)
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
@@ -259,11 +251,11 @@ class _Writer:
             try:
                 for index, (fn, args, _, _) in enumerate(batch):
                     if index in failed:
-                        results.append((False, failed[index]))
+                        results.append(_outcome(failed[index]))
                         continue
                     try:
-                        results.append((True, fn(conn, *args)))
-                    except Exception as err:
+                        results.append((True, run_now(fn(connection, *args))))
+                    except Exception as err:  # Rollback included: its writes must go
                         if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
                             raise
                         failed[index] = err
@@ -276,6 +268,11 @@ class _Writer:
                 raise
             # SQLite may already have rolled back (SQLITE_FULL does): ROLLBACK would fail.
             _rollback(conn)
+
+
+def _outcome(err: Exception) -> tuple[bool, Any]:
+    """What the caller of a dropped operation gets: its error, or a Rollback's result."""
+    return (True, err.result) if isinstance(err, Rollback) else (False, err)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

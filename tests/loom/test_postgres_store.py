@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from loom.activation import ACTIVITY_TASK, Activation, TaskSpec
 from loom.history import EventKind, NewEvent, WorkflowStatus
 from loom.postgres_store import MAX_POOL_SIZE, PostgresStore
-from loom.replay import ACTIVITY_TASK, Activation, TaskSpec
 from loom.sqlite_store import SQLiteStore
 from loom.store import ClaimedTask, NewWorkflow, Store
 from tests.conftest import POSTGRES_URL, is_postgres, run_sql

@@ -1,7 +1,15 @@
-"""PostgreSQL operation bodies: each runs inside one transaction on a pooled connection.
+"""The store's operations, written once for SQLite and PostgreSQL.
 
-Lock order: a write on a workflow locks its `workflows` row before any of its task rows.
-Claims lock task rows only and never wait for a workflow row, so the two cannot deadlock.
+Each operation is a coroutine over one `Connection` (see `loom.dialect`), run by the store
+inside one transaction (or, for `Mode.STATEMENTS`, as statements that are each whole).
+Fencing happens here: a task is held by (lease_owner, attempts), and deleting the task row
+under that lease is both the fence and the exactly-once guard.
+
+Lock order (it matters on PostgreSQL, where writers run concurrently): a write on a workflow
+locks its `workflows` row before any of its task rows. Claims lock task rows only and never
+wait for a workflow row, so the two cannot deadlock; the rare cross-workflow cycle (a child
+closing while its parent cancels it) is retried by the PostgreSQL store. Finding a lost lease
+after the row is written raises `Rollback`, which undoes the operation's writes.
 """
 
 from __future__ import annotations
@@ -9,24 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
 from loom._json import JSON, dumps, loads
+from loom.activation import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
+from loom.dialect import Connection, Rollback
 from loom.exceptions import (
     WorkflowAlreadyExistsError,
     WorkflowClosedError,
     WorkflowNotFoundError,
 )
 from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
-from loom.postgres_store._database import (
-    CHANNEL,
-    MIGRATIONS,
-    SCHEMA_COMPONENT,
-    Connection,
-    Rollback,
-)
-from loom.replay import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
-from loom.sqlite_store import _WORKFLOW_COLUMNS, _record
+from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
     WAIT_KINDS,
     ClaimedTask,
@@ -42,33 +42,70 @@ from loom.store import (
     split_idle,
 )
 
+WORKFLOW_COLUMNS = (
+    "workflow_id, workflow_name, workflow_version, status, input, state, error, owner, agent, "
+    "parent_id, current_step, step_description, step_index, total_steps, last_sequence, "
+    "processed_sequence, epoch, created_at, updated_at"
+)
+_OPEN = "status IN ('PENDING', 'RUNNING')"
+
+
+def _record(row: Any) -> WorkflowRecord:
+    return WorkflowRecord(
+        workflow_id=row[0],
+        workflow_name=row[1],
+        workflow_version=row[2],
+        status=WorkflowStatus(row[3]),
+        input=loads(row[4]),
+        state=loads(row[5]),
+        error=loads(row[6]) if row[6] else None,
+        owner=row[7],
+        agent=row[8],
+        parent_id=row[9],
+        current_step=row[10],
+        step_description=row[11],
+        step_index=row[12],
+        total_steps=row[13],
+        last_sequence=row[14],
+        processed_sequence=row[15],
+        epoch=row[16],
+        created_at=row[17],
+        updated_at=row[18],
+    )
+
+
+def _event(row: Any, at: int = 0) -> Event:
+    """An event from (sequence, kind, payload, created_at) starting at column `at`."""
+    return Event(row[at], EventKind(row[at + 1]), loads(row[at + 2]), row[at + 3])
+
+
 # -- reads ---------------------------------------------------------------------------------
 
 
-async def _get_workflow(conn: Connection, workflow_id: str) -> WorkflowRecord | None:
+async def get_workflow(conn: Connection, workflow_id: str) -> WorkflowRecord | None:
     row = await conn.fetchrow(
-        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = $1", workflow_id
+        f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = $1", workflow_id
     )
     return _record(row) if row else None
 
 
-async def _get_workflows(conn: Connection, workflow_ids: list[str]) -> list[WorkflowRecord]:
+async def get_workflows(conn: Connection, workflow_ids: list[str]) -> list[WorkflowRecord]:
     rows = await conn.fetch(
-        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ANY($1::text[])",
+        f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE {conn.dialect.any('workflow_id', 1)}",
         workflow_ids,
     )
     return [_record(row) for row in rows]
 
 
-async def _get_statuses(conn: Connection, workflow_ids: list[str]) -> dict[str, WorkflowStatus]:
+async def get_statuses(conn: Connection, workflow_ids: list[str]) -> dict[str, WorkflowStatus]:
     rows = await conn.fetch(
-        "SELECT workflow_id, status FROM workflows WHERE workflow_id = ANY($1::text[])",
+        f"SELECT workflow_id, status FROM workflows WHERE {conn.dialect.any('workflow_id', 1)}",
         workflow_ids,
     )
     return {row[0]: WorkflowStatus(row[1]) for row in rows}
 
 
-async def _list_workflows(
+async def list_workflows(
     conn: Connection,
     statuses: list[WorkflowStatus],
     name: str | None,
@@ -79,7 +116,7 @@ async def _list_workflows(
     params: list[Any] = []
     if statuses:
         params.append([str(s) for s in statuses])
-        clauses.append(f"status = ANY(${len(params)}::text[])")
+        clauses.append(conn.dialect.any("status", len(params)))
     if name:
         params.append(name)
         clauses.append(f"workflow_name = ${len(params)}")
@@ -89,14 +126,14 @@ async def _list_workflows(
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     params.append(limit)
     rows = await conn.fetch(
-        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows {where} "
+        f"SELECT {WORKFLOW_COLUMNS} FROM workflows {where} "
         f"ORDER BY created_at DESC, workflow_id LIMIT ${len(params)}",
         *params,
     )
     return [_record(row) for row in rows]
 
 
-async def _list_logs(conn: Connection, workflow_id: str) -> list[tuple[int, str, str]]:
+async def list_logs(conn: Connection, workflow_id: str) -> list[tuple[int, str, str]]:
     rows = await conn.fetch(
         "SELECT created_at, level, message FROM logs WHERE workflow_id = $1 ORDER BY log_id",
         workflow_id,
@@ -104,7 +141,7 @@ async def _list_logs(conn: Connection, workflow_id: str) -> list[tuple[int, str,
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
-async def _count_tasks(conn: Connection, now: int) -> dict[str, int]:
+async def count_tasks(conn: Connection, now: int) -> dict[str, int]:
     row = await conn.fetchrow(
         "SELECT "
         "COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at >= $1 THEN 1 END),0),"
@@ -115,21 +152,37 @@ async def _count_tasks(conn: Connection, now: int) -> dict[str, int]:
     return {"leased": int(row[0]), "expired": int(row[1]), "queued": int(row[2])}
 
 
-async def _load_events(conn: Connection, workflow_id: str, after: int) -> list[Event]:
+async def load_events(conn: Connection, workflow_id: str, after: int) -> list[Event]:
     rows = await conn.fetch(
         "SELECT sequence, kind, payload, created_at FROM events "
         "WHERE workflow_id = $1 AND sequence > $2 ORDER BY sequence",
         workflow_id,
         after,
     )
-    return [Event(r[0], EventKind(r[1]), loads(r[2]), r[3]) for r in rows]
+    return [_event(r) for r in rows]
 
 
 # -- workflows and tasks -------------------------------------------------------------------
 
+_INSERT_WORKFLOW = (
+    "INSERT INTO workflows (workflow_id, workflow_name, workflow_version, status, "
+    "input, state, owner, agent, parent_id, parent_seq, source_hash, total_steps, "
+    "last_sequence, created_at, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13) "
+    "ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id"
+)
+_INSERT_STARTED = (
+    "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+    "SELECT $1, 1, $14, $15, $13"
+)
+_INSERT_FIRST_TASK = (
+    "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+    "SELECT $16, $1, $17, '{}', $13"
+)
+
 
 async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> bool:
-    """Insert the row, its WORKFLOW_STARTED event and first task in one statement."""
+    """Insert the row, its WORKFLOW_STARTED event and its first task; False if it exists."""
     started: dict[str, JSON] = {
         "input": spec.input,
         "seed": spec.seed,
@@ -139,17 +192,7 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
     }
     if spec.parent_id:
         started["parent_id"] = spec.parent_id
-    inserted = await conn.fetchval(
-        "WITH w AS (INSERT INTO workflows (workflow_id, workflow_name, workflow_version, status, "
-        "input, state, owner, agent, parent_id, parent_seq, source_hash, total_steps, "
-        "last_sequence, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13) "
-        "ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id), "
-        "e AS (INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
-        "SELECT workflow_id, 1, $14, $15, $13 FROM w), "
-        "t AS (INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
-        "SELECT $16, workflow_id, $17, '{}', $13 FROM w ON CONFLICT (task_key) DO NOTHING) "
-        "SELECT COUNT(*) FROM w",
+    args = (
         spec.workflow_id,
         spec.workflow_name,
         spec.workflow_version,
@@ -168,14 +211,27 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
         workflow_task_key(spec.workflow_id),
         WORKFLOW_TASK,
     )
-    return bool(inserted)
+    if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
+        inserted = await conn.fetchval(
+            f"WITH w AS ({_INSERT_WORKFLOW}), "
+            f"e AS ({_INSERT_STARTED} FROM w), "
+            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING) "
+            "SELECT COUNT(*) FROM w",
+            *args,
+        )
+        return bool(inserted)
+    if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
+        return False
+    await conn.execute(_INSERT_STARTED, *args)
+    await conn.execute(f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args)
+    return True
 
 
-async def _create_workflow(
+async def create_workflow(
     conn: Connection, spec: NewWorkflow, now: int
 ) -> tuple[WorkflowRecord, bool]:
     if not await _insert_workflow(conn, spec, now):
-        existing = await _get_workflow(conn, spec.workflow_id)
+        existing = await get_workflow(conn, spec.workflow_id)
         assert existing is not None  # workflows are never deleted
         if existing.workflow_name != spec.workflow_name:
             raise WorkflowAlreadyExistsError(
@@ -217,7 +273,7 @@ async def _ensure_workflow_task(conn: Connection, workflow_id: str, now: int) ->
     )
 
 
-async def _claim_tasks(
+async def claim_tasks(
     conn: Connection,
     owner: str,
     limit: int,
@@ -228,12 +284,12 @@ async def _claim_tasks(
 ) -> list[ClaimedTask]:
     # A leased task's run_at is its lease expiry, so one index finds due and expired tasks;
     # SKIP LOCKED lets concurrent claimers take disjoint batches without waiting.
-    skip = "AND task_key <> ALL($5::text[]) " if avoid else ""
+    skip = f"AND {conn.dialect.none_of('task_key', 5)} " if avoid else ""
     rows = await conn.fetch(
         "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
         "attempts = attempts + 1 WHERE task_id IN "
-        f"(SELECT task_id FROM tasks WHERE run_at <= $3 {skip}ORDER BY run_at LIMIT $4 "
-        "FOR UPDATE SKIP LOCKED) "
+        f"(SELECT task_id FROM tasks WHERE run_at <= $3 {skip}ORDER BY run_at LIMIT $4"
+        f"{conn.dialect.skip_locked}) "
         "RETURNING task_id, task_key, kind, workflow_id, payload, attempts",
         owner,
         now + lease_ms,
@@ -257,9 +313,10 @@ async def _attach_histories(
 ) -> set[int]:
     """Load what each workflow task needs (only unseen events when the caller's cache is
     current) in two queries; drop tasks of finished workflows. Returns the dropped ids."""
+    d = conn.dialect
     rows = await conn.fetch(
         "SELECT workflow_id, workflow_name, status, epoch, processed_sequence, owner, "
-        "source_hash FROM workflows WHERE workflow_id = ANY($1::text[])",
+        f"source_hash FROM workflows WHERE {d.any('workflow_id', 1)}",
         [task.workflow_id for task in tasks],
     )
     workflows = {row[0]: row for row in rows}
@@ -276,19 +333,19 @@ async def _attach_histories(
         task.history_after = after[task.workflow_id]
         task.events = []
     if dropped:
-        await conn.execute("DELETE FROM tasks WHERE task_id = ANY($1::bigint[])", list(dropped))
+        await conn.execute(f"DELETE FROM tasks WHERE {d.any('task_id', 1, 'bigint')}", [*dropped])
     if after:
+        cursors = d.rows("c", [("workflow_id", "text"), ("after", "bigint")], 1)
         events = await conn.fetch(
             "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
-            "JOIN unnest($1::text[], $2::bigint[]) AS c (workflow_id, after) "
-            "ON e.workflow_id = c.workflow_id AND e.sequence > c.after "
+            f"JOIN {cursors} ON e.workflow_id = c.workflow_id AND e.sequence > c.after "
             "ORDER BY e.workflow_id, e.sequence",
             list(after),
             list(after.values()),
         )
         by_workflow: dict[str, list[Event]] = {}
         for r in events:
-            by_workflow.setdefault(r[0], []).append(Event(r[1], EventKind(r[2]), loads(r[3]), r[4]))
+            by_workflow.setdefault(r[0], []).append(_event(r, 1))
         for task in tasks:
             if task.task_id not in dropped:
                 task.events = by_workflow.get(task.workflow_id, [])
@@ -319,8 +376,11 @@ async def _append_events(
     *,
     open_only: bool = False,
 ) -> TaskWorkflow | None:
-    """Append after the last event (None: the workflow is missing or, if `open_only`, closed)."""
-    guard = " AND status IN ('PENDING', 'RUNNING')" if open_only else ""
+    """Append after the last event (None: the workflow is missing or, if `open_only`, closed).
+
+    Returns the workflow's task view, so callers continuing it need no extra read.
+    """
+    guard = f" AND {_OPEN}" if open_only else ""
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, updated_at = $2 "
         f"WHERE workflow_id = $3{guard} "
@@ -331,26 +391,30 @@ async def _append_events(
     )
     if row is None:
         return None
-    await _insert_events(conn, workflow_id, int(row[0]) - len(events), events, now)
-    return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
-
-
-async def _insert_events(
-    conn: Connection, workflow_id: str, after: int, events: Sequence[NewEvent], now: int
-) -> None:
     await conn.execute(
-        "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
-        "SELECT $1, $2 + n, kind, payload, $3 "
-        "FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS e (kind, payload, n)",
+        _insert_events(conn, 1),
         workflow_id,
-        after,
+        int(row[0]) - len(events),
         now,
         [e.kind.value for e in events],
         [dumps(e.payload) for e in events],
     )
+    return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
 
 
-async def _commit_workflow_task(
+def _insert_events(conn: Connection, first: int) -> str:
+    """Events of workflow `$first`, numbered after sequence `$first+1`, created at
+    `$first+2`, from arrays of kinds and payloads in `$first+3` and `$first+4`."""
+    events = conn.dialect.rows(
+        "e", [("kind", "text"), ("payload", "text")], first + 3, ordinality="n"
+    )
+    return (
+        "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+        f"SELECT ${first}, ${first + 1} + n, kind, payload, ${first + 2} FROM {events}"
+    )
+
+
+async def commit_workflow_task(
     conn: Connection,
     task: ClaimedTask,
     activation: Activation,
@@ -359,8 +423,9 @@ async def _commit_workflow_task(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    # See the SQLite store: an activation computed from a history older than the row's
-    # epoch must not overwrite newer state; the task becomes due again for a fresh replay.
+    # The activation was computed from the history as of the claim; if another activation
+    # committed since (the epoch moved), it would overwrite newer state: refuse, and make
+    # the task due again at once so a fresh claim replays the current history.
     epoch = None if task.workflow is None else task.workflow.epoch
     row = await _update_workflow(conn, task, activation, 0, seen_sequence, step, now, epoch=epoch)
     if row is None:
@@ -379,7 +444,7 @@ async def _commit_workflow_task(
 
 
 _OPEN_GUARD = (
-    " AND last_sequence = $12 AND epoch = $13 AND status IN ('PENDING', 'RUNNING') "
+    f" AND last_sequence = $12 AND epoch = $13 AND {_OPEN} "
     "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $14)"
 )
 
@@ -394,7 +459,7 @@ async def _update_workflow(
     now: int,
     expected: tuple[int, int] | None = None,
     epoch: int | None = None,
-) -> asyncpg.Record | None:
+) -> Any | None:
     """Write the activation's row, which locks it first (see lock order).
 
     With `expected`, only if the history still ends at (last sequence, epoch) and no workflow
@@ -407,7 +472,7 @@ async def _update_workflow(
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
         guard, extra = " AND epoch = $12", (epoch,)
-    row = await conn.fetchrow(
+    return await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
         "step_description = COALESCE($7, step_description), processed_sequence = $8, "
@@ -427,14 +492,13 @@ async def _update_workflow(
         activation.source_hash,
         *extra,
     )
-    return row
 
 
 async def _apply_activation(
     conn: Connection,
     task: ClaimedTask,
     activation: Activation,
-    row: asyncpg.Record,
+    row: Any,
     leading: Sequence[NewEvent],
     processed_sequence: int,
     eager_lease_ms: int,
@@ -452,17 +516,18 @@ async def _apply_activation(
         # Lost to a re-claim: roll back the row update; complete_and_continue (which brings
         # the activity result as `leading`) recorded nothing either.
         raise Rollback(CommitResult(is_committed=False, is_recorded=not leading))
+    d = conn.dialect
     if activation.cancel_task_keys:
         await conn.execute(
-            "DELETE FROM tasks WHERE task_key = ANY($1::text[])", list(activation.cancel_task_keys)
+            f"DELETE FROM tasks WHERE {d.any('task_key', 1)}", list(activation.cancel_task_keys)
         )
     for child in activation.children:
         await _start_child(conn, task, child, now)
     if activation.logs:
+        logs = d.rows("l", [("level", "text"), ("message", "text"), ("at", "bigint")], 2)
         await conn.execute(
             "INSERT INTO logs (workflow_id, level, message, created_at) "
-            "SELECT $1, level, message, at FROM unnest($2::text[], $3::text[], $4::bigint[]) "
-            "AS l (level, message, at)",
+            f"SELECT $1, level, message, at FROM {logs}",
             workflow_id,
             [level for level, _, _ in activation.logs],
             [message for _, message, _ in activation.logs],
@@ -484,7 +549,7 @@ async def _apply_activation(
     return CommitResult(is_committed=True, epoch=epoch, tasks=eager, last_sequence=last_sequence)
 
 
-async def _complete_and_continue(
+async def complete_and_continue(
     conn: Connection,
     task: ClaimedTask,
     result: NewEvent,
@@ -494,7 +559,12 @@ async def _complete_and_continue(
     eager_lease_ms: int,
     now: int,
 ) -> CommitResult:
-    """Record an activity result and the activation it led to, if nothing else happened."""
+    """Record an activity result and the activation it led to, if nothing else happened.
+
+    The worker drove its live run with the result before asking; that is valid only if the
+    history still ends where the run saw it (same last sequence and epoch) and no workflow
+    task is pending or running elsewhere. Otherwise only the result is recorded, as usual.
+    """
     processed = expected[0] + 1
     row = await _update_workflow(conn, task, activation, 1, processed, step, now, expected)
     if row is not None:
@@ -510,6 +580,18 @@ async def _complete_and_continue(
     return CommitResult(is_committed=False)
 
 
+_FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
+_TASK_COLUMNS = [
+    ("key", "text"),
+    ("kind", "text"),
+    ("payload", "text"),
+    ("run_at", "bigint"),
+    ("attempts", "bigint"),
+    ("owner", "text"),
+    ("expires", "bigint"),
+]
+
+
 async def _fence_and_insert(
     conn: Connection,
     task: ClaimedTask,
@@ -519,29 +601,15 @@ async def _fence_and_insert(
     eager_lease_ms: int,
     now: int,
 ) -> tuple[ClaimedTask, ...] | None:
-    """In one statement: delete `task` under its lease (the fence), append `events` after
-    sequence `after` and create the activation's tasks, activity tasks leased to `task.owner`
-    when eager. Returns the eager tasks, or None when the lease was lost (the caller rolls
-    back: the inserts then vanish with the transaction)."""
+    """Delete `task` under its lease (the fence), append `events` after sequence `after` and
+    create the activation's tasks, activity tasks leased to `task.owner` when eager (on
+    PostgreSQL in one statement). Returns the eager tasks, or None when the lease was lost
+    (the caller rolls back: the inserts then vanish with the transaction)."""
     workflow_id = task.workflow_id
     expires = now + eager_lease_ms
     specs = activation.tasks
     is_eager = [bool(eager_lease_ms) and t.kind == ACTIVITY_TASK for t in specs]
-    row = await conn.fetchrow(
-        "WITH fence AS (DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 "
-        "AND attempts = $3 RETURNING 1), "
-        "e AS (INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
-        "SELECT $4, $5 + n, kind, payload, $6 "
-        "FROM unnest($7::text[], $8::text[]) WITH ORDINALITY AS e (kind, payload, n)), "
-        "t AS (INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
-        "lease_owner, lease_expires_at) SELECT key, $4, kind, payload, run_at, attempts, "
-        "owner, expires FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[], "
-        "$13::bigint[], $14::text[], $15::bigint[]) "
-        "AS t (key, kind, payload, run_at, attempts, owner, expires) "
-        "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key, lease_owner) "
-        "SELECT (SELECT COUNT(*) FROM fence) AS fenced, "
-        "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL) AS ids, "
-        "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL) AS keys",
+    args = (
         task.task_id,
         task.owner,
         task.attempt,
@@ -558,9 +626,30 @@ async def _fence_and_insert(
         [task.owner if eager else None for eager in is_eager],
         [expires if eager else None for eager in is_eager],
     )
-    if not row["fenced"]:
-        return None
-    ids = dict(zip(row["keys"], row["ids"], strict=True))
+    insert_tasks = (
+        "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
+        "lease_owner, lease_expires_at) SELECT key, $4, kind, payload, run_at, attempts, "
+        f"owner, expires FROM {conn.dialect.rows('t', _TASK_COLUMNS, 9)} WHERE true "
+        "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key, lease_owner"
+    )
+    if conn.dialect.writable_ctes:
+        row = await conn.fetchrow(
+            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn, 4)}), t AS ({insert_tasks}) "
+            "SELECT (SELECT COUNT(*) FROM fence), "
+            "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
+            "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL)",
+            *args,
+        )
+        if not row[0]:
+            return None
+        ids = dict(zip(row[2], row[1], strict=True))
+    else:
+        if await conn.fetchval(_FENCE, *args) is None:
+            return None
+        if events:
+            await conn.execute(_insert_events(conn, 4), *args)
+        inserted = await conn.fetch(insert_tasks, *args) if specs else []
+        ids = {r[1]: r[0] for r in inserted if r[2] is not None}
     return tuple(
         ClaimedTask(ids[t.key], t.key, t.kind, workflow_id, t.payload, 1, task.owner)
         for t in specs
@@ -607,16 +696,14 @@ async def _close_workflow(
         await _append_to_open(conn, parent_id, event, now)
     if activation.status is WorkflowStatus.CANCELED:
         children = await conn.fetch(
-            "SELECT workflow_id FROM workflows WHERE parent_id = $1 AND status = ANY($2::text[])",
-            workflow_id,
-            [WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value],
+            f"SELECT workflow_id FROM workflows WHERE parent_id = $1 AND {_OPEN}", workflow_id
         )
         reason = {"reason": f"parent workflow {workflow_id!r} was cancelled"}
         for (child_id,) in children:
             await _append_to_open(conn, child_id, NewEvent(EventKind.CANCEL_REQUESTED, reason), now)
     if parent_id or activation.status is WorkflowStatus.CANCELED:
         # Delivered at commit: workers in other processes pick up the woken workflows.
-        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+        await conn.notify_tasks()
 
 
 async def _append_to_open(conn: Connection, workflow_id: str, event: NewEvent, now: int) -> bool:
@@ -626,7 +713,7 @@ async def _append_to_open(conn: Connection, workflow_id: str, event: NewEvent, n
     return True
 
 
-async def _complete_task(
+async def complete_task(
     conn: Connection,
     task: ClaimedTask,
     event: NewEvent,
@@ -668,11 +755,11 @@ async def _complete_task(
     after = cached[0] if cached[1] == workflow.epoch else 0
     claimed.workflow = workflow
     claimed.history_after = after
-    claimed.events = await _load_events(conn, workflow_id, after)
+    claimed.events = await load_events(conn, workflow_id, after)
     return Completion(is_recorded=True, next_task=claimed)
 
 
-async def _retry_activity(
+async def retry_activity(
     conn: Connection,
     task: ClaimedTask,
     run_at: int,
@@ -700,11 +787,13 @@ async def _retry_activity(
     return True
 
 
-async def _append_external(
+async def append_external(
     conn: Connection, workflow_id: str, event: NewEvent, action: str, now: int
 ) -> None:
+    """A signal or cancel request from outside: refused for a missing or closed workflow."""
     status = await conn.fetchval(
-        "SELECT status FROM workflows WHERE workflow_id = $1 FOR UPDATE", workflow_id
+        f"SELECT status FROM workflows WHERE workflow_id = $1{conn.dialect.for_update}",
+        workflow_id,
     )
     if status is None:
         raise WorkflowNotFoundError(workflow_id)
@@ -714,18 +803,18 @@ async def _append_external(
     await _ensure_workflow_task(conn, workflow_id, now)
 
 
-async def _extend_leases(conn: Connection, owner: str, lease_ms: int, now: int) -> None:
+async def extend_leases(conn: Connection, owner: str, lease_ms: int, now: int) -> None:
     # SKIP LOCKED: a row locked now is being finished or re-leased by someone; waiting for
     # it could only add a lock cycle.
     await conn.execute(
         "UPDATE tasks SET lease_expires_at = $1, run_at = $1 WHERE task_id IN "
-        "(SELECT task_id FROM tasks WHERE lease_owner = $2 FOR UPDATE SKIP LOCKED)",
+        f"(SELECT task_id FROM tasks WHERE lease_owner = $2{conn.dialect.skip_locked})",
         now + lease_ms,
         owner,
     )
 
 
-async def _release_tasks(conn: Connection, owner: str, now: int) -> None:
+async def release_tasks(conn: Connection, owner: str, now: int) -> None:
     await conn.execute(
         "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
         "WHERE lease_owner = $2",
@@ -737,7 +826,7 @@ async def _release_tasks(conn: Connection, owner: str, now: int) -> None:
 # -- operator views (read-only) ------------------------------------------------------------
 
 
-async def _collect_stats(conn: Connection, now: int) -> StoreStats:
+async def collect_stats(conn: Connection, now: int) -> StoreStats:
     workflows = {status.value: 0 for status in WorkflowStatus}
     for status, count in await conn.fetch("SELECT status, COUNT(*) FROM workflows GROUP BY status"):
         workflows[str(status)] = int(count)
@@ -755,11 +844,8 @@ async def _collect_stats(conn: Connection, now: int) -> StoreStats:
     return StoreStats(workflows=workflows, tasks=tasks)
 
 
-async def _diagnose(conn: Connection, now: int) -> Diagnosis:
-    settings = {
-        name: str(await conn.fetchval(f"SHOW {name}"))
-        for name in ("server_version", "synchronous_commit", "fsync", "max_connections")
-    }
+async def diagnose(conn: Connection, now: int) -> Diagnosis:
+    d = conn.dialect
     version = await conn.fetchval(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = $1",
         SCHEMA_COMPONENT,
@@ -770,45 +856,36 @@ async def _diagnose(conn: Connection, now: int) -> Diagnosis:
         now,
     )
     # Open, no task row, and an event the code has not seen yet: nothing will ever run it.
+    # (Events after processed_sequence that the workflow wrote itself do not count.)
     delivered = [k.value for k in EventKind if k not in COMMAND_KINDS and k not in CLOSING_KINDS]
     without_task = (
-        "FROM workflows w WHERE w.status = ANY($1::text[]) "
+        f"FROM workflows w WHERE w.{_OPEN} "
         "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = w.workflow_id)"
     )
-    open_statuses = [WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value]
     stuck = await conn.fetch(
         f"SELECT w.workflow_id {without_task} AND EXISTS (SELECT 1 FROM events e "
         "WHERE e.workflow_id = w.workflow_id AND e.sequence > w.processed_sequence "
-        "AND e.kind = ANY($2::text[])) ORDER BY w.created_at",
-        open_statuses,
+        f"AND {d.any('e.kind', 1)}) ORDER BY w.created_at",
         delivered,
     )
     stuck_ids = {str(r[0]) for r in stuck}
     candidates = [
         str(r[0])
-        for r in await conn.fetch(
-            f"SELECT w.workflow_id {without_task} ORDER BY w.created_at", open_statuses
-        )
+        for r in await conn.fetch(f"SELECT w.workflow_id {without_task} ORDER BY w.created_at")
         if str(r[0]) not in stuck_ids
     ]
     waits = await conn.fetch(
         "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
-        "WHERE e.kind = ANY($2::text[]) AND e.workflow_id IN "
+        f"WHERE {d.any('e.kind', 1)} AND e.workflow_id IN "
         f"(SELECT w.workflow_id {without_task}) ORDER BY e.workflow_id, e.sequence",
-        open_statuses,
         [k.value for k in WAIT_KINDS],
     )
     idle, lost = split_idle(
-        candidates,
-        (
-            (str(r[0]), Event(r[1], EventKind(r[2]), loads(r[3]), r[4]))
-            for r in waits
-            if str(r[0]) not in stuck_ids
-        ),
+        candidates, ((str(r[0]), _event(r, 1)) for r in waits if str(r[0]) not in stuck_ids)
     )
     return Diagnosis(
-        backend="postgresql",
-        settings=settings,
+        backend=d.name,
+        settings=await conn.settings(),
         schema_version=int(version),
         latest_schema_version=len(MIGRATIONS),
         expired_leases=[(int(r[0]), str(r[1]), str(r[2])) for r in expired],

@@ -1,0 +1,65 @@
+"""What one workflow task produces for the store: new events, tasks, children, logs.
+
+These records sit below both sides that exchange them: replay builds an `Activation`, the
+store commits it. Keeping them here (not in `loom.replay`) is what lets the store layer
+import nothing of the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loom._json import JSON
+from loom.history import NewEvent, WorkflowStatus
+
+TaskKind = str
+WORKFLOW_TASK = "workflow"
+ACTIVITY_TASK = "activity"
+TIMER_TASK = "timer"
+
+
+def workflow_task_key(workflow_id: str) -> str:
+    """The one workflow task a workflow can have: its key makes a second insert a no-op."""
+    return f"w:{workflow_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task to create with the activation (activity attempt or timer)."""
+
+    key: str
+    kind: TaskKind
+    payload: dict[str, JSON]
+    run_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStart:
+    """A child workflow to create in the same transaction as the parent's command."""
+
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str
+    input: JSON
+    state: dict[str, JSON]
+    source_hash: str
+    total_steps: int
+    parent_seq: int
+    seed: int
+
+
+@dataclass(slots=True)
+class Activation:
+    """Everything one workflow task produced; the store commits it in one transaction."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    cancel_task_keys: list[str] = field(default_factory=list)
+    children: list[ChildStart] = field(default_factory=list)
+    logs: list[tuple[str, str, int]] = field(default_factory=list)
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    state: dict[str, JSON] = field(default_factory=dict)
+    step_index: int = 0
+    error: dict[str, JSON] | None = None
+    source_hash: str | None = None
+    """The code that computed it; the store keeps it as the workflow's current code."""

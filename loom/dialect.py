@@ -1,0 +1,145 @@
+"""What truly differs between the two SQL stores, and nothing else.
+
+The store's operations (`loom.operations`) are written once, as coroutines over a
+`Connection`. SQL is written in PostgreSQL's numbered-placeholder style (`$1`); the few
+constructs the dialects spell differently come from the connection's `Dialect`: arrays as
+parameters (`= ANY($1::text[])` against `IN (SELECT value FROM json_each(?1))`), row sets
+built from parallel arrays (`unnest` against `json_each`), row locks (SQLite has one writer
+and needs none) and writable CTEs (PostgreSQL folds several writes into one round trip).
+
+The SQLite connection runs each statement synchronously inside its writer thread's batch
+transaction, so an operation coroutine there never really suspends (`run_now` drives it);
+the PostgreSQL connection awaits asyncpg on a pooled connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Mode(enum.Enum):
+    """How an operation needs to run; each backend maps it onto its own transactions."""
+
+    READ = "read"
+    """Reads only: SQLite runs it in a deferred transaction, PostgreSQL without one."""
+    STATEMENTS = "statements"
+    """Writes whose statements are each whole on their own: PostgreSQL skips BEGIN/COMMIT
+    (two round trips), SQLite still group-commits them with the batch."""
+    TRANSACTION = "transaction"
+    """Writes that must commit together or not at all."""
+
+
+class Rollback(Exception):
+    """Raised by an operation to undo its writes and still return `result` to the caller.
+
+    A lost lease is found only after the workflow row is locked (PostgreSQL's lock order:
+    the workflow row before its task rows), so the operation has written by then.
+    """
+
+    def __init__(self, result: object) -> None:
+        super().__init__("rolled back")
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    """`sqlite` or `postgresql`: the backend `loom doctor` reports."""
+    writable_ctes: bool
+    """INSERT/DELETE inside WITH: several writes in one statement (PostgreSQL only)."""
+    for_update: str
+    """Appended to a SELECT that must lock its rows until commit."""
+    skip_locked: str
+    """Appended to a SELECT whose locked rows others may take instead of waiting."""
+
+    def any(self, column: str, param: int, sql_type: str = "text") -> str:
+        """`column` equals one element of the array passed as parameter `param`."""
+        if self.name == "postgresql":
+            return f"{column} = ANY(${param}::{sql_type}[])"
+        return f"{column} IN (SELECT value FROM json_each(${param}))"
+
+    def none_of(self, column: str, param: int, sql_type: str = "text") -> str:
+        if self.name == "postgresql":
+            return f"{column} <> ALL(${param}::{sql_type}[])"
+        return f"{column} NOT IN (SELECT value FROM json_each(${param}))"
+
+    def rows(
+        self,
+        alias: str,
+        columns: Sequence[tuple[str, str]],
+        first: int,
+        *,
+        ordinality: str | None = None,
+    ) -> str:
+        """A row set from parallel array parameters `first`, `first + 1`, …, one per
+        (column, type); `ordinality` names a 1-based row-number column."""
+        if self.name == "postgresql":
+            arrays = ", ".join(f"${first + i}::{t}[]" for i, (_, t) in enumerate(columns))
+            names = [c for c, _ in columns] + ([ordinality] if ordinality else [])
+            number = " WITH ORDINALITY" if ordinality else ""
+            return f"unnest({arrays}){number} AS {alias} ({', '.join(names)})"
+        selected = [f"c{i}.value AS {c}" for i, (c, _) in enumerate(columns)]
+        if ordinality:
+            selected.append(f"c0.key + 1 AS {ordinality}")
+        joins = "".join(
+            f" JOIN json_each(${first + i}) c{i} ON c{i}.key = c0.key"
+            for i in range(1, len(columns))
+        )
+        return f"(SELECT {', '.join(selected)} FROM json_each(${first}) c0{joins}) AS {alias}"
+
+
+POSTGRESQL = Dialect(
+    name="postgresql",
+    writable_ctes=True,
+    for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
+)
+SQLITE = Dialect(name="sqlite", writable_ctes=False, for_update="", skip_locked="")
+
+
+class Row(Protocol):
+    def __getitem__(self, index: int) -> Any: ...
+
+
+class Connection(Protocol):
+    """One connection inside one operation: what `loom.operations` may call."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Any]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        """The first row, or None."""
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def notify_tasks(self) -> None:
+        """Tell other processes, at commit, that tasks became runnable (SQLite: no-op, its
+        store wakes its own process after the commit)."""
+
+    async def settings(self) -> dict[str, str]:
+        """The connection settings `loom doctor` shows."""
+        ...
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an operation over a synchronous connection to its end, on this thread.
+
+    Its awaits all complete at once (each statement runs as it is called), so the first
+    `send` finishes it; anything else is a bug, caught here rather than hanging the writer.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError("a store operation awaited something other than its connection")

@@ -1,0 +1,91 @@
+"""The engine's tables, one text for both stores.
+
+Migrations are numbered by their place in `MIGRATIONS` and applied once each, in order, by
+the store that opens the database (`schema_migrations` keeps what was applied per
+component; the activity registry keeps its own). `{id}` is the auto-numbered key column:
+SQLite's rowid alias or a PostgreSQL sequence. Every other type is spelled the same; SQLite
+gives `BIGINT` integer affinity.
+"""
+
+from __future__ import annotations
+
+SCHEMA_COMPONENT = "loom"
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS workflows (
+        workflow_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        workflow_version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        owner TEXT,
+        agent TEXT,
+        parent_id TEXT,
+        parent_seq BIGINT,
+        source_hash TEXT NOT NULL,
+        current_step TEXT,
+        step_description TEXT,
+        step_index BIGINT NOT NULL DEFAULT 0,
+        total_steps BIGINT NOT NULL,
+        last_sequence BIGINT NOT NULL,
+        processed_sequence BIGINT NOT NULL DEFAULT 0,
+        epoch BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, workflow_name);
+    CREATE INDEX IF NOT EXISTS workflows_by_owner ON workflows (owner, status);
+    CREATE INDEX IF NOT EXISTS workflows_by_parent ON workflows (parent_id);
+    CREATE TABLE IF NOT EXISTS events (
+        workflow_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (workflow_id, sequence)
+    );
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id {id},
+        task_key TEXT NOT NULL UNIQUE,
+        workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        run_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS tasks_by_run_at ON tasks (run_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (lease_owner);
+    CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
+    CREATE TABLE IF NOT EXISTS logs (
+        log_id {id},
+        workflow_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS logs_by_workflow ON logs (workflow_id, log_id);
+    """,
+    # SQLite's clock anchor per host boot (see `loom.clock`); PostgreSQL reads the server's
+    # clock instead and leaves it empty.
+    """
+    CREATE TABLE IF NOT EXISTS clock (
+        boot_id TEXT NOT NULL,
+        monotonic_ms DOUBLE PRECISION NOT NULL,
+        wall_ms BIGINT NOT NULL
+    );
+    """,
+]
+
+
+def migrations(id_column: str) -> list[str]:
+    """The migration scripts with the dialect's auto-numbered key column filled in."""
+    return [script.replace("{id}", id_column) for script in _MIGRATIONS]
+
+
+MIGRATIONS = migrations("INTEGER PRIMARY KEY")
+"""As SQLite runs them; `len(MIGRATIONS)` is the current schema version for both stores."""

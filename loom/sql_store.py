@@ -1,0 +1,254 @@
+"""The `Store` both SQL backends share: each method is one operation of `loom.operations`,
+run by the backend in the `Mode` it needs, followed by the in-process wake-ups it causes.
+
+A backend supplies only how an operation reaches its database (`_run`): SQLite's writer
+thread with group commit, or PostgreSQL's pool on its DB thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from loom import operations as ops
+from loom._json import JSON
+from loom.activation import Activation
+from loom.clock import StoreClock
+from loom.dialect import Connection, Mode
+from loom.exceptions import WorkflowClosedError
+from loom.history import Event, EventKind, NewEvent, WorkflowStatus
+from loom.store import (
+    ClaimedTask,
+    CommitResult,
+    Completion,
+    CursorLookup,
+    Diagnosis,
+    NewWorkflow,
+    StepProgress,
+    Store,
+    StoreStats,
+    Wakeups,
+    WorkflowRecord,
+)
+
+T = TypeVar("T")
+Operation = Callable[..., Coroutine[Any, Any, T]]
+"""`op(conn, *args)`: one function of `loom.operations`."""
+
+
+class SQLStore(Store):
+    """Store methods over `loom.operations`; subclasses provide `_run`."""
+
+    wakeups: Wakeups
+    clock: StoreClock
+    _closed = False
+
+    @abc.abstractmethod
+    async def _run(self, mode: Mode, op: Operation[T], *args: Any) -> T:
+        """Run `op(conn, *args)` on a connection of this database, as `mode` requires."""
+
+    @abc.abstractmethod
+    def _stop(self) -> None:
+        """Stop the backend's DB thread (blocking; waits for operations in flight)."""
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(None, self._stop)
+
+    def close_sync(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stop()
+
+    async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
+        result = await self._run(Mode.STATEMENTS, ops.create_workflow, spec, self.now_ms())
+        if result[1]:
+            self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return result
+
+    async def claim_tasks(
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        cursor_of: CursorLookup,
+        *,
+        avoid: Sequence[str] = (),
+    ) -> list[ClaimedTask]:
+        # The claim is one statement; what follows only reads (and drops finished tasks).
+        return await self._run(
+            Mode.STATEMENTS,
+            ops.claim_tasks,
+            owner,
+            limit,
+            lease_ms,
+            cursor_of,
+            self.now_ms(),
+            tuple(avoid),
+        )
+
+    async def commit_workflow_task(
+        self,
+        task: ClaimedTask,
+        activation: Activation,
+        seen_sequence: int,
+        step: StepProgress | None,
+        *,
+        eager_lease_ms: int = 0,
+    ) -> CommitResult:
+        result = await self._run(
+            Mode.TRANSACTION,
+            ops.commit_workflow_task,
+            task,
+            activation,
+            seen_sequence,
+            step,
+            eager_lease_ms,
+            self.now_ms(),
+        )
+        if result.is_committed:
+            self.wakeups.activation_committed(task.workflow_id, activation, result)
+        return result
+
+    async def complete_and_continue(
+        self,
+        task: ClaimedTask,
+        result: NewEvent,
+        expected: tuple[int, int],
+        activation: Activation,
+        step: StepProgress | None,
+        *,
+        at: int,
+        eager_lease_ms: int = 0,
+    ) -> CommitResult:
+        done = await self._run(
+            Mode.TRANSACTION,
+            ops.complete_and_continue,
+            task,
+            result,
+            expected,
+            activation,
+            step,
+            eager_lease_ms,
+            at,
+        )
+        if done.is_committed:
+            self.wakeups.activation_committed(task.workflow_id, activation, done)
+        else:
+            self.wakeups.tasks_ready()  # the result went in alone: its workflow task is due
+        return done
+
+    async def complete_activity(
+        self,
+        task: ClaimedTask,
+        kind: EventKind,
+        payload: dict[str, JSON],
+        *,
+        continue_with: CursorLookup | None = None,
+        lease_ms: int = 0,
+    ) -> Completion:
+        return await self._complete(task, NewEvent(kind, payload), continue_with, lease_ms)
+
+    async def fire_timer(
+        self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
+    ) -> Completion:
+        event = NewEvent(EventKind.TIMER_FIRED, {"seq": task.payload["seq"]})
+        return await self._complete(task, event, continue_with, lease_ms)
+
+    async def _complete(
+        self,
+        task: ClaimedTask,
+        event: NewEvent,
+        continue_with: CursorLookup | None,
+        lease_ms: int,
+    ) -> Completion:
+        done = await self._run(
+            Mode.TRANSACTION,
+            ops.complete_task,
+            task,
+            event,
+            continue_with,
+            lease_ms,
+            self.now_ms(),
+        )
+        if done.is_recorded and done.next_task is None:
+            self.wakeups.tasks_ready()
+        return done
+
+    async def retry_activity(
+        self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
+    ) -> bool:
+        ok = await self._run(
+            Mode.TRANSACTION, ops.retry_activity, task, run_at, payload, error, self.now_ms()
+        )
+        if ok:
+            self.wakeups.tasks_ready()
+        return ok
+
+    async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
+        event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
+        await self._append_external(workflow_id, event, "receive signals")
+
+    async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
+        event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
+        try:
+            await self._append_external(workflow_id, event, "be cancelled")
+        except WorkflowClosedError:
+            return False
+        return True
+
+    async def _append_external(self, workflow_id: str, event: NewEvent, action: str) -> None:
+        await self._run(
+            Mode.TRANSACTION, ops.append_external, workflow_id, event, action, self.now_ms()
+        )
+        self.wakeups.tasks_ready()
+
+    async def extend_leases(self, owner: str, lease_ms: int) -> None:
+        await self._run(Mode.STATEMENTS, ops.extend_leases, owner, lease_ms, self.now_ms())
+
+    async def release_tasks(self, owner: str) -> None:
+        await self._run(Mode.STATEMENTS, ops.release_tasks, owner, self.now_ms())
+        self.wakeups.tasks_ready()
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        return await self._run(Mode.READ, ops.get_workflow, workflow_id)
+
+    async def get_workflows(self, workflow_ids: Sequence[str]) -> list[WorkflowRecord]:
+        return await self._run(Mode.READ, ops.get_workflows, list(workflow_ids))
+
+    async def get_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        return await self._run(Mode.READ, ops.get_statuses, list(workflow_ids))
+
+    async def list_events(self, workflow_id: str) -> list[Event]:
+        return await self._run(Mode.READ, ops.load_events, workflow_id, 0)
+
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        statuses: Sequence[WorkflowStatus] | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowRecord]:
+        wanted = list(statuses or ([status] if status else []))
+        return await self._run(Mode.READ, ops.list_workflows, wanted, name, owner, limit)
+
+    async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]:
+        return await self._run(Mode.READ, ops.list_logs, workflow_id)
+
+    async def count_tasks(self) -> dict[str, int]:
+        return await self._run(Mode.READ, ops.count_tasks, self.now_ms())
+
+    async def collect_stats(self) -> StoreStats:
+        return await self._run(Mode.READ, ops.collect_stats, self.now_ms())
+
+    async def diagnose(self) -> Diagnosis:
+        return await self._run(Mode.READ, ops.diagnose, self.now_ms())
+
+
+__all__ = ["Connection", "Mode", "Operation", "SQLStore"]

@@ -164,6 +164,30 @@ async def test_unmarked_env_serves_any_started_workflow_and_declared_activity(lo
     assert state["second"] == "stamped second"
 
 
+@loom.workflow(name="EnvRenewal")
+class Renewal(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    """A parent whose children each sleep a different number of days."""
+
+    @loom.step
+    async def renew(self, ctx):  # type: ignore[no-untyped-def]
+        children = [ctx.start_workflow(Monthly, {}) for _ in range(2)]
+        ctx.state.children = [(await child)["slept_days"] for child in children]
+        await ctx.sleep(timedelta(days=365))
+        ctx.state.renewed_on = ctx.now().isoformat()
+
+
+@pytest.mark.loom(workflows=[Renewal, Monthly], activities=[stamp])
+async def test_children_and_concurrent_results_skip_together(loom_env) -> None:
+    started_at = loom_env.now()
+    first, second = [await loom_env.start(Renewal, {}) for _ in range(2)]
+    one, two = await asyncio.gather(first.result(timeout=60), second.result(timeout=60))
+    for state in (one, two):
+        assert state["children"] == [pytest.approx(30, abs=1e-3)] * 2
+    # 30 days for the children, then a year: the clock passed both, and not much more.
+    elapsed = loom_env.now() - started_at
+    assert timedelta(days=395) <= elapsed < timedelta(days=395, hours=1)
+
+
 # -- activity test doubles ------------------------------------------------------------
 
 

@@ -74,8 +74,8 @@ class WorkflowEnvironment:
     With `time_skipping` (the default), whenever every workflow waits on a timer (no task is
     due or running), the clock jumps to the next due time: a 30-day `ctx.sleep` or a retry
     backoff passes at once. Jumps happen only while the test awaits `result()` of a handle
-    from this environment, or inside `await env.sleep(...)`; between those the test acts at
-    a still point of virtual time, so a signal it sends cannot race a timeout.
+    from this environment, or inside `await env.sleep(...)`; between those virtual time runs
+    at wall speed, so a signal the test sends cannot race a timeout that is days away.
 
     `activities` defaults to every `@loom.activity` declared in this process. `doubles` maps
     an activity name to a plain function (sync or async) that serves its calls instead: a

@@ -225,3 +225,9 @@ def activity(
 def declared_activity(name: str) -> Activity[..., Any] | None:
     """The most recently declared `@activity` with this name, for in-process execution."""
     return _declared.get(name)
+
+
+def declared_activities() -> list[Activity[..., Any]]:
+    """Every `@activity` declared in this process, the latest per name (a test
+    environment serves them all unless given a list)."""
+    return list(_declared.values())

@@ -143,8 +143,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 from loom._activity_cli import activity  # noqa: E402 - needs database_option defined above
+from loom._export import is_history_file  # noqa: E402
+from loom._history_cli import history_group, replay_file  # noqa: E402 - likewise
 
 main.add_command(activity)
+main.add_command(history_group)
 
 
 # -- shared plumbing for commands ------------------------------------------------------------
@@ -721,7 +724,7 @@ async def _replay_all(
 
 
 @main.command()
-@click.argument("workflow_id", metavar="ID", required=False)
+@click.argument("workflow_id", metavar="ID|FILE", required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every stored workflow.")
 @click.option("--app", "app", required=True, help="Module defining the current workflow code.")
 @json_option
@@ -729,7 +732,8 @@ async def _replay_all(
 def replay(
     workflow_id: str | None, replay_all: bool, app: str, as_json: bool, database: str
 ) -> None:
-    """Replay stored histories against the current code and report non-determinism.
+    """Replay stored histories (or an exported FILE) against the current code and report
+    non-determinism.
 
     Changes nothing in the database. Exit 1 when any history no longer matches the code.
     """
@@ -739,6 +743,8 @@ def replay(
     with _ReplayProgress(enabled=replay_all) as progress:
 
         async def operation() -> list[dict[str, JSON]]:
+            if workflow_id is not None and is_history_file(workflow_id):
+                return [replay_file(workflow_id, registry)]  # a `loom history export` file
             return await _replay_all(open_store(database), registry, workflow_id, progress.advance)
 
         outcomes = run(operation)

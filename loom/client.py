@@ -107,6 +107,16 @@ def get_store(database: str | os.PathLike[str] | None = None) -> Store:
         return store
 
 
+def discard_store(database: str | os.PathLike[str]) -> Store | None:
+    """Forget the process-wide store of `database` and return it (closing it is the
+    caller's): for a database that goes away, like a test environment's temporary one."""
+    key = _resolve(os.fspath(database))
+    with _lock:
+        for lookup in [lookup for lookup, resolved in _resolved.items() if resolved == key]:
+            del _resolved[lookup]
+        return _stores.pop(key, None)
+
+
 async def start_workflow(
     compiled: CompiledWorkflow[Any, StateT],
     input: Any,

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -75,6 +75,9 @@ class Worker:
 
     `limits` bounds what this worker lets into history: activity arguments and results,
     state, child input and error text (default `Limits.from_env()`; see `loom.Limits`).
+
+    `overrides` maps an activity name to a native activity that serves every call of that
+    name, at any version range, native or registered: the test doubles of `loom.testing`.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Worker:
         worker_id: str | None = None,
         tune_gc: bool = True,
         limits: Limits | None = None,
+        overrides: Mapping[str, Activity[..., Any]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -104,6 +108,7 @@ class Worker:
             if not isinstance(act, Activity):
                 raise TypeError(f"activities must be @loom.activity functions, got {act!r}")
             self._activities[act.name] = act
+        self._overrides = dict(overrides or {})
         self.database = database_url(database)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -511,7 +516,7 @@ class Worker:
     async def _run_activity(self, store: Store, task: ClaimedTask) -> None:
         payload = task.payload
         name = str(payload["name"])
-        activity = self._activities.get(name)
+        activity = self._activities.get(name) if not self._overrides else self._override(name)
         if activity is None:
             await self._run_registered(store, task)
             return
@@ -545,6 +550,10 @@ class Worker:
             EventKind.ACTIVITY_COMPLETED,
             {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt},
         )
+
+    def _override(self, spec: str) -> Activity[..., Any] | None:
+        name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
+        return self._overrides.get(name) or self._activities.get(spec)
 
     async def _fail_activity(
         self,

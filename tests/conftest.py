@@ -9,6 +9,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ import asyncpg
 import pytest
 
 import loom
+
+if not any(ep.value == "loom._pytest" for ep in entry_points(group="pytest11")):
+    # The `loom_env` fixture comes from loom's pytest11 entry point; a checkout newer than
+    # the installed package metadata loads the plugin itself.
+    pytest_plugins = ["loom._pytest"]
 
 POSTGRES_URL = os.environ.get("LOOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

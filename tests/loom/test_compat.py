@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import loom
+from loom._export import read_history
 from loom.cli import main as cli
 from loom.client import get_store
 from loom.history import Event, EventKind
@@ -145,8 +146,8 @@ class Prune(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
 
 
 def _load(name: str) -> list[Event]:
-    rows = json.loads((HISTORIES / name).read_text())
-    return [Event(r["sequence"], EventKind(r["kind"]), r["payload"], r["created_at"]) for r in rows]
+    """A golden history: the file `loom history export` writes."""
+    return read_history(HISTORIES / name).events
 
 
 async def test_update_replaces_the_state_and_records_removed_keys(

@@ -3,13 +3,13 @@ committed golden histories still replay against the current code."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 import loom
 from examples.order import OrderWorkflow
+from loom._export import read_history
 from loom.client import get_store
 from loom.history import Event, EventKind
 from loom.replay import WorkflowRun
@@ -60,8 +60,8 @@ async def test_changed_code_raises_non_determinism_naming_both(db_path, make_wor
 
 
 def _load(name: str) -> list[Event]:
-    rows = json.loads((HISTORIES / name).read_text())
-    return [Event(r["sequence"], EventKind(r["kind"]), r["payload"], r["created_at"]) for r in rows]
+    """A golden history: the file `loom history export` writes."""
+    return read_history(HISTORIES / name).events
 
 
 def test_golden_order_history_replays() -> None:

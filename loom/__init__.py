@@ -9,6 +9,7 @@ from loom.exceptions import (
     ActivityFailedError,
     ActivityTimeoutError,
     CancelledWorkflowError,
+    CompensationError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
@@ -25,6 +26,7 @@ from loom.exceptions import (
 from loom.history import WorkflowStatus
 from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
+from loom.saga import Saga
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Input, State, Workflow, step, workflow
 
@@ -33,12 +35,14 @@ __all__ = [
     "ActivityFailedError",
     "ActivityTimeoutError",
     "CancelledWorkflowError",
+    "CompensationError",
     "CompiledWorkflow",
     "Input",
     "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",
     "PayloadTooLargeError",
+    "Saga",
     "State",
     "StateSerializationError",
     "StoreFullError",

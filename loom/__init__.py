@@ -71,3 +71,13 @@ try:
     __version__ = _metadata.version("loom")
 except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> object:
+    """`loom.wdl` (declarative workflows) loads on first use: most programs never need its
+    models, and CEL loads only when an expression is first compiled."""
+    if name == "wdl":
+        import importlib
+
+        return importlib.import_module("loom.wdl")
+    raise AttributeError(f"module 'loom' has no attribute {name!r}")

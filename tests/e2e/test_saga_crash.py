@@ -3,31 +3,15 @@ compensation has taken effect exactly once, in reverse order."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 import loom
 from loom.client import get_store
-from tests.e2e.conftest import wait_serving
+from tests.e2e.conftest import wait_for_line, wait_serving
 from tests.e2e.saga_app import GatedTrip
-
-
-def _has_line(path: Path, line: str) -> bool:
-    return path.exists() and line in path.read_text().splitlines()
-
-
-async def _wait_for_line(path: Path, line: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await asyncio.to_thread(_has_line, path, line):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{line!r} never appeared in {path}")
 
 
 @pytest.mark.timeout(300)
@@ -35,7 +19,7 @@ async def test_sigkill_mid_compensation_runs_each_undo_once(db_path, spawn_worke
     handle = await GatedTrip.start({"folder": str(tmp_path)}, workflow_id="gated-trip")
     first = spawn_worker(db_path, "--lease-seconds", "1", app="tests.e2e.saga_app")
     await wait_serving(tmp_path / "worker-0.log")
-    await _wait_for_line(tmp_path / "attempts.txt", "unbook b", timeout=120)
+    await wait_for_line(tmp_path / "attempts.txt", "unbook b", timeout=120)
     first.send_signal(signal.SIGKILL)  # "unbook c" is done, "unbook b" is mid-flight
     first.wait()
     (tmp_path / "gate").touch()

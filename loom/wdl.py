@@ -108,9 +108,16 @@ class _Step(_Model):
     description: str = ""
 
 
+def _retry_shorthand(schema: dict[str, Any]) -> None:
+    """The schema says what `_retry_count` accepts: `"retry": 3` means three attempts."""
+    count = {"type": "integer", "minimum": 1, "maximum": 100, "description": "max_attempts"}
+    schema["properties"]["retry"]["anyOf"].insert(0, count)
+
+
 class ActivityStep(_Step):
     """Run an activity: a native name or a registered `name@range` (WASM)."""
 
+    model_config = ConfigDict(json_schema_extra=_retry_shorthand)
     type: Literal["activity"]
     activity: str
     input: JSON = None

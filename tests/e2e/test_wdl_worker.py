@@ -17,6 +17,7 @@ import loom
 import loom.wdl
 from tests.e2e.conftest import ROOT, wait_for_line, wait_serving
 from tests.e2e.wdl_app import gated_flow
+from tests.wasm_activities.build import EXAMPLES_DIR, build_example
 
 
 @pytest.mark.timeout(300)
@@ -60,6 +61,10 @@ def _loom(db: Path, *args: str) -> str:
 
 @pytest.mark.timeout(300)
 async def test_worker_serves_a_definition_file(db_path, spawn_worker, tmp_path) -> None:
+    """No Python at all: a definition calling a registered WASM activity by range."""
+    build_example("word-count")
+    manifest = str(EXAMPLES_DIR / "word-count" / "activity.toml")
+    await asyncio.to_thread(_loom, db_path, "activity", "register", manifest)
     definition = tmp_path / "nap.json"
     definition.write_text(
         json.dumps(
@@ -68,6 +73,13 @@ async def test_worker_serves_a_definition_file(db_path, spawn_worker, tmp_path) 
                 "steps": [
                     {"id": "hold", "type": "wait", "event": "go", "output": "go"},
                     {"id": "nap", "type": "sleep", "duration": "{{ go.ms }}"},
+                    {
+                        "id": "count",
+                        "type": "activity",
+                        "activity": "word-count@^1",
+                        "input": {"text": "{{ go.text }}"},
+                        "output": "counts",
+                    },
                 ],
             }
         )
@@ -77,6 +89,11 @@ async def test_worker_serves_a_definition_file(db_path, spawn_worker, tmp_path) 
     args = ["--app", str(definition), "--input", "{}", "--id", "nap-1"]
     workflow_id = await asyncio.to_thread(_loom, db_path, "start", "wait-then-nap", *args)
     assert workflow_id == "nap-1"
-    await asyncio.to_thread(_loom, db_path, "signal", "nap-1", "go", "--payload", '{"ms": 20}')
+    await asyncio.to_thread(
+        _loom, db_path, "signal", "nap-1", "go", "--payload", '{"ms": 20, "text": "one two three"}'
+    )
     state = await loom.get_handle("nap-1").result(timeout=120)
-    assert state == {"go": {"ms": 20}}
+    assert state == {
+        "go": {"ms": 20, "text": "one two three"},
+        "counts": {"words": 3, "chars": 13},
+    }

@@ -191,3 +191,42 @@ def test_compensate_checks_arguments_at_registration() -> None:
     with pytest.raises(loom.WorkflowExecutionError) as info:
         asyncio.run(TripBadUndo.compile().execute({}))
     assert info.value.error_type == "TypeError"
+
+
+undo_gate: asyncio.Event | None = None
+
+
+@loom.activity(retry=1, timeout=30)
+async def slow_unbook(booking: str) -> None:
+    assert undo_gate is not None
+    effects.append(f"start unbook {booking}")
+    await undo_gate.wait()
+    effects.append(f"unbook {booking}")
+
+
+@loom.workflow(name="SlowUndoTrip")
+class SlowUndoTrip(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def plan(self, ctx):  # type: ignore[no-untyped-def]
+        async with ctx.saga() as saga:
+            for item in ("car", "hotel"):
+                saga.compensate(slow_unbook, await ctx.activity(book, item))
+            await ctx.activity(book, "boom")
+
+
+async def test_cancel_during_compensation_waits_for_it(db_path, make_worker) -> None:
+    global undo_gate
+    undo_gate = asyncio.Event()
+    async with make_worker([SlowUndoTrip], [book, slow_unbook]):
+        handle = await SlowUndoTrip.start({})
+        while "start unbook booking-hotel" not in effects:
+            await asyncio.sleep(0.02)
+        await handle.cancel("too late to stop the undo")
+        undo_gate.set()
+        with pytest.raises(loom.ActivityFailedError, match="cannot book boom"):
+            await handle.result(timeout=30)
+    assert effects[-3:] == [
+        "unbook booking-hotel",
+        "start unbook booking-car",
+        "unbook booking-car",
+    ]

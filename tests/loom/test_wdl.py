@@ -374,3 +374,26 @@ def test_cli_validate_and_graph(tmp_path: Path) -> None:
     assert graph.exit_code == 0 and graph.output == loom.wdl.mermaid(app.onboarding)
     schema = runner.invoke(main, ["wdl", "schema"])
     assert json.loads(schema.output) == loom.wdl.json_schema()
+
+
+async def test_cancel_while_waiting_undoes_the_account(db_path, make_worker) -> None:
+    async with make_worker(WORKFLOWS, ACTIVITIES):
+        handle = await app.onboarding.start(_user())
+        await _wait_for_event(handle.workflow_id, EventKind.SIGNAL_WAIT_STARTED, "email_verified")
+        await handle.cancel("customer left")
+        with pytest.raises(loom.WorkflowCancelledError):
+            await handle.result(timeout=60)
+    events = await get_store().list_events(handle.workflow_id)
+    done = [e.payload["name"] for e in events if e.kind is EventKind.ACTIVITY_COMPLETED]
+    assert done == ["create-user-account", "send-email", "delete-user-account"]
+    assert await handle.status() is loom.WorkflowStatus.CANCELED
+
+
+def test_retry_shorthand_is_in_the_schema_and_accepted() -> None:
+    from jsonschema import Draft202012Validator
+
+    document = _doc({"id": "a", "type": "activity", "activity": "x", "retry": 4})
+    Draft202012Validator(json.loads(loom.wdl.SCHEMA_PATH.read_text())).validate(document)
+    [step] = loom.wdl.validate(document).steps
+    assert isinstance(step, loom.wdl.ActivityStep) and step.retry is not None
+    assert step.retry.max_attempts == 4

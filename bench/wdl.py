@@ -3,6 +3,7 @@ same steps written in Python.
 
 Cases (one process; durable SQLite for the workflow cases):
   cel        one compiled CEL condition over a nested object, per evaluation
+  crowded    the same condition with 50 other step outputs in scope (only read names pass)
   template   rendering the onboarding example's largest step input (5 templates)
   python     N workflows of 3 native activities written as a Python class
   definition N workflows of the same 3 activities as a definition (loom.wdl.load)
@@ -105,6 +106,8 @@ async def main() -> None:
         "cel_us": _per_call_us(lambda: evaluate(condition, variables), 5000),
         "template_us": _per_call_us(lambda: render(step_input, variables), 2000),
     }
+    crowded = {**variables, **{f"step{i}": {"rows": list(range(50))} for i in range(50)}}
+    figures["cel_crowded_us"] = _per_call_us(lambda: evaluate(condition, crowded), 5000)
     with tempfile.TemporaryDirectory() as folder:
         loom.configure(database=Path(folder) / "python.db")
         figures["python_wf_per_s"] = await _workflows(ThreeAdds.compile(), args.workflows)
@@ -114,6 +117,7 @@ async def main() -> None:
         print(json.dumps(figures))
         return
     print(f"CEL condition          {figures['cel_us']:8.1f} us/evaluation")
+    print(f"CEL, 50 other outputs  {figures['cel_crowded_us']:8.1f} us/evaluation")
     print(f"step input (5 tmpl)    {figures['template_us']:8.1f} us/render")
     print(f"Python workflow        {figures['python_wf_per_s']:8.1f} workflows/s (3 activities)")
     print(f"definition             {figures['definition_wf_per_s']:8.1f} workflows/s (same steps)")

@@ -39,13 +39,19 @@ class ExpressionError(LoomError):
 
 
 @functools.lru_cache(maxsize=4096)
-def _program(expression: str) -> Any:  # cel ships no type information
+def _program(expression: str) -> tuple[Any, tuple[str, ...]]:  # cel ships no type information
+    """The compiled program and the root names it reads.
+
+    Only those names are handed to CEL: converting the whole context costs time in
+    proportion to the workflow's variables (2 ms for 50 mid-sized outputs, 11 µs for one).
+    """
     import cel  # here, not at import: the package also loads its CLI (~0.5 s)
 
     try:
-        return cel.compile(expression)
+        program = cel.compile(expression)
     except ValueError as err:
         raise ExpressionError(expression, f"does not parse: {_first_line(err)}") from err
+    return program, tuple(program.variables())
 
 
 def check_expression(expression: str, *, where: str = "") -> None:
@@ -60,8 +66,8 @@ def evaluate(expression: str, variables: Mapping[str, JSON], *, where: str = "")
     """The JSON value of `expression` over `variables`."""
     text = expression.strip()
     try:
-        program = _program(text)
-        value = program.execute(dict(variables))
+        program, names = _program(text)
+        value = program.execute({name: variables[name] for name in names if name in variables})
     except ExpressionError as err:
         raise ExpressionError(err.expression, err.problem, where=where) from None
     except KeyError as err:

@@ -188,6 +188,9 @@ Step = Annotated[
 class Definition(_Model):
     """A declarative workflow: `name`, `version`, optional `input_schema`, `steps`."""
 
+    schema_ref: str | None = Field(
+        None, alias="$schema", description="Where editors find this schema; ignored by Loom."
+    )
     name: str = Field(min_length=1, max_length=200)
     version: str = Field("1.0.0", pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
     description: str = ""

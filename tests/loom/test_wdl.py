@@ -394,6 +394,7 @@ def test_retry_shorthand_is_in_the_schema_and_accepted() -> None:
 
     document = _doc({"id": "a", "type": "activity", "activity": "x", "retry": 4})
     Draft202012Validator(json.loads(loom.wdl.SCHEMA_PATH.read_text())).validate(document)
+    document["$schema"] = "./wdl_schema.json"  # editors find the schema; Loom ignores it
     [step] = loom.wdl.validate(document).steps
     assert isinstance(step, loom.wdl.ActivityStep) and step.retry is not None
     assert step.retry.max_attempts == 4

@@ -398,3 +398,29 @@ def test_retry_shorthand_is_in_the_schema_and_accepted() -> None:
     [step] = loom.wdl.validate(document).steps
     assert isinstance(step, loom.wdl.ActivityStep) and step.retry is not None
     assert step.retry.max_attempts == 4
+
+
+@loom.activity(name="wdl-shout")
+async def shout(text: str) -> str:
+    return text.upper()
+
+
+async def test_native_activity_takes_an_object_as_kwargs_and_else_one_argument() -> None:
+    flow = _flow(
+        {
+            "id": "one",
+            "type": "activity",
+            "activity": "wdl-shout",
+            "input": "{{ word }}",
+            "output": "a",
+        },
+        {
+            "id": "kw",
+            "type": "activity",
+            "activity": "wdl-shout",
+            "input": {"text": "b {{ a }}"},
+            "output": "b",
+        },
+        name="shouting",
+    )
+    assert await flow.execute({"word": "hi"}) == {"a": "HI", "b": "B HI"}

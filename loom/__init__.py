@@ -9,6 +9,7 @@ from loom.exceptions import (
     ActivityFailedError,
     ActivityTimeoutError,
     CancelledWorkflowError,
+    CompensationError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
@@ -25,6 +26,7 @@ from loom.exceptions import (
 from loom.history import WorkflowStatus
 from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
+from loom.saga import Saga
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Input, State, Workflow, step, workflow
 
@@ -33,12 +35,14 @@ __all__ = [
     "ActivityFailedError",
     "ActivityTimeoutError",
     "CancelledWorkflowError",
+    "CompensationError",
     "CompiledWorkflow",
     "Input",
     "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",
     "PayloadTooLargeError",
+    "Saga",
     "State",
     "StateSerializationError",
     "StoreFullError",
@@ -67,3 +71,13 @@ try:
     __version__ = _metadata.version("loom")
 except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> object:
+    """`loom.wdl` (declarative workflows) loads on first use: most programs never need its
+    models, and CEL loads only when an expression is first compiled."""
+    if name == "wdl":
+        import importlib
+
+        return importlib.import_module("loom.wdl")
+    raise AttributeError(f"module 'loom' has no attribute {name!r}")

@@ -145,9 +145,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 from loom._activity_cli import activity  # noqa: E402 - needs database_option defined above
 from loom._export import is_history_file  # noqa: E402
 from loom._history_cli import history_group, replay_file  # noqa: E402 - likewise
+from loom._wdl_cli import app_definitions, definition_file_app, wdl  # noqa: E402
 
 main.add_command(activity)
 main.add_command(history_group)
+main.add_command(wdl)
 
 
 # -- shared plumbing for commands ------------------------------------------------------------
@@ -242,6 +244,8 @@ def load_app(spec: str) -> tuple[list[Any], list[Any]]:
     from loom.activity import Activity
     from loom.workflow import Workflow
 
+    if spec.endswith(".json"):
+        return definition_file_app(spec)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -255,7 +259,7 @@ def load_app(spec: str) -> tuple[list[Any], list[Any]]:
         and issubclass(value, Workflow)
         and value is not Workflow
         and value.__dict__.get("__loom_info__") is not None
-    ]
+    ] + app_definitions(module)
     activities = [value for value in vars(module).values() if isinstance(value, Activity)]
     if not workflows and not activities:
         raise click.UsageError(f"module {spec!r} defines no @loom.workflow or @loom.activity")

@@ -16,6 +16,7 @@ from loom.activation import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
 from loom.activity import Activity
 from loom.exceptions import PayloadTooLargeError
 from loom.history import EventKind
+from loom.saga import Saga
 from loom.state import StateProxy
 from loom.workflow import CompiledWorkflow, Workflow
 
@@ -198,6 +199,18 @@ class WorkflowContext(Generic[InT, StateT]):
         )
         assert future is not None
         return await future
+
+    def saga(self, *, parallel: bool = False) -> Saga:
+        """A saga: `async with ctx.saga() as saga:` then `saga.compensate(undo, *args)` after
+        each step that succeeded.
+
+        If the block raises (or the workflow is cancelled inside it), the compensations run
+        newest first as durable activities, one after another (each finishing its retries)
+        or all together with `parallel=True`; then the exception propagates, or
+        `loom.CompensationError` if a compensation failed. A cancel requested while they
+        run waits for them.
+        """
+        return Saga(self, parallel=parallel)
 
     async def sleep(
         self,

@@ -100,6 +100,45 @@ class ActivityTimeoutError(LoomError):
         )
 
 
+class CompensationError(LoomError):
+    """A saga's block failed and at least one of its compensations failed too.
+
+    `original` is the exception that triggered the compensations, `failures` the errors of
+    the compensations that failed for good (after their retries), in the order they ran.
+    Every other compensation still ran.
+    """
+
+    def __init__(self, *, original: BaseException, failures: list[Exception]) -> None:
+        self.original = original
+        self.failures = failures
+        names = ", ".join(_describe(failure) for failure in failures)
+        super().__init__(
+            f"{len(failures)} saga compensation(s) failed ({names}) while undoing "
+            f"{type(original).__name__}: {original}; the undone steps need a manual repair "
+            f"(the workflow's history lists which compensations completed)"
+        )
+
+    def history_details(self) -> dict[str, Any]:
+        """What history keeps besides the message, so a handle shows both errors."""
+        return {
+            "original": {"type": type(self.original).__name__, "message": str(self.original)},
+            "failures": [
+                {
+                    "type": type(f).__name__,
+                    "activity_name": getattr(f, "activity_name", None),
+                    "message": getattr(f, "error_message", None) or str(f),
+                }
+                for f in self.failures
+            ],
+        }
+
+
+def _describe(failure: Exception) -> str:
+    name = getattr(failure, "activity_name", None)
+    message = getattr(failure, "error_message", None) or str(failure)
+    return f"{name}: {message}" if name else f"{type(failure).__name__}: {message}"
+
+
 class WorkflowClosedError(LoomError):
     """The workflow has finished and no longer accepts signals."""
 

@@ -115,7 +115,21 @@ def encode_error(
     for attr in ("activity_name", "expected", "actual", "retryable", "error_type"):
         if hasattr(err, attr):
             info[attr] = getattr(err, attr)
+    extra = getattr(err, "history_details", None)  # structured fields of composite errors
+    if callable(extra):
+        info.update(_clipped(extra(), max_chars))
     for key, value in info.items():
         if isinstance(value, str):
             info[key] = clip(value, max_chars)
     return {"type": type(err).__name__, "message": clip(str(message), max_chars), "details": info}
+
+
+def _clipped(value: JSON, max_chars: int) -> JSON:
+    """`value` with every string in it cut to `max_chars` (nested error details)."""
+    if isinstance(value, str):
+        return clip(value, max_chars)
+    if isinstance(value, dict):
+        return {key: _clipped(item, max_chars) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clipped(item, max_chars) for item in value]
+    return value

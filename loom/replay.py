@@ -42,6 +42,10 @@ REFUSED = "refused"
 oversized argument): no task ran, and replay must not take the event's time as news."""
 REMOVED_KEYS = "removed"
 """STATE_UPDATE payload field: the keys `ctx.state.update(fn)` removed (sorted)."""
+SHIELDED: contextvars.ContextVar[bool] = contextvars.ContextVar("loom_shielded", default=False)
+"""Set (per asyncio task, so it reaches tasks started under it) while a saga compensates:
+commands issued then run even after a cancel request, and a cancel does not reject them.
+Replay meets CANCEL_REQUESTED at the same position, so shielding replays the same."""
 
 
 class HistoryGapError(LoomError):
@@ -201,6 +205,8 @@ class WorkflowRun:
         self._mutable_snapshot: dict[str, str] = {}
         self._cancel_reason: str | None = None
         self._cancelled = False
+        self._shielded: set[int] = set()
+        """Commands a cancel leaves running: a saga's compensations (see SHIELDED)."""
         self._main: asyncio.Task[None] | None = None
         self._out = Activation()
         self._failure: BaseException | None = None
@@ -366,10 +372,13 @@ class WorkflowRun:
         future: asyncio.Future[Any] | None = None
         if decode is not None:
             future = self.loop.create_future()
-            if self._cancelled:
+            is_shielded = SHIELDED.get()
+            if self._cancelled and not is_shielded:
                 future.set_exception(WorkflowCancelledError(self._cancel_reason))
             else:
                 self._pending[seq] = (future, decode)
+                if is_shielded:
+                    self._shielded.add(seq)
         return seq, future, is_new
 
     @property
@@ -545,6 +554,8 @@ class WorkflowRun:
         self._cancel_reason = None if reason is None else str(reason)
         was_waiting = bool(self._pending)
         for seq in list(self._pending):
+            if seq in self._shielded:
+                continue
             self._reject(seq, WorkflowCancelledError(self._cancel_reason))
             self._out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
         self._signal_waiters.clear()

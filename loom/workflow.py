@@ -360,6 +360,12 @@ def _first_errors(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def declare_compiled(compiled: CompiledWorkflow[Any, Any]) -> None:
+    """Make a workflow built without a class body (a loaded definition) known by name, as
+    `@workflow` does for classes, so children and local runs find it."""
+    _compiled_by_name[compiled.name] = compiled
+
+
 def compiled_workflow(name: str) -> CompiledWorkflow[Any, Any]:
     """The compiled workflow declared under `name` in this process."""
     try:

@@ -77,3 +77,18 @@ async def wait_serving(log: Path, timeout: float = 90) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"worker did not report serving within {timeout}s: {log}")
+
+
+def _has_line(path: Path, line: str) -> bool:
+    return path.exists() and line in path.read_text(errors="replace").splitlines()
+
+
+async def wait_for_line(path: Path, line: str, timeout: float = 120) -> None:
+    """Wait until a worker subprocess wrote `line` to `path` (a handshake on real work)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await asyncio.to_thread(_has_line, path, line):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{line!r} never appeared in {path}")

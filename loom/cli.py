@@ -145,6 +145,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 from loom._activity_cli import activity  # noqa: E402 - needs database_option defined above
 
 main.add_command(activity)
+from loom._web_cli import web  # noqa: E402
+
+main.add_command(web)
 
 
 # -- shared plumbing for commands ------------------------------------------------------------

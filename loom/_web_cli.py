@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 from typing import Any
 
@@ -89,7 +90,13 @@ def web(host: str, port: int, database: str, apps: tuple[str, ...], token: str |
         timeout_graceful_shutdown=3,
         lifespan="on",
     )
-    # uvicorn shuts down gracefully (closing open SSE streams), then re-raises the Ctrl-C
+    # uvicorn shuts down gracefully on Ctrl-C or SIGTERM (closing open SSE streams), then
+    # re-raises the signal to the handler it found: ours makes either a clean exit.
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])
     click.echo("loom web stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -54,7 +54,7 @@ class ApiError(Exception):
         self.fields = fields
 
 
-def create_app(  # noqa: C901 - one closure per route over the same store; each is small
+def create_app(
     *,
     database: str | None = None,
     token: str | None = None,
@@ -65,15 +65,15 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
 
     `workflows` are the definitions the `--app` modules declared: their step graphs are shown
     and run graphs use their step names. `token` None leaves it open (loopback only: the
-    command refuses other hosts without one).
+    command refuses other hosts without one, and the guard serves only loopback host names).
     """
-    store = get_store(database)
+    dashboard = Dashboard(database, workflows, poll_interval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         with contextlib.suppress(Exception):
-            await store.close()
+            await dashboard.store.close()
 
     app = FastAPI(
         title="loom web",
@@ -84,75 +84,136 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
         redoc_url=None,
         lifespan=lifespan,
     )
-    templates = Jinja2Templates(directory=str(_HERE / "templates"))
-    templates.env.autoescape = True
-    templates.env.filters["compact"] = views.compact
-    templates.env.filters["pretty"] = views.pretty
-    templates.env.filters["when"] = _when
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-    definitions = {compiled.name: compiled for compiled in workflows}
+    app.add_exception_handler(ApiError, dashboard.api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, dashboard.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, dashboard.invalid)  # type: ignore[arg-type]
+    pages: list[tuple[str, Callable[..., Any]]] = [
+        ("/", dashboard.workflows_page),
+        ("/workflows/{workflow_id}", dashboard.workflow_page),
+        ("/definitions", dashboard.definitions_page),
+        ("/activities", dashboard.activities_page),
+        ("/queue", dashboard.queue_page),
+        ("/stats", dashboard.stats_page),
+        ("/docs", dashboard.docs_page),
+    ]
+    for path, endpoint in pages:
+        app.add_api_route(
+            path, endpoint, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
+        )
+    app.add_api_route("/live/workflows", dashboard.live_workflows, include_in_schema=False)
+    app.add_api_route(
+        "/live/workflows/{workflow_id}", dashboard.live_workflow, include_in_schema=False
+    )
+    get, post = ["GET"], ["POST"]
+    api: list[tuple[str, Callable[..., Any], list[str], str, dict[str, Any] | None]] = [
+        ("/api/workflows", dashboard.api_workflows, get, "workflows", None),
+        ("/api/workflows/cancel", dashboard.api_bulk_cancel, post, "workflows", BULK_BODY),
+        ("/api/workflows/{workflow_id}", dashboard.api_workflow, get, "workflows", None),
+        ("/api/workflows/{workflow_id}/events", dashboard.api_events, get, "workflows", None),
+        ("/api/workflows/{workflow_id}/logs", dashboard.api_logs, get, "workflows", None),
+        (
+            "/api/workflows/{workflow_id}/signals/{name}",
+            dashboard.api_signal,
+            post,
+            "workflows",
+            SIGNAL_BODY,
+        ),
+        (
+            "/api/workflows/{workflow_id}/cancel",
+            dashboard.api_cancel,
+            post,
+            "workflows",
+            CANCEL_BODY,
+        ),
+        ("/api/activities", dashboard.api_activities, get, "activities", None),
+        ("/api/definitions", dashboard.api_definitions, get, "activities", None),
+        ("/api/stats", dashboard.api_stats, get, "stats", None),
+        ("/api/progress/stream", dashboard.api_progress_stream, get, "progress", None),
+        ("/api/progress/{owner}", dashboard.api_progress, get, "progress", None),
+        ("/metrics", dashboard.metrics, get, "stats", None),
+    ]
+    for path, endpoint, methods, tag, extra in api:
+        app.add_api_route(path, endpoint, methods=methods, tags=[tag], openapi_extra=extra)
+    return Guard(app, token=token)
 
-    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, context, status_code=status)
 
-    # -- errors ---------------------------------------------------------------------------
+class Dashboard:
+    """The routes' shared reads and renders over one store (each method is one route)."""
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> Response:
+    def __init__(
+        self,
+        database: str | None,
+        workflows: Sequence[CompiledWorkflow[Any, Any]],
+        poll_interval: float,
+    ) -> None:
+        self.database = database
+        self.store = get_store(database)
+        self.definitions = {compiled.name: compiled for compiled in workflows}
+        self.poll_interval = poll_interval
+        self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
+        self.templates.env.autoescape = True
+        self.templates.env.filters["compact"] = views.compact
+        self.templates.env.filters["pretty"] = views.pretty
+        self.templates.env.filters["when"] = _when
+        self.usage = views.UsageCache()
+
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    async def api_error(self, request: Request, err: ApiError) -> Response:
         body = {"error": str(err), "status": err.status, **err.fields}
         if request.url.path.startswith("/api"):
             return JSONResponse(body, status_code=err.status)
-        return page(request, "error.html", err.status, message=str(err), code=err.status)
+        return self.page(request, "error.html", err.status, message=str(err), code=err.status)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+    async def http_error(self, request: Request, err: StarletteHTTPException) -> Response:
         if request.url.path.startswith(("/api", "/static")):
             return JSONResponse(
                 {"error": str(err.detail), "status": err.status_code},
                 status_code=err.status_code,
                 headers=err.headers,
             )
-        return page(
+        return self.page(
             request, "error.html", err.status_code, message=err.detail, code=err.status_code
         )
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> Response:
+    async def invalid(self, request: Request, err: RequestValidationError) -> Response:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5]]
         return JSONResponse({"error": "; ".join(problems), "status": 422}, status_code=422)
 
-    # -- shared reads -----------------------------------------------------------------------
+    # -- shared reads -------------------------------------------------------------------------
 
-    async def record_of(workflow_id: str) -> WorkflowRecord:
-        record = await store.get_workflow(workflow_id)
+    async def record_of(self, workflow_id: str) -> WorkflowRecord:
+        record = await self.store.get_workflow(workflow_id)
         if record is None:
             raise ApiError(404, f"no workflow with id {workflow_id!r}", workflow_id=workflow_id)
         return record
 
-    async def listing(filters: Filters) -> list[WorkflowRecord]:
-        if filters.search:
-            exact = await store.get_workflow(filters.search)
-            candidates = [exact] if exact is not None else []
-            if exact is None:
-                recent = await store.list_workflows(
-                    status=filters.status, name=filters.name, owner=filters.owner, limit=MAX_LIMIT
-                )
-                candidates = [r for r in recent if filters.search in r.workflow_id]
-            return [r for r in candidates if filters.admits(r)][: filters.limit]
-        return await store.list_workflows(
-            status=filters.status, name=filters.name, owner=filters.owner, limit=filters.limit
-        )
+    async def listing(self, filters: Filters) -> list[WorkflowRecord]:
+        if not filters.search:
+            return await self.store.list_workflows(
+                status=filters.status, name=filters.name, owner=filters.owner, limit=filters.limit
+            )
+        exact = await self.store.get_workflow(filters.search)
+        if exact is not None:
+            candidates = [exact]
+        else:  # a part of an id: among the newest MAX_LIMIT that pass the other filters
+            recent = await self.store.list_workflows(
+                status=filters.status, name=filters.name, owner=filters.owner, limit=MAX_LIMIT
+            )
+            candidates = [r for r in recent if filters.search in r.workflow_id]
+        return [r for r in candidates if filters.admits(r)][: filters.limit]
 
-    async def detail_context(workflow_id: str) -> dict[str, Any]:
-        record = await record_of(workflow_id)
-        events = await store.list_events(workflow_id)
-        logs = await store.list_logs(workflow_id)
-        children = await store.get_workflows(views.child_ids(events))
-        steps = (
-            definitions[record.workflow_name].step_names()
-            if record.workflow_name in definitions
-            else views.step_names(record, events)
-        )
+    async def detail_context(self, workflow_id: str) -> dict[str, Any]:
+        record = await self.record_of(workflow_id)
+        events = await self.store.list_events(workflow_id)
+        logs = await self.store.list_logs(workflow_id)
+        children = await self.store.get_workflows(views.child_ids(events))
+        compiled = self.definitions.get(record.workflow_name)
+        steps = compiled.step_names() if compiled else views.step_names(record, events)
         calls = views.activity_calls(events)
         return {
             "record": record,
@@ -167,86 +228,97 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
             "waiting_for": views.signal_waits(events),
         }
 
-    async def stats_context() -> dict[str, Any]:
-        stats = await store.collect_stats()
-        return {"stats": stats, "tasks": await store.count_tasks()}
+    async def stats_context(self) -> dict[str, Any]:
+        return {"stats": await self.store.collect_stats(), "tasks": await self.store.count_tasks()}
 
-    # -- pages -----------------------------------------------------------------------------
+    async def registered_activities(self) -> tuple[list[dict[str, JSON]], str | None]:
+        from activity_registry import Registry
+        from loom.client import database_url
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def workflows_page(request: Request) -> HTMLResponse:
+        try:
+            async with Registry(database_url(self.database)) as registry:
+                found = await registry.list()
+        except Exception as err:  # an empty or foreign database has no registry yet
+            return [], f"{type(err).__name__}: {err}"
+        return [a.model_dump(mode="json") for a in found], None
+
+    # -- pages --------------------------------------------------------------------------------
+
+    async def workflows_page(self, request: Request) -> HTMLResponse:
         filters = Filters.from_query(request)
-        records = await listing(filters)
-        return page(
+        return self.page(
             request,
             "workflows.html",
-            records=records,
+            records=await self.listing(filters),
             filters=filters,
             statuses=[s.value for s in WorkflowStatus],
             stream_query=filters.query(),
         )
 
-    @app.get("/workflows/{workflow_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def workflow_page(request: Request, workflow_id: str) -> HTMLResponse:
-        return page(request, "workflow.html", **await detail_context(workflow_id))
+    async def workflow_page(self, request: Request, workflow_id: str) -> HTMLResponse:
+        return self.page(request, "workflow.html", **await self.detail_context(workflow_id))
 
-    @app.get("/definitions", response_class=HTMLResponse, include_in_schema=False)
-    async def definitions_page(request: Request) -> HTMLResponse:
-        shown = [(c, views.definition_graph(c)) for c in definitions.values()]
-        return page(request, "definitions.html", definitions=shown)
+    async def definitions_page(self, request: Request) -> HTMLResponse:
+        shown = [(c, views.definition_graph(c)) for c in self.definitions.values()]
+        return self.page(request, "definitions.html", definitions=shown)
 
-    @app.get("/activities", response_class=HTMLResponse, include_in_schema=False)
-    async def activities_page(request: Request) -> HTMLResponse:
-        activities, problem = await registered_activities()
-        return page(request, "activities.html", activities=activities, problem=problem)
-
-    @app.get("/queue", response_class=HTMLResponse, include_in_schema=False)
-    async def queue_page(request: Request) -> HTMLResponse:
-        return page(request, "queue.html", **await stats_context())
-
-    @app.get("/stats", response_class=HTMLResponse, include_in_schema=False)
-    async def stats_page(request: Request) -> HTMLResponse:
-        return page(request, "stats.html", **await stats_context())
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def docs_page(request: Request) -> HTMLResponse:
-        return page(request, "docs.html")
-
-    # -- live fragments (htmx SSE) ------------------------------------------------------------
-
-    @app.get("/live/workflows", include_in_schema=False)
-    async def live_workflows(request: Request) -> EventSourceResponse:
-        filters = Filters.from_query(request)
-
-        async def read() -> tuple[Any, str]:
-            records = await listing(filters)
-            key = [(r.workflow_id, r.status, r.updated_at, r.step_index) for r in records]
-            html = templates.get_template("_workflow_rows.html").render(records=records)
-            return key, html
-
-        return EventSourceResponse(
-            _fragments(store, request, read, "workflows", poll_interval), ping=PING_SECONDS
+    async def activities_page(self, request: Request) -> HTMLResponse:
+        activities, problem = await self.registered_activities()
+        usage = await self.usage.get(self.store)
+        return self.page(
+            request,
+            "activities.html",
+            activities=activities,
+            problem=problem,
+            usage=usage,
+            sample=views.USAGE_SAMPLE,
         )
 
-    @app.get("/live/workflows/{workflow_id}", include_in_schema=False)
-    async def live_workflow(request: Request, workflow_id: str) -> EventSourceResponse:
-        await record_of(workflow_id)
+    async def queue_page(self, request: Request) -> HTMLResponse:
+        return self.page(request, "queue.html", **await self.stats_context())
+
+    async def stats_page(self, request: Request) -> HTMLResponse:
+        return self.page(request, "stats.html", **await self.stats_context())
+
+    async def docs_page(self, request: Request) -> HTMLResponse:
+        return self.page(request, "docs.html")
+
+    # -- live fragments (htmx SSE) ----------------------------------------------------------
+
+    async def live_workflows(self, request: Request) -> EventSourceResponse:
+        filters = Filters.from_query(request)
+        rows = self.templates.get_template("_workflow_rows.html")
 
         async def read() -> tuple[Any, str]:
-            context = await detail_context(workflow_id)
+            records = await self.listing(filters)
+            key = [(r.workflow_id, r.status, r.updated_at, r.step_index) for r in records]
+            return key, rows.render(records=records)
+
+        return self.fragments(request, read, "workflows")
+
+    async def live_workflow(self, request: Request, workflow_id: str) -> EventSourceResponse:
+        await self.record_of(workflow_id)
+        live = self.templates.get_template("_workflow_live.html")
+
+        async def read() -> tuple[Any, str]:
+            context = await self.detail_context(workflow_id)
             record = context["record"]
             key = (record.status, record.updated_at, record.last_sequence, len(context["logs"]))
-            html = templates.get_template("_workflow_live.html").render(**context)
-            return key, html
+            return key, live.render(**context)
 
+        return self.fragments(request, read, "workflow")
+
+    def fragments(
+        self, request: Request, read: Callable[[], Awaitable[tuple[Any, str]]], event: str
+    ) -> EventSourceResponse:
         return EventSourceResponse(
-            _fragments(store, request, read, "workflow", poll_interval), ping=PING_SECONDS
+            _fragments(self.store, request, read, event, self.poll_interval), ping=PING_SECONDS
         )
 
-    # -- JSON API ----------------------------------------------------------------------------
+    # -- JSON API -----------------------------------------------------------------------------
 
-    @app.get("/api/workflows", tags=["workflows"])
     async def api_workflows(
+        self,
         status: str | None = None,
         name: str | None = None,
         owner: str | None = None,
@@ -255,17 +327,9 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
     ) -> dict[str, JSON]:
         """Workflows, newest first, filtered by status, name, owner or an id search (`q`)."""
         filters = Filters.build(status, name, owner, q, limit)
-        return {"workflows": [views.workflow_summary(r) for r in await listing(filters)]}
+        return {"workflows": [views.workflow_summary(r) for r in await self.listing(filters)]}
 
-    @app.post(
-        "/api/workflows/cancel",
-        tags=["workflows"],
-        openapi_extra=_body(
-            'Bulk cancel: {"workflow_ids": [...], "reason": "..."}',
-            {"workflow_ids": ["wf-1", "wf-2"], "reason": "cleaning up"},
-        ),
-    )
-    async def api_bulk_cancel(request: Request) -> dict[str, JSON]:
+    async def api_bulk_cancel(self, request: Request) -> dict[str, JSON]:
         """Cancel many workflows; each id's outcome is reported (closed ones are left)."""
         body = await _json_body(request, default={})
         if not isinstance(body, dict) or not isinstance(body.get("workflow_ids"), list):
@@ -276,63 +340,55 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
         reason = _reason(body)
         results: dict[str, JSON] = {}
         for workflow_id in ids:
-            results[workflow_id] = await cancel_one(workflow_id, reason)
+            results[workflow_id] = await self.cancel_one(workflow_id, reason)
         return {"results": results}
 
-    @app.get("/api/workflows/{workflow_id}", tags=["workflows"])
-    async def api_workflow(workflow_id: str) -> dict[str, JSON]:
-        """One workflow: status, input, state, error, step; 404 when the id is unknown."""
-        context = await detail_context(workflow_id)
+    async def cancel_one(self, workflow_id: str, reason: str | None) -> JSON:
+        record = await self.store.get_workflow(workflow_id)
+        if record is None:
+            return {"cancelled": False, "error": "not found"}
+        if record.status.is_closed:
+            return {"cancelled": False, "status": record.status.value}
+        await get_handle(workflow_id, database=self.database).cancel(reason)
+        return {"cancelled": True}
+
+    async def api_workflow(self, workflow_id: str) -> dict[str, JSON]:
+        """One workflow: status, input, state, error, step, children, activity calls, the
+        signals it waits for; 404 when the id is unknown."""
+        context = await self.detail_context(workflow_id)
         return {
             **views.workflow_detail(context["record"]),
             "children": [views.workflow_summary(c) for c in context["children"]],
             "waiting_for_signals": context["waiting_for"],
-            "activities": [
-                {
-                    "seq": c.seq,
-                    "name": c.name,
-                    "status": c.status,
-                    "attempt": c.attempt,
-                    "error": c.error,
-                    "scheduled_at": c.scheduled_at,
-                    "finished_at": c.finished_at,
-                }
-                for c in context["calls"]
-            ],
+            "activities": [views.call_json(c) for c in context["calls"]],
         }
 
-    @app.get("/api/workflows/{workflow_id}/events", tags=["workflows"])
-    async def api_events(workflow_id: str, kind: str | None = None) -> dict[str, JSON]:
+    async def api_events(self, workflow_id: str, kind: str | None = None) -> dict[str, JSON]:
         """The workflow's history in sequence order (optionally only one event `kind`)."""
-        await record_of(workflow_id)
-        events = await store.list_events(workflow_id)
+        await self.record_of(workflow_id)
+        events = await self.store.list_events(workflow_id)
         if kind:
             events = [e for e in events if e.kind.value == kind.upper()]
         return {"workflow_id": workflow_id, "events": [views.event_json(e) for e in events]}
 
-    @app.get("/api/workflows/{workflow_id}/logs", tags=["workflows"])
-    async def api_logs(workflow_id: str) -> dict[str, JSON]:
+    async def api_logs(self, workflow_id: str) -> dict[str, JSON]:
         """What the workflow wrote with `ctx.logger` (time in unix ms, level, message)."""
-        await record_of(workflow_id)
-        logs = await store.list_logs(workflow_id)
+        await self.record_of(workflow_id)
+        logs = await self.store.list_logs(workflow_id)
         return {
             "workflow_id": workflow_id,
             "logs": [{"at": at, "level": level, "message": msg} for at, level, msg in logs],
         }
 
-    @app.post(
-        "/api/workflows/{workflow_id}/signals/{name}",
-        tags=["workflows"],
-        openapi_extra=_body("The signal's payload: any JSON value", {"approved": True}),
-    )
-    async def api_signal(request: Request, workflow_id: str, name: str) -> dict[str, JSON]:
-        """Send signal `name` with the JSON body as its payload (buffered until awaited)."""
+    async def api_signal(self, request: Request, workflow_id: str, name: str) -> dict[str, JSON]:
+        """Send signal `name` with the JSON body as its payload (buffered until awaited);
+        409 when the workflow has finished, 413 when the payload is over the limit."""
         payload = await _json_body(request, default=None)
-        record = await record_of(workflow_id)
+        record = await self.record_of(workflow_id)
         if record.status.is_closed:
             raise ApiError(409, f"workflow {workflow_id!r} is {record.status.value}")
         try:
-            await get_handle(workflow_id, database=database).signal(name, payload)
+            await get_handle(workflow_id, database=self.database).signal(name, payload)
         except PayloadTooLargeError as err:
             raise ApiError(413, str(err)) from err
         except WorkflowClosedError as err:
@@ -341,89 +397,51 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
             raise ApiError(404, str(err), workflow_id=workflow_id) from err
         return {"workflow_id": workflow_id, "signal": name, "sent": True}
 
-    async def cancel_one(workflow_id: str, reason: str | None) -> JSON:
-        record = await store.get_workflow(workflow_id)
-        if record is None:
-            return {"cancelled": False, "error": "not found"}
-        if record.status.is_closed:
-            return {"cancelled": False, "status": record.status.value}
-        await get_handle(workflow_id, database=database).cancel(reason)
-        return {"cancelled": True}
-
-    @app.post(
-        "/api/workflows/{workflow_id}/cancel",
-        tags=["workflows"],
-        openapi_extra=_body('{"reason": "..."} (optional)', {"reason": "no longer needed"}),
-    )
-    async def api_cancel(request: Request, workflow_id: str) -> dict[str, JSON]:
+    async def api_cancel(self, request: Request, workflow_id: str) -> dict[str, JSON]:
         """Request cancellation; 409 when the workflow has already finished."""
         body = await _json_body(request, default={})
         if not isinstance(body, dict):
             raise ApiError(422, 'body must be a JSON object: {"reason": optional}')
         reason = _reason(body)
-        record = await record_of(workflow_id)
+        record = await self.record_of(workflow_id)
         if record.status.is_closed:
             raise ApiError(409, f"workflow {workflow_id!r} is {record.status.value}")
-        await get_handle(workflow_id, database=database).cancel(reason)
+        await get_handle(workflow_id, database=self.database).cancel(reason)
         return {"workflow_id": workflow_id, "cancel_requested": True}
 
-    async def registered_activities() -> tuple[list[dict[str, JSON]], str | None]:
-        from activity_registry import Registry
-
-        try:
-            async with Registry(store_database()) as registry:
-                found = await registry.list()
-        except Exception as err:  # an empty or foreign database has no registry yet
-            return [], f"{type(err).__name__}: {err}"
-        return [a.model_dump(mode="json") for a in found], None
-
-    def store_database() -> str:
-        from loom.client import database_url
-
-        return database_url(database)
-
-    @app.get("/api/activities", tags=["activities"])
-    async def api_activities() -> dict[str, JSON]:
-        """Registered activity versions: abi, sha256, schemas, limits, grants (secret names
-        only: values never reach the registry)."""
-        activities, problem = await registered_activities()
-        return {"activities": activities, "error": problem}
-
-    @app.get("/api/definitions", tags=["activities"])
-    async def api_definitions() -> dict[str, JSON]:
-        """The workflow definitions the `--app` modules declare, with their steps."""
+    async def api_activities(self) -> dict[str, JSON]:
+        """Registered activity versions (abi, sha256, schemas, limits, grants: secret names
+        only, values never reach the registry) and call counts, failures and latency over
+        the newest workflows' histories."""
+        activities, problem = await self.registered_activities()
+        usage = await self.usage.get(self.store)
         return {
-            "definitions": [
-                {
-                    "name": c.name,
-                    "version": c.version,
-                    "description": c.description,
-                    "agent": c.agent,
-                    "steps": [
-                        {"name": s.info.name, "description": s.info.description} for s in c.steps
-                    ],
-                    "graph": views.definition_graph(c),
-                }
-                for c in definitions.values()
-            ]
+            "activities": activities,
+            "usage": {name: views.usage_json(u) for name, u in usage.items()},
+            "usage_sample_workflows": views.USAGE_SAMPLE,
+            "error": problem,
         }
 
-    @app.get("/api/stats", tags=["stats"])
-    async def api_stats() -> dict[str, JSON]:
+    async def api_definitions(self) -> dict[str, JSON]:
+        """The workflow definitions the `--app` modules declare, with their steps."""
+        return {"definitions": [views.definition_json(c) for c in self.definitions.values()]}
+
+    async def api_stats(self) -> dict[str, JSON]:
         """Workflow counts by status and the task queue."""
-        context = await stats_context()
+        context = await self.stats_context()
         stats = context["stats"]
         return {"workflows": stats.workflows, "tasks": stats.tasks, "task_counts": context["tasks"]}
 
-    @app.get("/api/progress/stream", tags=["progress"])
-    async def api_progress_stream(request: Request, owner: str) -> EventSourceResponse:
+    async def api_progress_stream(self, request: Request, owner: str) -> EventSourceResponse:
         """`text/event-stream`: each event's data is the JSON list `loom.stream_progress`
         yields, sent on connect and on every change."""
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             stream = cast(
                 AsyncGenerator[list[Any], None],
-                loom.stream_progress(owner, database=database, poll_interval=poll_interval),
+                loom.stream_progress(
+                    owner, database=self.database, poll_interval=self.poll_interval
+                ),
             )
             async with contextlib.aclosing(stream):
                 async for update in stream:
@@ -433,21 +451,17 @@ def create_app(  # noqa: C901 - one closure per route over the same store; each 
 
         return EventSourceResponse(events(), ping=PING_SECONDS)
 
-    @app.get("/api/progress/{owner}", tags=["progress"])
-    async def api_progress(owner: str) -> dict[str, JSON]:
+    async def api_progress(self, owner: str) -> dict[str, JSON]:
         """Exactly `loom.get_progress(owner)`."""
-        return dict(await loom.get_progress(owner, database=database))
+        return dict(await loom.get_progress(owner, database=self.database))
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["stats"])
-    async def metrics() -> PlainTextResponse:
+    async def metrics(self) -> PlainTextResponse:
         """Prometheus text: workflows by status, the task backlog."""
-        context = await stats_context()
+        context = await self.stats_context()
         return PlainTextResponse(
             views.prometheus_text(context["stats"], context["tasks"]),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
-
-    return Guard(app, token=token)
 
 
 class Filters:
@@ -568,6 +582,14 @@ def _body(description: str, example: JSON) -> dict[str, Any]:
             "content": {"application/json": {"schema": {}, "example": example}},
         }
     }
+
+
+BULK_BODY = _body(
+    'Bulk cancel: {"workflow_ids": [...], "reason": "..."}',
+    {"workflow_ids": ["wf-1", "wf-2"], "reason": "cleaning up"},
+)
+SIGNAL_BODY = _body("The signal's payload: any JSON value", {"approved": True})
+CANCEL_BODY = _body('{"reason": "..."} (optional)', {"reason": "no longer needed"})
 
 
 def _when(unix_ms: int | None) -> str:

@@ -56,6 +56,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port (`[::1]:8000` -> `::1`)."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def same_token(given: str | None, token: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
@@ -74,6 +81,11 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method = scope["method"]
         send = _with_security_headers(send)
+        if self.token is None and not is_loopback(_host_name(headers.get("host", ""))):
+            # Open only on loopback: a page whose name was re-bound to 127.0.0.1 (DNS
+            # rebinding) would otherwise be same-origin with this dashboard.
+            await _refuse(scope, send, 403, "without a token only loopback host names are served")
+            return
         if self.token is not None:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if method == "GET" and "token" in query:

@@ -6,14 +6,16 @@ and the Prometheus text of `/metrics`; the routes in `loom.web.app` only fetch a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loom._json import JSON
 from loom.history import Event, EventKind, WorkflowStatus
-from loom.store import StoreStats, WorkflowRecord
+from loom.store import Store, StoreStats, WorkflowRecord
 from loom.workflow import CompiledWorkflow, compiled_workflow
 
 MAX_PAYLOAD_CHARS = 2000
@@ -132,6 +134,85 @@ def activity_calls(events: Sequence[Event]) -> list[ActivityCall]:
     return calls
 
 
+def call_json(call: ActivityCall) -> dict[str, JSON]:
+    return {
+        "seq": call.seq,
+        "name": call.name,
+        "status": call.status,
+        "attempt": call.attempt,
+        "error": call.error,
+        "scheduled_at": call.scheduled_at,
+        "finished_at": call.finished_at,
+    }
+
+
+USAGE_SAMPLE = 100
+"""Activity call counts are read from the histories of this many newest workflows."""
+USAGE_TTL_S = 5.0
+
+
+@dataclass(slots=True)
+class Usage:
+    """Calls of one activity name: count, failures, schedule-to-close latency (ms)."""
+
+    calls: int = 0
+    failures: int = 0
+    pending: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+
+    def percentile(self, fraction: float) -> int | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def activity_usage(histories: Sequence[Sequence[Event]]) -> dict[str, Usage]:
+    usage: dict[str, Usage] = {}
+    for events in histories:
+        for call in activity_calls(events):
+            entry = usage.setdefault(call.name, Usage())
+            entry.calls += 1
+            if call.status == "failed":
+                entry.failures += 1
+            elif call.status == "pending":
+                entry.pending += 1
+            if call.finished_at is not None:
+                entry.latencies_ms.append(call.finished_at - call.scheduled_at)
+    return dict(sorted(usage.items()))
+
+
+def usage_json(usage: Usage) -> dict[str, JSON]:
+    return {
+        "calls": usage.calls,
+        "failures": usage.failures,
+        "pending": usage.pending,
+        "p50_ms": usage.percentile(0.5),
+        "p95_ms": usage.percentile(0.95),
+    }
+
+
+class UsageCache:
+    """`activity_usage` of the newest `USAGE_SAMPLE` workflows, re-read at most every few
+    seconds (the store has no per-activity query: this composes `list_workflows` and
+    `list_events`)."""
+
+    def __init__(self) -> None:
+        self._at = -USAGE_TTL_S
+        self._value: dict[str, Usage] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, store: Store) -> dict[str, Usage]:
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._at >= USAGE_TTL_S:
+                records = await store.list_workflows(limit=USAGE_SAMPLE)
+                histories = [await store.list_events(r.workflow_id) for r in records]
+                self._value = activity_usage(histories)
+                self._at = now
+            return self._value
+
+
 def child_ids(events: Sequence[Event]) -> list[str]:
     return [
         str(event.payload["workflow_id"])
@@ -180,6 +261,17 @@ def _label(text: str) -> str:
     for raw, entity in (("&", "#amp;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
         text = text.replace(raw, entity)
     return text.replace("\n", " ")
+
+
+def definition_json(compiled: CompiledWorkflow[Any, Any]) -> dict[str, JSON]:
+    return {
+        "name": compiled.name,
+        "version": compiled.version,
+        "description": compiled.description,
+        "agent": compiled.agent,
+        "steps": [{"name": s.info.name, "description": s.info.description} for s in compiled.steps],
+        "graph": definition_graph(compiled),
+    }
 
 
 def definition_graph(compiled: CompiledWorkflow[Any, Any]) -> str:

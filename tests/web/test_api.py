@@ -104,6 +104,10 @@ async def test_list_detail_events_progress_and_404(dashboard: Any) -> None:
     signal_missing = await client.post("/api/workflows/nope/signals/approve", json={})
     assert signal_missing.status_code == 404
 
+    activities = (await client.get("/api/activities")).json()
+    assert activities["usage"]["greet"]["calls"] == 1
+    assert activities["usage"]["greet"]["failures"] == 0
+
     page = await client.get("/workflows/wf-1")
     assert page.status_code == 200
     assert SCRIPT not in page.text
@@ -127,6 +131,8 @@ async def test_bad_bodies_change_nothing_and_a_json_signal_moves_it(dashboard: A
         "/api/workflows/wf-1/signals/approve", json={}, headers={"origin": "http://evil.example"}
     )
     assert scripted.status_code == 403
+    rebound = await client.get("/api/workflows", headers={"host": "evil.example"})
+    assert rebound.status_code == 403  # DNS rebinding: no token, so loopback names only
     broken = await client.post(
         "/api/workflows/wf-1/signals/approve",
         content=b"{not json",
@@ -235,7 +241,9 @@ async def test_metrics_openapi_and_docs_from_local_assets(dashboard: Any) -> Non
         "/queue",
         "/stats",
     ):
-        html = (await client.get(page)).text
+        response = await client.get(page)
+        assert response.status_code == 200, page
+        html = response.text
         assert "http://" not in html.replace(server.url, "") and "https://" not in html, page
         for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
             asset = await client.get(ref)
@@ -304,6 +312,20 @@ async def test_ctrl_c_stops_it_with_an_sse_stream_open(db_path: Path, serve_web:
         await asyncio.wait_for(anext(sse_events(resp)), 10)
         code = await asyncio.to_thread(server.stop, 10)
     assert code == 0, server.log.read_text()
+
+
+async def test_make_demo_serves_the_dashboard(db_path: Path, tmp_path: Path) -> None:
+    from examples.demo import start_dashboard, stop_worker
+
+    web, url = await asyncio.to_thread(start_dashboard, db_path, 0, tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/api/workflows")).json() == {"workflows": []}
+            definitions = (await client.get("/api/definitions")).json()["definitions"]
+            assert [d["name"] for d in definitions] == ["ResearchAgent"]
+    finally:
+        await asyncio.to_thread(stop_worker, web)
+    assert web.returncode == 0
 
 
 def test_a_public_host_needs_a_token(db_path: Path) -> None:

@@ -109,6 +109,19 @@ def test_a_workflow_lives_on_its_pages(
     expect(tab.locator(".swagger-ui .info .title")).to_contain_text("loom web", timeout=15_000)
     expect(tab.locator(".opblock-summary-path").first).to_be_visible()
 
+    # A page of another origin posting a form at the dashboard changes nothing.
+    tab.goto("about:blank")
+    tab.set_content(
+        f'<form method="post" action="{server.url}/api/workflows/wf-0/cancel">'
+        '<input name="reason" value="x"><button>go</button></form>'
+    )
+    with tab.expect_navigation() as refused:
+        tab.locator("button").click()
+    response = refused.value
+    assert response is not None and response.status == 415, response
+    tab.goto(server.url + "/workflows/wf-0")
+    expect(tab.locator("#status")).to_have_text("RUNNING")
+
     assert dialogs == []
     outside = [url for url in requests if not url.startswith(server.url + "/")]
     assert outside == [], outside

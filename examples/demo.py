@@ -7,13 +7,16 @@ Re-runnable: registering again is a no-op and each run starts a new workflow id.
 
 Options (flags or environment): --db / LOOM_DEMO_DB (default ./loom.db), --llm-port /
 LOOM_DEMO_LLM_PORT (8765), --page-port / LOOM_DEMO_PAGE_PORT (8766), --llm-endpoint /
-LOOM_LLM_ENDPOINT with OPENAI_API_KEY to use a real provider instead of the stub.
+LOOM_LLM_ENDPOINT with OPENAI_API_KEY to use a real provider instead of the stub,
+--web-port / LOOM_DEMO_WEB_PORT (8000) for the dashboard (`loom web`), which is up while the
+demo runs and, from a terminal, until Enter; --no-web leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -56,6 +59,7 @@ DEMO_API_KEY = "sk-loom-demo-local"
 TOPIC = "durable workflows with sandboxed tools"
 OWNER = "demo"
 WORKFLOW_TIMEOUT_S = 120.0
+DEFAULT_WEB_PORT = 8000
 
 
 @dataclass
@@ -65,6 +69,7 @@ class DemoOptions:
     page_port: int = DEFAULT_PAGE_PORT
     llm_endpoint: str | None = None  # a real provider; None = the local stub
     model: str | None = None
+    web_port: int | None = None  # serve `loom web` while it runs (main() does; tests do not)
     reviewer: str = "the demo reviewer"
     stage_dir: Path = BUILD_DIR.parent / "demo"
     pages: list[str] = field(default_factory=lambda: list(PAGES))
@@ -195,6 +200,29 @@ def start_worker(options: DemoOptions, api_key: str) -> subprocess.Popen[bytes]:
     )
     log.close()  # the child holds its own descriptor
     return worker
+
+
+def start_dashboard(db: Path, port: int, stage_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`loom web --app examples.research_agent` on `port` (any free one if it is taken);
+    returns the process and the URL it printed."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    _loom_cli("init", db=db)  # the dashboard reads an existing database
+    for attempt_port in (port, 0):
+        log_path = stage_dir / "web.log"
+        with log_path.open("wb") as log:
+            command = [sys.executable, "-m", "loom", "web", "--app", "examples.research_agent"]
+            command += ["--db", str(db), "--port", str(attempt_port)]
+            web = subprocess.Popen(
+                command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and web.poll() is None:
+            found = re.search(r"serving (http://\S+/)", log_path.read_text(errors="replace"))
+            if found:
+                return web, found.group(1)
+            time.sleep(0.05)
+        stop_worker(web)
+    raise SystemExit(f"the dashboard did not start; see {stage_dir / 'web.log'}")
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -329,8 +357,13 @@ def parse_options(argv: list[str] | None) -> DemoOptions:
     )
     parser.add_argument("--llm-endpoint", default=env("LOOM_LLM_ENDPOINT"))
     parser.add_argument("--model", default=env("LOOM_LLM_MODEL"))
+    parser.add_argument(
+        "--web-port", type=int, default=int(env("LOOM_DEMO_WEB_PORT", DEFAULT_WEB_PORT))
+    )
+    parser.add_argument("--no-web", action="store_true", help="Do not serve the dashboard.")
     args = parser.parse_args(argv)
     return DemoOptions(
+        web_port=None if args.no_web else args.web_port,
         db=args.db.resolve(),
         llm_port=args.llm_port,
         page_port=args.page_port,
@@ -342,9 +375,29 @@ def parse_options(argv: list[str] | None) -> DemoOptions:
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     started = time.perf_counter()
-    result = asyncio.run(run_demo(options))
-    _print_result(result, options)
-    elapsed = time.perf_counter() - started
+    with ExitStack() as stack:
+        url = None
+        if options.web_port is not None:
+            web, url = start_dashboard(options.db, options.web_port, options.stage_dir)
+            stack.callback(stop_worker, web)
+            say(f"[web] dashboard: {url} (watch the agent live; --no-web to leave it out)")
+        result = asyncio.run(run_demo(options))
+        _print_result(result, options)
+        code = _print_outcome(result, time.perf_counter() - started)
+        if url is not None:
+            if sys.stdin.isatty():
+                say(
+                    f"The dashboard stays up at {url}workflows/{result.workflow_id}: "
+                    "press Enter to stop it."
+                )
+                with contextlib.suppress(EOFError, KeyboardInterrupt):
+                    input()
+            else:
+                say("Stopping the dashboard (no terminal to wait on).")
+    return code
+
+
+def _print_outcome(result: DemoResult, elapsed: float) -> int:
     if result.status is loom.WorkflowStatus.COMPLETED:
         say(
             f"Demo completed: workflow {result.workflow_id} ran {result.workflow_seconds:.1f} s "

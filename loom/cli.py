@@ -146,10 +146,12 @@ from loom._activity_cli import activity  # noqa: E402 - needs database_option de
 from loom._export import is_history_file  # noqa: E402
 from loom._history_cli import history_group, replay_file  # noqa: E402 - likewise
 from loom._wdl_cli import app_definitions, definition_file_app, wdl  # noqa: E402
+from loom._web_cli import web  # noqa: E402
 
 main.add_command(activity)
 main.add_command(history_group)
 main.add_command(wdl)
+main.add_command(web)
 
 
 # -- shared plumbing for commands ------------------------------------------------------------

@@ -292,7 +292,7 @@ def test_init_creates_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_terminal_output_uses_rich_tables(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     start_quiz(db_path, "q1")
-    monkeypatch.setattr("loom.cli.is_terminal", lambda: True)
+    monkeypatch.setattr("loom.cli.options.is_terminal", lambda: True)
     setting = "synchronous_commit" if is_postgres(db_path) else "journal_mode"
     for args, expected in (
         (("list",), ("WORKFLOW ID", "q1", "PENDING")),

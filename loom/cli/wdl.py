@@ -1,5 +1,5 @@
-"""`loom wdl validate|graph|schema`: workflow definitions from the command line, and how a
-worker's `--app` takes them (a module that loads definitions, or a definition file).
+"""`loom wdl validate|graph|schema`: workflow definitions from the command line (how a
+worker's `--app` takes them is `options.load_app`).
 
 Storing definitions in the database (`register|list|show`) needs store tables: not here yet.
 """
@@ -7,12 +7,10 @@ Storing definitions in the database (`register|list|show`) needs store tables: n
 from __future__ import annotations
 
 import json
-from types import ModuleType
-from typing import Any
 
 import click
 
-__all__ = ["app_definitions", "definition_file_app", "wdl"]
+__all__ = ["wdl"]
 
 
 @click.group()
@@ -64,19 +62,3 @@ def schema() -> None:
     from loom.wdl import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
-
-
-def app_definitions(module: ModuleType) -> list[Any]:
-    """The definitions a `--app` module loaded (`x = loom.wdl.load(...)`), as workflow
-    classes beside its `@loom.workflow` ones."""
-    from loom.wdl import CompiledDefinition
-
-    return [v.cls for v in vars(module).values() if isinstance(v, CompiledDefinition)]
-
-
-def definition_file_app(path: str) -> tuple[list[Any], list[Any]]:
-    """`--app FILE.json`: one definition and no native activities (it calls registered
-    WASM activities, or Python workflows another worker serves)."""
-    from loom.wdl import load
-
-    return [load(path).cls], []

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from loom.cli.options import load_app, require_database
 from loom.client import DEFAULT_DATABASE
 
 TOKEN_ENV = "LOOM_WEB_TOKEN"
@@ -47,7 +48,6 @@ TOKEN_ENV = "LOOM_WEB_TOKEN"
 )
 def web(host: str, port: int, database: str, apps: tuple[str, ...], token: str | None) -> None:
     """Serve the dashboard: live workflows, history, graphs, signals, stats, /metrics, /docs."""
-    from loom.cli import load_app, require_database
 
     try:
         import uvicorn

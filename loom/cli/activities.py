@@ -30,7 +30,7 @@ from activity_registry import (
     parse_spec,
 )
 from activity_registry.version_range import parse_version
-from loom.cli import database_option
+from loom.cli.options import DatabaseNotFoundError, database_option, require_database
 from wasm_activities import RunResult, SandboxError
 
 __all__ = ["activity"]
@@ -67,8 +67,6 @@ def _execute(
     Only `register` creates a database: anything else pointed at a mistyped path would
     otherwise leave an empty database there and report nothing registered."""
     if not create:
-        from loom.cli import DatabaseNotFoundError, require_database  # cli imports this module
-
         try:
             require_database(database)
         except DatabaseNotFoundError as err:

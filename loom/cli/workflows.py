@@ -1,0 +1,368 @@
+"""Commands on workflows: init, worker, start, list, inspect, signal, cancel, stats, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal as os_signal  # `signal` is the command below
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from loom.cli.options import (
+    DEFAULT_LIST_LIMIT,
+    STOP_SIGNALS,
+    InvalidInputError,
+    UnknownWorkflowTypeError,
+    _compact,
+    _step_label,
+    database_option,
+    echo_json,
+    event_json,
+    json_option,
+    load_app,
+    open_store,
+    print_fields,
+    print_table,
+    read_json,
+    run,
+    when,
+    workflow_json,
+)
+from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
+from loom.history import Event, WorkflowStatus
+from loom.store import Store, WorkflowRecord
+
+if TYPE_CHECKING:
+    from loom.store import StoreStats
+    from loom.workflow import CompiledWorkflow
+
+
+@click.command()
+@database_option
+def init(database: str) -> None:
+    """Create the database, or migrate it to the current schema."""
+
+    async def operation() -> int:
+        return (await open_store(database, create=True).diagnose()).schema_version
+
+    version = run(operation)
+    click.echo(f"database {database} ready (schema version {version})")
+
+
+@click.command()
+@click.option("--app", "app", required=True, help="Module defining workflows and activities.")
+@click.option(
+    "--concurrency",
+    "--workers",
+    "-w",
+    "concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Tasks run at once (--workers/-w is the loom-core spelling).",
+)
+@click.option(
+    "--poll-interval",
+    "-p",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls when no wakeup came.",
+)
+@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="What the worker reports on stderr (store outages, failed tasks, recoveries).",
+)
+@database_option
+def worker(
+    app: str,
+    concurrency: int,
+    poll_interval: float,
+    lease_seconds: float,
+    log_level: str,
+    database: str,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released)."""
+    from loom.worker import Worker
+
+    # An operator must see a store outage and its recovery; without handlers Python
+    # would print only warnings and above, unformatted.
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    workflows, activities = load_app(app)
+    instance = Worker(
+        workflows=workflows,
+        activities=activities,
+        concurrency=concurrency,
+        poll_interval=poll_interval,
+        lease_seconds=lease_seconds,
+        database=database,
+    )
+    click.echo(
+        f"worker {instance.worker_id} serving {len(workflows)} workflow(s), "
+        f"{len(activities)} activity(ies) from {database}",
+        err=True,
+    )
+    # run() turns SIGINT/SIGTERM into a graceful stop. Until its handlers are installed the
+    # signals are held back (a Ctrl-C landing while asyncio.run built its loop left a broken
+    # loop and a traceback); run() unblocks them, and one that arrived meanwhile stops it.
+    with contextlib.suppress(KeyboardInterrupt):
+        if hasattr(os_signal, "pthread_sigmask"):
+            os_signal.pthread_sigmask(os_signal.SIG_BLOCK, STOP_SIGNALS)
+        asyncio.run(instance.run())
+    click.echo(f"worker {instance.worker_id} stopped", err=True)
+
+
+def compiled_workflows(app: str) -> dict[str, CompiledWorkflow[Any, Any]]:
+    workflows, _ = load_app(app)
+    compiled = [workflow.compile() for workflow in workflows]
+    return {item.name: item for item in compiled}
+
+
+@click.command()
+@click.argument("name")
+@click.option("--input", "input_text", default="{}", show_default=True, metavar="JSON|@FILE|-")
+@click.option("--id", "workflow_id", help="Workflow id (an idempotency key); default: a UUID.")
+@click.option("--owner", help="Who the workflow works for (see loom.get_progress).")
+@click.option("--app", "app", required=True, help="Module defining the workflow.")
+@database_option
+def start(
+    name: str,
+    input_text: str,
+    workflow_id: str | None,
+    owner: str | None,
+    app: str,
+    database: str,
+) -> None:
+    """Start workflow NAME (its @loom.workflow name); prints the workflow id."""
+    from loom.client import start_workflow
+
+    workflows = compiled_workflows(app)
+    compiled = workflows.get(name)
+    if compiled is None:
+        raise UnknownWorkflowTypeError(name, app, list(workflows))
+    value = read_json(input_text, "--input")
+    try:
+        compiled.encode_input(value)
+    except TypeError as err:
+        raise InvalidInputError("--input", f"does not fit: {err}") from err
+
+    async def operation() -> str:
+        open_store(database, create=True)
+        handle = await start_workflow(
+            compiled, value, workflow_id=workflow_id, owner=owner, database=database
+        )
+        return handle.workflow_id
+
+    started = run(operation)
+    click.echo(f"started {name} workflow {started}", err=True)
+    click.echo(started)
+
+
+@click.command(name="list")
+@click.option(
+    "--status",
+    type=click.Choice([*(s.value for s in WorkflowStatus), "CANCELLED"], case_sensitive=False),
+    help="Only workflows with this status (CANCELLED is read as CANCELED).",
+)
+@click.option("--name", help="Only workflows of this @loom.workflow name.")
+@click.option("--owner", help="Only workflows of this owner.")
+@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True)
+@json_option
+@database_option
+def list_(
+    status: str | None,
+    name: str | None,
+    owner: str | None,
+    limit: int,
+    as_json: bool,
+    database: str,
+) -> None:
+    """List workflows, newest first."""
+
+    async def operation() -> list[WorkflowRecord]:
+        return await open_store(database).list_workflows(
+            status=WorkflowStatus(status) if status else None,
+            name=name,
+            owner=owner,
+            limit=limit,
+        )
+
+    records = run(operation)
+    if as_json:
+        echo_json([workflow_json(record) for record in records])
+        return
+    if not records:
+        click.echo("no workflows match; start one with `loom start NAME --app MODULE`", err=True)
+        return
+    print_table(
+        ("WORKFLOW ID", "NAME", "STATUS", "STEP", "OWNER", "UPDATED (UTC)"),
+        [
+            (
+                r.workflow_id,
+                r.workflow_name,
+                r.status.value,
+                _step_label(r),
+                r.owner or "-",
+                when(r.updated_at),
+            )
+            for r in records
+        ],
+    )
+
+
+async def find_workflow(store: Store, workflow_id: str) -> WorkflowRecord:
+    record = await store.get_workflow(workflow_id)
+    if record is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return record
+
+
+@click.command()
+@click.argument("workflow_id", metavar="ID")
+@click.option("--events", "with_events", is_flag=True, help="Include the full event history.")
+@json_option
+@database_option
+def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -> None:
+    """Show one workflow: status, current step, state and history."""
+
+    async def operation() -> tuple[WorkflowRecord, list[Event]]:
+        store = open_store(database)
+        record = await find_workflow(store, workflow_id)
+        return record, await store.list_events(workflow_id)
+
+    record, events = run(operation)
+    if as_json:
+        data = workflow_json(record, full=True)
+        if with_events:
+            data["events"] = [event_json(event) for event in events]
+        echo_json(data)
+        return
+    _print_workflow(record, events)
+    if with_events:
+        click.echo()
+        print_table(
+            ("SEQ", "TIME (UTC)", "KIND", "DETAILS"),
+            [
+                (str(e.sequence), when(e.created_at), e.kind.value, _compact(e.payload))
+                for e in events
+            ],
+        )
+
+
+def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:
+    from loom.progress import progress_message
+
+    last = events[-1] if events else None
+    fields = [
+        ("workflow", record.workflow_id),
+        ("name", f"{record.workflow_name} {record.workflow_version}"),
+        ("status", record.status.value),
+        ("step", f"{_step_label(record)} - {progress_message(record)}"),
+        ("owner", record.owner or "-"),
+        ("agent", record.agent or "-"),
+        ("parent", record.parent_id or "-"),
+        ("created", f"{when(record.created_at)} UTC"),
+        ("updated", f"{when(record.updated_at)} UTC"),
+        ("input", _compact(record.input)),
+        ("state", _compact(record.state)),
+    ]
+    if record.error:
+        fields.append(("error", f"{record.error.get('type')}: {record.error.get('message')}"))
+    history = f"{len(events)} events"
+    if last is not None:
+        history += f", last {last.kind.value} at {when(last.created_at)} UTC"
+    fields.append(("history", history))
+    print_fields(fields)
+
+
+@click.command()
+@click.argument("workflow_id", metavar="ID")
+@click.argument("name")
+@click.option("--payload", default="null", show_default=True, metavar="JSON|@FILE|-")
+@database_option
+def signal(workflow_id: str, name: str, payload: str, database: str) -> None:
+    """Send signal NAME to workflow ID (buffered until the workflow waits for it)."""
+    from loom.client import get_handle
+
+    value = read_json(payload, "--payload")
+
+    async def operation() -> None:
+        open_store(database)
+        await get_handle(workflow_id, database=database).signal(name, value)
+
+    run(operation)
+    click.echo(f"sent signal {name!r} to {workflow_id}")
+
+
+@click.command()
+@click.argument("workflow_id", metavar="ID")
+@click.option("--reason", help="Why; recorded in the history.")
+@database_option
+def cancel(workflow_id: str, reason: str | None, database: str) -> None:
+    """Request cancellation of workflow ID; it stops at its next await."""
+
+    async def operation() -> WorkflowStatus | None:
+        store = open_store(database)
+        record = await find_workflow(store, workflow_id)
+        if record.status.is_closed:
+            return record.status
+        if not await store.cancel_workflow(workflow_id, reason):
+            return (await find_workflow(store, workflow_id)).status
+        return None
+
+    closed = run(operation)
+    if closed is WorkflowStatus.CANCELED:
+        click.echo(f"workflow {workflow_id} was already cancelled")
+    elif closed is not None:
+        raise WorkflowClosedError(workflow_id, closed.value, "be cancelled")
+    else:
+        click.echo(f"cancellation requested for {workflow_id}")
+
+
+@click.command()
+@json_option
+@database_option
+def stats(as_json: bool, database: str) -> None:
+    """Workflow counts by status and the task queue (due, scheduled, leased, expired)."""
+
+    async def operation() -> StoreStats:
+        return await open_store(database).collect_stats()
+
+    result = run(operation)
+    if as_json:
+        echo_json({"workflows": result.workflows, "tasks": result.tasks})
+        return
+    print_table(("WORKFLOWS", "COUNT"), [(k, str(v)) for k, v in result.workflows.items()])
+    click.echo()
+    print_table(("TASKS", "COUNT"), [(k, str(v)) for k, v in result.tasks.items()])
+
+
+@click.command()
+@click.argument("workflow_id", metavar="ID")
+@json_option
+@database_option
+def logs(workflow_id: str, as_json: bool, database: str) -> None:
+    """Print the log lines workflow ID wrote (ctx.logger) and activity retries."""
+
+    async def operation() -> list[tuple[int, str, str]]:
+        store = open_store(database)
+        await find_workflow(store, workflow_id)
+        return await store.list_logs(workflow_id)
+
+    lines = run(operation)
+    if as_json:
+        echo_json([{"created_at": at, "level": level, "message": msg} for at, level, msg in lines])
+        return
+    if not lines:
+        click.echo(f"workflow {workflow_id} has no log lines", err=True)
+    for at, level, message in lines:
+        click.echo(f"{when(at)} {level:<7} {message}")

@@ -196,8 +196,9 @@ def _start_child(cache_dir: str) -> tuple[_Process, Connection]:
 
 
 class SandboxProcesses:
-    """Serving children for component calls: idle ones reused (most recent first), one spare
-    kept warm so a call rarely waits for a start-up, a child killed when it misses a deadline.
+    """Serving children for component calls and calls with fs grants: idle ones reused (one
+    that loaded the module first, else the most recent), one spare kept ready so a call rarely
+    waits for a start-up, a child killed when it misses a deadline and replaced at once.
     """
 
     def __init__(self, cache_dir: str, max_idle: int) -> None:
@@ -226,7 +227,7 @@ class SandboxProcesses:
             child = _Child(self.cache_dir)
             if self._recent is not None:
                 child.load(*self._recent)
-        except (OSError, EOFError):
+        except Exception:  # a spare is an optimisation: the next call starts its own
             return
         finally:
             with self._lock:
@@ -246,10 +247,14 @@ class SandboxProcesses:
             if self._closed:
                 raise RuntimeError("SandboxRuntime is closed")
             # one that already loaded this component, else the most recently idle
+            dead = [c for c in self._idle if not c.process.is_alive()]
+            self._idle = [c for c in self._idle if c not in dead]
             ready = [c for c in self._idle if key in c.loaded] or self._idle
             child = ready[-1] if ready else None
             if child is not None:
                 self._idle.remove(child)
+        for gone in dead:  # ended on its own (its watchdog, the OOM killer): reaped here
+            gone.close(kill=True)
         if child is None:
             child = _Child(self.cache_dir)
         try:
@@ -284,7 +289,7 @@ class SandboxProcesses:
                 child = self._acquire(f"{module.sha256}:{module.abi.value}", module._artifact)
         except (OSError, EOFError):
             raise WasmTrap(
-                trap="the component's sandbox process could not start or load it",
+                trap="the call's sandbox process could not start or load its module",
                 trap_code=None,
                 backtrace=[],
             ) from None
@@ -300,6 +305,8 @@ class SandboxProcesses:
             "limits": limits.model_dump(),
             "grants": grants.model_dump(),
             "secrets": secrets,
+            # the worker's values now, not the fork server's from when it started
+            "env": {name: os.environ.get(name) for name in grants.env},
         }
         try:
             with blocking():
@@ -308,7 +315,7 @@ class SandboxProcesses:
         except (OSError, EOFError):
             child.close(kill=True)
             raise WasmTrap(
-                trap="the component's sandbox process ended unexpectedly",
+                trap="the call's sandbox process ended unexpectedly",
                 trap_code=None,
                 backtrace=[],
             ) from None
@@ -432,6 +439,11 @@ def _serve(conn: Connection, cache_dir: str) -> None:
         left = request["limits"]["timeout_ms"] / 1000 - request["elapsed_s"]
         watchdog.until = time.monotonic() + left + ORPHAN_GRACE_S
         limits = Limits.model_validate(request["limits"])
+        for name, value in request["env"].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         try:
             module = _load(runtime, modules, request["module"], request["artifact"])
             with _open_files_capped(limits.max_open_files):

@@ -294,10 +294,11 @@ def _engine_config(*, pooling: bool) -> wasmtime.Config:
 
 class SandboxRuntime:
     """Per-process sandbox: one Engine (epoch interruption + fuel), an epoch ticker thread, an
-    in-memory and on-disk artifact cache and a thread pool that runs the wasm.
+    in-memory and on-disk artifact cache, a thread pool that runs the wasm, and sandbox
+    processes for components and calls with fs grants (see `_sandbox_process`).
 
     Thread-safe. Use one per process (`get_runtime()`), close it (or use it as a context
-    manager) to stop the ticker thread and the pool.
+    manager) to stop the ticker thread, the pool and the sandbox processes.
 
     Args:
         cache_dir: artifact cache directory (default `$LOOM_WASM_CACHE` or ~/.cache/loom/wasm).

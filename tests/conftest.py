@@ -129,16 +129,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     import time
 
     from examples.build import EXAMPLES_DIR
-    from tests.wasm_activities.build import build_c, build_example
-    from tests.wasm_activities.conftest import MODULES_DIR, TEST_MODULES
-    from wasm_activities import Abi
+    from tests.wasm_activities.build import build_example
+    from tests.wasm_activities.conftest import TEST_MODULES, build_test_module
 
     began = time.monotonic()
     examples = sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/activity.toml"))
     for name in examples:
         build_example(name)
-    for module, abi in TEST_MODULES.items():
-        build_c(MODULES_DIR / module, reactor=abi is Abi.REACTOR)
+    for module in TEST_MODULES:
+        build_test_module(module)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         count = len(examples) + len(TEST_MODULES)

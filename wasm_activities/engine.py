@@ -16,6 +16,7 @@ import json
 import math
 import os
 import resource
+import tempfile
 import threading
 import time
 import weakref
@@ -31,6 +32,7 @@ from wasmtime import _ffi as ffi  # stdin bytes are not wrapped by wasmtime-py
 
 from . import _fastcall as fast
 from ._pool import WorkerPool
+from ._sandbox_process import SandboxProcesses, compile_bounded
 from .abi import WASI_MODULE, Abi, check_core_module, check_header
 from .cache import ArtifactCache, default_cache_dir
 from .exceptions import (
@@ -59,6 +61,14 @@ from .wasi_overrides import BLOCKING_WASI_IMPORTS, define_wasi_overrides
 
 __all__ = ["PreparedModule", "SandboxRuntime", "get_runtime"]
 
+COMPILE_TIMEOUT_ENV = "LOOM_COMPILE_TIMEOUT_S"
+COMPILE_TIMEOUT_S = 60.0  # default compile-time limit of a module compiled in a child process
+# Modules up to this size compile in-process: a process start costs more than their compile
+# (real activities are 2-35 KB and compile in milliseconds; one huge function, the slowest
+# shape measured, takes about 1.5 s at this size). Larger ones compile in a child process
+# killed at the compile-time limit: the same shape took 37 s at 1.8 MB, and Cranelift cannot
+# be interrupted in-process.
+INPROCESS_COMPILE_BYTES = 64 * 1024
 QUEUE_GRACE_S = 1.0  # past its deadline, a pooled call's caller stops waiting for the thread
 TICK_SECONDS = 0.005  # epoch period: a timeout fires at most one tick late
 MAX_CATCH_UP_TICKS = 400  # ticks made up at once after the ticker was held up (2 s)
@@ -97,6 +107,7 @@ class PreparedModule:
     _may_block: bool = True  # imports a call that waits (a WASI sleep): never inline
     _has_initialize: bool = False
     _pre_ptr: int = 0
+    _artifact: str = ""  # a component's serialized artifact, which its sandbox process loads
     initial_memory_bytes: int = 0
     """Linear memory a core module starts with (mostly its stack); 0 when not known."""
     _inline: _InlineHistory = field(default_factory=lambda: _InlineHistory())
@@ -283,24 +294,36 @@ def _engine_config(*, pooling: bool) -> wasmtime.Config:
 
 class SandboxRuntime:
     """Per-process sandbox: one Engine (epoch interruption + fuel), an epoch ticker thread, an
-    in-memory and on-disk artifact cache and a thread pool that runs the wasm.
+    in-memory and on-disk artifact cache, a thread pool that runs the wasm, and sandbox
+    processes for components and calls with fs grants (see `_sandbox_process`).
 
     Thread-safe. Use one per process (`get_runtime()`), close it (or use it as a context
-    manager) to stop the ticker thread and the pool.
+    manager) to stop the ticker thread, the pool and the sandbox processes.
 
     Args:
         cache_dir: artifact cache directory (default `$LOOM_WASM_CACHE` or ~/.cache/loom/wasm).
         max_workers: threads running wasm concurrently (default: CPU count).
+        compile_timeout_s: compile-time limit of a module larger than INPROCESS_COMPILE_BYTES
+            (default `$LOOM_COMPILE_TIMEOUT_S` or 60 s); past it `prepare` raises InvalidModule.
     """
 
     def __init__(
-        self, *, cache_dir: str | Path | None = None, max_workers: int | None = None
+        self,
+        *,
+        cache_dir: str | Path | None = None,
+        max_workers: int | None = None,
+        compile_timeout_s: float | None = None,
+        _in_sandbox_process: bool = False,
     ) -> None:
         # Core modules get the pooling allocator: a call reuses a reserved slot instead of
         # mapping and unmapping fresh memory (a call's C-side cost halves). Components keep
         # on-demand allocation: their instance, table and memory counts vary too much to size
         # slots for.
         pooling = _address_space_unlimited()
+        self._pooling = pooling
+        self.compile_timeout_s = compile_timeout_s or float(
+            os.environ.get(COMPILE_TIMEOUT_ENV) or COMPILE_TIMEOUT_S
+        )
         self.engine = wasmtime.Engine(_engine_config(pooling=pooling))
         self._engine_ptr = fast.pointer(self.engine.ptr())
         self._component_engine = wasmtime.Engine(_engine_config(pooling=False))
@@ -322,6 +345,12 @@ class SandboxRuntime:
         self._prepared: dict[tuple[str, Abi], PreparedModule] = {}
         self._lock = threading.Lock()
         self._pool = WorkerPool(max_workers or os.cpu_count() or 2, "loom-wasm")
+        # Components and calls with fs grants run in sandbox processes (the same runtime
+        # inside one runs them itself: its parent kills it).
+        self._processes: SandboxProcesses | None = None
+        if not _in_sandbox_process:
+            self._processes = SandboxProcesses(str(directory), self._pool.max_workers)
+        self._spill_dir: tempfile.TemporaryDirectory[str] | None = None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="loom-wasm-epoch", daemon=True)
         self._ticker.start()
@@ -362,31 +391,48 @@ class SandboxRuntime:
         if abi is Abi.COMPONENT:
             component = self._load(module, sha256, abi, wc.Component)
             self._check_component(component)
-            prepared = PreparedModule(sha256, abi, None, component)
+            prepared = PreparedModule(
+                sha256, abi, None, component, _artifact=self._artifact_path(abi, sha256, component)
+            )
+            if self._processes is not None:
+                try:
+                    self._processes.preload(sha256, abi.value, prepared._artifact)
+                except (OSError, EOFError) as err:
+                    raise InvalidModule(
+                        abi=abi, problem="its sandbox process could not start or load it"
+                    ) from err
         else:
             compiled = self._load(module, sha256, abi, wasmtime.Module)
-            check_core_module(compiled, abi)
-            try:
-                pre = self._linker.instantiate_pre(compiled)
-            except wasmtime.WasmtimeError as err:
-                raise InvalidModule(abi=abi, problem=str(err).splitlines()[0]) from err
-            prepared = PreparedModule(
-                sha256,
-                abi,
-                pre,
-                None,
-                _needs_wasi=abi is Abi.COMMAND
-                or any(imp.module == WASI_MODULE for imp in compiled.imports),
-                _may_block=any(
-                    imp.module == WASI_MODULE and imp.name in BLOCKING_WASI_IMPORTS
-                    for imp in compiled.imports
-                ),
-                _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
-                initial_memory_bytes=_initial_memory_bytes(compiled),
-                _pre_ptr=fast.pointer(pre.ptr()),
+            prepared = self._prepare_core(
+                sha256, abi, compiled, self._artifact_path(abi, sha256, compiled)
             )
         with self._lock:
             return self._prepared.setdefault(key, prepared)
+
+    def _prepare_core(
+        self, sha256: str, abi: Abi, compiled: wasmtime.Module, artifact: str
+    ) -> PreparedModule:
+        check_core_module(compiled, abi)
+        try:
+            pre = self._linker.instantiate_pre(compiled)
+        except wasmtime.WasmtimeError as err:
+            raise InvalidModule(abi=abi, problem=str(err).splitlines()[0]) from err
+        return PreparedModule(
+            sha256,
+            abi,
+            pre,
+            None,
+            _needs_wasi=abi is Abi.COMMAND
+            or any(imp.module == WASI_MODULE for imp in compiled.imports),
+            _may_block=any(
+                imp.module == WASI_MODULE and imp.name in BLOCKING_WASI_IMPORTS
+                for imp in compiled.imports
+            ),
+            _has_initialize=any(e.name == "_initialize" for e in compiled.exports),
+            initial_memory_bytes=_initial_memory_bytes(compiled),
+            _pre_ptr=fast.pointer(pre.ptr()),
+            _artifact=artifact,
+        )
 
     def _target(self, abi: Abi | str) -> tuple[wasmtime.Engine, ArtifactCache]:
         """The engine that compiles and runs `abi`'s modules, and its artifact cache."""
@@ -402,13 +448,50 @@ class SandboxRuntime:
             pass
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)  # stale or corrupt: recompile below
-        try:
-            compiled = kind(engine, module)
-        except wasmtime.WasmtimeError as err:
-            raise InvalidModule(abi=abi, problem=str(err).strip().splitlines()[0]) from err
+        if len(module) > INPROCESS_COMPILE_BYTES:
+            # Cranelift cannot be interrupted: a large module compiles in a child process that
+            # is killed at the limit, and its artifact is loaded here.
+            artifact = compile_bounded(
+                module,
+                component=abi is Abi.COMPONENT,
+                pooling=self._pooling and abi is not Abi.COMPONENT,
+                timeout_s=self.compile_timeout_s,
+                abi=abi,
+            )
+            compiled = kind.deserialize(engine, artifact)
+        else:
+            try:
+                compiled = kind(engine, module)
+            except wasmtime.WasmtimeError as err:
+                raise InvalidModule(abi=abi, problem=str(err).strip().splitlines()[0]) from err
+            artifact = compiled.serialize()
         with contextlib.suppress(OSError):  # a read-only cache only costs a recompile next time
-            artifacts.store(sha256, compiled.serialize())
+            artifacts.store(sha256, artifact)
         return compiled
+
+    def _artifact_path(self, abi: Abi, sha256: str, compiled: Any) -> str:
+        """Where a sandbox process finds a module's artifact: the cache, or (when the cache
+        is read-only) a private directory removed on close."""
+        path = self._target(abi)[1].path(sha256)
+        if path.exists():
+            return str(path)
+        with self._lock:
+            if self._spill_dir is None:
+                self._spill_dir = tempfile.TemporaryDirectory(prefix="loom-wasm-")
+        spilled = Path(self._spill_dir.name) / f"{sha256}-{abi.value}.cwasm"
+        spilled.write_bytes(compiled.serialize())
+        return str(spilled)
+
+    def load_artifact(self, sha256: str, abi: Abi | str, path: str) -> PreparedModule:
+        """A module from its serialized artifact (what a sandbox process runs)."""
+        abi = Abi(abi)
+        engine = self._target(abi)[0]
+        if abi is Abi.COMPONENT:
+            component = wc.Component.deserialize(engine, Path(path).read_bytes())
+            self._check_component(component)
+            return PreparedModule(sha256, abi, None, component)
+        compiled = wasmtime.Module.deserialize(engine, Path(path).read_bytes())
+        return self._prepare_core(sha256, abi, compiled, path)
 
     def _check_component(self, component: wc.Component) -> None:
         if component.get_export_index("run") is None:
@@ -502,6 +585,7 @@ class SandboxRuntime:
         limits: Limits = _DEFAULT_LIMITS,
         grants: Grants = _DEFAULT_GRANTS,
         secrets: Mapping[str, str] | None = None,
+        _queued_at: float | None = None,
     ) -> RunResult:
         """Run `module` on `input` in the calling thread with a fresh Store.
 
@@ -512,7 +596,7 @@ class SandboxRuntime:
             raise RuntimeError("SandboxRuntime is closed; create a new one or use get_runtime()")
         keep: list[Callable[[], None]] = []
         try:
-            return self._execute(module, input, limits, grants, secrets, keep)
+            return self._execute(module, input, limits, grants, secrets, keep, queued_at=_queued_at)
         finally:
             _teardown(keep)
 
@@ -543,6 +627,10 @@ class SandboxRuntime:
         store_fuel = fuel if inline_fuel is None else min(fuel, inline_fuel)
         capped = store_fuel < fuel
         ticks = math.ceil(left / TICK_SECONDS) + 1
+        if self._processes is not None and (module.abi is Abi.COMPONENT or grants.fs):
+            # A component's blocking WASI is out of the epoch's reach, and files a guest opens
+            # count against its process's descriptor limit: see _sandbox_process.
+            return self._processes.run(module, input, limits, grants, dict(secrets or {}), started)
         if module.abi is Abi.COMPONENT:
             wstore = wasmtime.Store(self._component_engine)
             keep.append(wstore.close)
@@ -696,6 +784,10 @@ class SandboxRuntime:
             return
         self._closed = True
         self._pool.shutdown()
+        if self._processes is not None:
+            self._processes.close()
+        if self._spill_dir is not None:
+            self._spill_dir.cleanup()
         self._stop.set()
         self._ticker.join()
 

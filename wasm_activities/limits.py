@@ -26,6 +26,9 @@ class Limits(BaseModel):
             `FuelExhausted`.
         max_output_bytes: cap on the JSON output (stdout for `command`) -> `OutputTooLarge`.
         max_log_bytes: cap on logs (stderr and `loom.log`) -> `LogTooLarge`.
+        max_open_files: descriptors a call with fs grants may hold open at once; opening
+            more fails inside the guest with EMFILE ("too many open files"). Such calls run
+            in a sandbox process, so the worker's own descriptors are never at stake.
     """
 
     # strict: `memory_mb = "32"` in a manifest is a mistake to report, not a string to coerce
@@ -36,6 +39,7 @@ class Limits(BaseModel):
     fuel: int = Field(default=0, ge=0)
     max_output_bytes: int = Field(default=1_048_576, ge=1)
     max_log_bytes: int = Field(default=65_536, ge=0)
+    max_open_files: int = Field(default=256, ge=1, le=65_536)
 
     @property
     def memory_bytes(self) -> int:

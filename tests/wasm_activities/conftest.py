@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.wasm_activities.build import BUILD_DIR, build_c, build_example
+from tests.wasm_activities.build import BUILD_DIR, build_c, build_component, build_example
 from wasm_activities import Abi, PreparedModule, SandboxRuntime
 
 MODULES_DIR = Path(__file__).parent / "modules"
-# Test modules under modules/: file -> ABI.
+# Test modules under modules/: file (or componentize-py app directory) -> ABI.
 TEST_MODULES = {
     "memory_bomb.c": Abi.REACTOR,
     "probe.c": Abi.COMMAND,
@@ -28,6 +28,8 @@ TEST_MODULES = {
     "fail_exit.c": Abi.COMMAND,
     "chatty.c": Abi.REACTOR,
     "sleeper.c": Abi.REACTOR,
+    "fd_hog.c": Abi.REACTOR,
+    "py_sleeper": Abi.COMPONENT,
 }
 EXAMPLE_ABIS = {
     "echo": Abi.COMMAND,
@@ -35,6 +37,14 @@ EXAMPLE_ABIS = {
     "char-count": Abi.REACTOR,
     "py-greet": Abi.COMPONENT,
 }
+
+
+def build_test_module(name: str) -> Path:
+    """Build one of TEST_MODULES (cached under .build/)."""
+    abi = TEST_MODULES[name]
+    if abi is Abi.COMPONENT:
+        return build_component(MODULES_DIR / name)
+    return build_c(MODULES_DIR / name, reactor=abi is Abi.REACTOR)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +62,7 @@ def wasm_module() -> Callable[[str], bytes]:
 
     def get(name: str) -> bytes:
         if name not in cache:
-            if name in TEST_MODULES:
-                path = build_c(MODULES_DIR / name, reactor=TEST_MODULES[name] is Abi.REACTOR)
-            else:
-                path = build_example(name)
+            path = build_test_module(name) if name in TEST_MODULES else build_example(name)
             cache[name] = path.read_bytes()
         return cache[name]
 

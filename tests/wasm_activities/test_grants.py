@@ -180,3 +180,18 @@ def test_missing_fs_grant_directory_is_a_clear_error(
     grants = Grants(fs=[FsGrant(host=str(tmp_path / "missing"), guest="/data")])
     with pytest.raises(ValueError, match="does not exist"):
         runtime.run_sync(prepared("probe.c"), {}, grants=grants)
+
+
+def test_env_reaches_a_call_in_a_sandbox_process_as_the_worker_has_it_now(
+    runtime: SandboxRuntime, prepared: Prepared, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with an fs grant runs in a sandbox process, forked from a server that may have
+    started long before: the granted values are the worker's at the call."""
+    grants = Grants(fs=[FsGrant(host=str(data_dir), guest="/data")], env=["LOOM_TEST_MODEL"])
+    probe(runtime, prepared, grants)  # the fork server and a child exist from here on
+    monkeypatch.setenv("LOOM_TEST_MODEL", "set-later")
+    monkeypatch.setenv("LOOM_TEST_TOKEN", "do-not-leak")
+    assert probe(runtime, prepared, grants, env="LOOM_TEST_MODEL")["env"] == "set-later"
+    assert probe(runtime, prepared, grants, env="LOOM_TEST_TOKEN")["env"] is None
+    monkeypatch.delenv("LOOM_TEST_MODEL")
+    assert probe(runtime, prepared, grants, env="LOOM_TEST_MODEL")["env"] is None

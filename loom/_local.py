@@ -16,10 +16,10 @@ from typing import Any
 from loom._json import JSON
 from loom.activation import TIMER_TASK, Activation, ChildStart
 from loom.activity import declared_activity
+from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.exceptions import LoomError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.replay import WorkflowRun, decode_error, now_ms
-from loom.workflow import CompiledWorkflow, compiled_workflow
 
 
 class LocalExecutor:
@@ -33,7 +33,7 @@ class LocalExecutor:
         self._clock = now_ms()
         self._timers: list[tuple[int, str, int]] = []  # (fire_at, workflow_id, seq)
 
-    async def execute(self, compiled: CompiledWorkflow[Any, Any], input: Any) -> Any:
+    async def execute(self, compiled: WorkflowDefinition[Any, Any], input: Any) -> Any:
         workflow_id = f"local-{uuid.uuid4()}"
         outcome = await self._run(compiled, compiled.encode_input(input), workflow_id)
         if outcome.status is not WorkflowStatus.COMPLETED:
@@ -41,7 +41,7 @@ class LocalExecutor:
         return compiled.decode_state(outcome.state)
 
     async def _run(
-        self, compiled: CompiledWorkflow[Any, Any], input: JSON, workflow_id: str
+        self, compiled: WorkflowDefinition[Any, Any], input: JSON, workflow_id: str
     ) -> Activation:
         run = WorkflowRun(compiled, workflow_id)
         seed = random.getrandbits(63)
@@ -137,3 +137,13 @@ class LocalExecutor:
         if outcome.status is WorkflowStatus.COMPLETED:
             return EventKind.CHILD_COMPLETED, {**base, "state": outcome.state}
         return EventKind.CHILD_FAILED, {**base, "error": outcome.error}
+
+
+async def execute_locally(
+    compiled: WorkflowDefinition[Any, Any],
+    input: Any,
+    *,
+    signals: Mapping[str, JSON | list[JSON]],
+) -> Any:
+    """Run a workflow in-process with no database (see `CompiledWorkflow.execute`)."""
+    return await LocalExecutor(signals).execute(compiled, input)

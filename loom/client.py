@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from loom._json import JSON, is_json
+from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
 from loom.history import WorkflowStatus
 from loom.limits import Limits, clip
 from loom.replay import decode_error
 from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
-from loom.workflow import CompiledWorkflow, compiled_workflow
 
 StateT = TypeVar("StateT")
 
@@ -118,7 +118,7 @@ def discard_store(database: str | os.PathLike[str]) -> Store | None:
 
 
 async def start_workflow(
-    compiled: CompiledWorkflow[Any, StateT],
+    compiled: WorkflowDefinition[Any, StateT],
     input: Any,
     *,
     workflow_id: str | None = None,
@@ -153,7 +153,7 @@ class WorkflowHandle(Generic[StateT]):
         self,
         workflow_id: str,
         store: Store,
-        compiled: CompiledWorkflow[Any, StateT] | None = None,
+        compiled: WorkflowDefinition[Any, StateT] | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self._store = store
@@ -331,7 +331,7 @@ def _watcher(store: Store) -> _ClosedWatcher:
     return watcher
 
 
-def _known(name: str) -> CompiledWorkflow[Any, Any] | None:
+def _known(name: str) -> WorkflowDefinition[Any, Any] | None:
     try:
         return compiled_workflow(name)
     except LookupError:
@@ -340,7 +340,7 @@ def _known(name: str) -> CompiledWorkflow[Any, Any] | None:
 
 def get_handle(
     workflow_id: str,
-    workflow: type[Any] | CompiledWorkflow[Any, StateT] | None = None,
+    workflow: type[Any] | WorkflowDefinition[Any, StateT] | None = None,
     *,
     database: str | None = None,
 ) -> WorkflowHandle[Any]:

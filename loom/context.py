@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from loom._json import JSON, dumps, is_json, loads, measured_digest, type_adapter
 from loom.activation import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
 from loom.activity import Activity
+from loom.definition import WorkflowDefinition
 from loom.exceptions import PayloadTooLargeError
 from loom.history import EventKind
 from loom.saga import Saga
 from loom.state import StateProxy
-from loom.workflow import CompiledWorkflow, Workflow
 
 if TYPE_CHECKING:
     from loom.replay import WorkflowRun
+    from loom.workflow import Workflow
 
 InT = TypeVar("InT")
 StateT = TypeVar("StateT")
@@ -282,7 +283,7 @@ class WorkflowContext(Generic[InT, StateT]):
 
     def start_workflow(
         self,
-        workflow: type[Workflow[ChildIn, ChildState]] | CompiledWorkflow[ChildIn, ChildState],
+        workflow: type[Workflow[ChildIn, ChildState]] | WorkflowDefinition[ChildIn, ChildState],
         input: ChildIn,
         *,
         workflow_id: str | None = None,
@@ -292,7 +293,7 @@ class WorkflowContext(Generic[InT, StateT]):
         A failed child raises WorkflowExecutionError in the parent at that await.
         """
         run = self._run
-        compiled = workflow if isinstance(workflow, CompiledWorkflow) else workflow.compile()
+        compiled = workflow if isinstance(workflow, WorkflowDefinition) else workflow.compile()
         encoded = compiled.encode_input(input)
         child_id = workflow_id or f"{run.workflow_id}/{run.ctx.uuid4().hex[:12]}"
         refusal = None

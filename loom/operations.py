@@ -152,6 +152,15 @@ async def count_tasks(conn: Connection, now: int) -> dict[str, int]:
     return {"leased": int(row[0]), "expired": int(row[1]), "queued": int(row[2])}
 
 
+async def task_horizon(conn: Connection, now: int) -> tuple[int, int | None]:
+    row = await conn.fetchrow(
+        "SELECT COUNT(CASE WHEN lease_owner IS NOT NULL OR run_at <= $1 THEN 1 END), "
+        "MIN(CASE WHEN lease_owner IS NULL AND run_at > $1 THEN run_at END) FROM tasks",
+        now,
+    )
+    return int(row[0]), None if row[1] is None else int(row[1])
+
+
 async def load_events(conn: Connection, workflow_id: str, after: int) -> list[Event]:
     rows = await conn.fetch(
         "SELECT sequence, kind, payload, created_at FROM events "

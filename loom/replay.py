@@ -21,6 +21,7 @@ from typing import Any
 
 from loom._json import JSON, dumps, loads
 from loom.activation import Activation, ChildStart, TaskSpec
+from loom.definition import WorkflowDefinition
 from loom.exceptions import (
     ActivityFailedError,
     CancelledWorkflowError,
@@ -32,7 +33,7 @@ from loom.exceptions import (
 )
 from loom.history import COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, encoded_size
-from loom.workflow import CompiledWorkflow
+from loom.saga import SHIELDED
 
 logger = logging.getLogger("loom.workflow")
 
@@ -42,10 +43,6 @@ REFUSED = "refused"
 oversized argument): no task ran, and replay must not take the event's time as news."""
 REMOVED_KEYS = "removed"
 """STATE_UPDATE payload field: the keys `ctx.state.update(fn)` removed (sorted)."""
-SHIELDED: contextvars.ContextVar[bool] = contextvars.ContextVar("loom_shielded", default=False)
-"""Set (per asyncio task, so it reaches tasks started under it) while a saga compensates:
-commands issued then run even after a cancel request, and a cancel does not reject them.
-Replay meets CANCEL_REQUESTED at the same position, so shielding replays the same."""
 
 
 class HistoryGapError(LoomError):
@@ -167,11 +164,11 @@ class WorkflowRun:
 
     def __init__(
         self,
-        compiled: CompiledWorkflow[Any, Any],
+        compiled: WorkflowDefinition[Any, Any],
         workflow_id: str,
         *,
         replay_until: int = 0,
-        registry: Mapping[str, CompiledWorkflow[Any, Any]] | None = None,
+        registry: Mapping[str, WorkflowDefinition[Any, Any]] | None = None,
         limits: Limits | None = None,
     ) -> None:
         from loom.context import WorkflowContext
@@ -703,15 +700,3 @@ def decode_error(error: Mapping[str, JSON], workflow_id: str) -> BaseException:
     if kind == "WorkflowCancelledError":
         return CancelledWorkflowError(message.removeprefix("workflow cancelled: "))
     return WorkflowExecutionError(workflow_id, kind, message, details)
-
-
-async def execute_locally(
-    compiled: CompiledWorkflow[Any, Any],
-    input: Any,
-    *,
-    signals: Mapping[str, JSON | list[JSON]],
-) -> Any:
-    """Run a workflow in-process with no database (see `CompiledWorkflow.execute`)."""
-    from loom._local import LocalExecutor
-
-    return await LocalExecutor(signals).execute(compiled, input)

@@ -7,6 +7,7 @@ exactly like any other activity, so replay re-issues them at the same positions.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -14,10 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from loom.activity import Activity
 from loom.exceptions import CompensationError, WorkflowCancelledError
-from loom.replay import SHIELDED
 
 if TYPE_CHECKING:
     from loom.context import WorkflowContext
+
+SHIELDED: contextvars.ContextVar[bool] = contextvars.ContextVar("loom_shielded", default=False)
+"""Set (per asyncio task, so it reaches tasks started under it) while a saga compensates:
+commands issued then run even after a cancel request, and a cancel does not reject them.
+Replay meets CANCEL_REQUESTED at the same position, so shielding replays the same."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,6 +244,9 @@ class SQLStore(Store):
     async def count_tasks(self) -> dict[str, int]:
         return await self._run(Mode.READ, ops.count_tasks, self.now_ms())
 
+    async def task_horizon(self) -> tuple[int, int | None]:
+        return await self._run(Mode.READ, ops.task_horizon, self.now_ms())
+
     async def collect_stats(self) -> StoreStats:
         return await self._run(Mode.READ, ops.collect_stats, self.now_ms())
 

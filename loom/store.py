@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -353,6 +354,11 @@ class Store(abc.ABC):
         """Task counts by state (due, leased, scheduled), for diagnostics and tests."""
 
     @abc.abstractmethod
+    async def task_horizon(self) -> tuple[int, int | None]:
+        """(tasks due or leased now, due time of the earliest later task or None): what a
+        time-skipping test environment needs to know before jumping its clock."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
     async def reserve(self, concurrency: int) -> None:
@@ -382,6 +388,9 @@ class Wakeups:
     def __init__(self) -> None:
         self._task_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._closed: dict[str, list[asyncio.Future[Outcome | None]]] = {}
+        # Handles wait on their own loops while PostgreSQL's DB thread reports closes made
+        # by other processes: the waiter table is shared across threads.
+        self._closed_lock = threading.Lock()
         self._progress: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     def on_tasks(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -402,15 +411,17 @@ class Wakeups:
 
     def closed_future(self, workflow_id: str) -> asyncio.Future[Outcome | None]:
         future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        self._closed.setdefault(workflow_id, []).append(future)
+        with self._closed_lock:
+            self._closed.setdefault(workflow_id, []).append(future)
         return future
 
     def forget(self, workflow_id: str, future: asyncio.Future[Outcome | None]) -> None:
-        waiters = self._closed.get(workflow_id)
-        if waiters and future in waiters:
-            waiters.remove(future)
-            if not waiters:
-                del self._closed[workflow_id]
+        with self._closed_lock:
+            waiters = self._closed.get(workflow_id)
+            if waiters and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._closed[workflow_id]
 
     def activation_committed(
         self, workflow_id: str, activation: Activation, result: CommitResult
@@ -431,7 +442,9 @@ class Wakeups:
 
     def workflow_closed(self, workflow_id: str, outcome: Outcome | None = None) -> None:
         """Wake in-process waiters; `outcome` spares them reading the final row back."""
-        for future in self._closed.pop(workflow_id, ()):
+        with self._closed_lock:
+            waiters = self._closed.pop(workflow_id, ())
+        for future in waiters:
             loop = future.get_loop()
             if loop.is_closed():
                 continue

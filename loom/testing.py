@@ -108,7 +108,6 @@ class WorkflowEnvironment:
         self._store: Store | None = None
         self._clock: VirtualClock | None = None
         self._worker: Worker | None = None
-        self._queue: _TaskQueue | None = None
         self._skipper: asyncio.Task[None] | None = None
         self._skipping_count = 0
 
@@ -120,17 +119,11 @@ class WorkflowEnvironment:
             self.database = str(Path(self._directory) / "loom.db")
         else:
             self.database = str(self._given_database)
-            if self.time_skipping and "://" in self.database:
-                raise ValueError(
-                    f"time skipping reads the task queue of a SQLite file; {self.database!r} "
-                    f"is not one: give a file path, or time_skipping=False"
-                )
         store = self._store = get_store(self.database)
         if self.time_skipping:
             # The seam: the one clock every durable time of this database is read from.
             self._clock = VirtualClock(store.now_ms())
             store.clock = self._clock
-            self._queue = _TaskQueue(self.database)
         try:
             await self._start_worker()
         except BaseException:
@@ -162,9 +155,6 @@ class WorkflowEnvironment:
         if self._worker is not None:
             await self._worker.stop()
             self._worker = None
-        if self._queue is not None:
-            self._queue.close()
-            self._queue = None
         if self._store is not None:
             discard_store(self.database)
             await self._store.close()
@@ -267,9 +257,9 @@ class WorkflowEnvironment:
         The target is the earliest due time, so if a task came due meanwhile the jump is a
         no-op (`skip_to` never goes back).
         """
-        assert self._clock is not None and self._queue is not None and self._store is not None
+        assert self._clock is not None and self._store is not None
         while True:
-            busy, next_due = await self._queue.look(self._clock.now_ms())
+            busy, next_due = await self._store.task_horizon()
             if busy:
                 await asyncio.sleep(IDLE_POLL_SECONDS)
             elif until_ms is not None and (next_due is None or next_due > until_ms):
@@ -298,37 +288,6 @@ class _SkippingHandle(WorkflowHandle[StateT]):
     async def result(self, timeout: float | None = None) -> StateT:
         async with self._env.skipping():
             return await super().result(timeout)
-
-
-class _TaskQueue:
-    """Reads the environment's task queue on a read-only connection of its own: how much work
-    is due or running now, and when the next scheduled task comes due.
-
-    SQLite only (the environment's own temporary database); the WAL lets it read while the
-    store writes, and one query per look keeps the two numbers consistent.
-    """
-
-    _LOOK = (
-        "SELECT COUNT(CASE WHEN lease_owner IS NOT NULL OR run_at <= ? THEN 1 END), "
-        "MIN(CASE WHEN lease_owner IS NULL AND run_at > ? THEN run_at END) FROM tasks"
-    )
-
-    def __init__(self, path: str) -> None:
-        uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        self._lock = asyncio.Lock()
-
-    async def look(self, now_ms: int) -> tuple[int, int | None]:
-        async with self._lock:  # one query at a time on the one connection
-            row = await asyncio.to_thread(self._query, now_ms)
-        return int(row[0]), None if row[1] is None else int(row[1])
-
-    def _query(self, now_ms: int) -> tuple[int, int | None]:
-        row: tuple[int, int | None] = self._conn.execute(self._LOOK, (now_ms, now_ms)).fetchone()
-        return row
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def replay(workflow: AnyWorkflow, path: str | Path) -> None:

@@ -33,6 +33,7 @@ from loom._expression import (
 from loom._json import JSON, dumps, type_adapter
 from loom.activity import declared_activity
 from loom.context import WorkflowContext
+from loom.definition import StepDefinition, StepInfo, compiled_workflow, declare_compiled
 from loom.exceptions import (
     ActivityFailedError,
     LoomError,
@@ -40,15 +41,7 @@ from loom.exceptions import (
     WorkflowDefinitionError,
 )
 from loom.saga import Saga
-from loom.workflow import (
-    CompiledWorkflow,
-    StepDefinition,
-    StepInfo,
-    Workflow,
-    WorkflowInfo,
-    compiled_workflow,
-    declare_compiled,
-)
+from loom.workflow import CompiledWorkflow, Workflow, WorkflowInfo
 
 __all__ = [
     "ActivityStep",

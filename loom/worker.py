@@ -36,12 +36,13 @@ from loom.activation import ACTIVITY_TASK, TIMER_TASK
 from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
+from loom.definition import WorkflowDefinition
 from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, clip
 from loom.replay import WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
-from loom.workflow import CompiledWorkflow, Workflow
+from loom.workflow import Workflow
 from wasm_activities import SandboxError
 
 logger = logging.getLogger("loom.worker")
@@ -82,7 +83,7 @@ class Worker:
 
     def __init__(
         self,
-        workflows: Iterable[type[Workflow[Any, Any]] | CompiledWorkflow[Any, Any]] = (),
+        workflows: Iterable[type[Workflow[Any, Any]] | WorkflowDefinition[Any, Any]] = (),
         activities: Iterable[Activity[..., Any]] = (),
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -99,9 +100,9 @@ class Worker:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be > 0")
-        self._workflows: dict[str, CompiledWorkflow[Any, Any]] = {}
+        self._workflows: dict[str, WorkflowDefinition[Any, Any]] = {}
         for wf in workflows:
-            compiled = wf if isinstance(wf, CompiledWorkflow) else wf.compile()
+            compiled = wf if isinstance(wf, WorkflowDefinition) else wf.compile()
             self._workflows[compiled.name] = compiled
         self._activities: dict[str, Activity[..., Any]] = {}
         for act in activities:
@@ -414,7 +415,7 @@ class Worker:
         store: Store,
         task: ClaimedTask,
         code: str,
-        compiled: CompiledWorkflow[Any, Any],
+        compiled: WorkflowDefinition[Any, Any],
         divergence: str,
     ) -> None:
         """A rolling deploy: this worker's code cannot replay a workflow that other code
@@ -693,13 +694,13 @@ class Worker:
         )
 
 
-def _step_progress(compiled: CompiledWorkflow[Any, Any], step_index: int) -> StepProgress:
+def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:
     info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
     return StepProgress(info.name, info.description)
 
 
 def _foreign_code(
-    run: WorkflowRun, compiled: CompiledWorkflow[Any, Any], current_code: str
+    run: WorkflowRun, compiled: WorkflowDefinition[Any, Any], current_code: str
 ) -> str | None:
     """The source_hash of the other code a replay diverged from, or None.
 

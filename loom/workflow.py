@@ -1,6 +1,7 @@
 """The user API: `@workflow`, `@step`, `Workflow[In, State]` and `CompiledWorkflow`.
 
-Reaches the engine only through `loom.client` (durable start) and `loom.replay` (local run).
+Reaches the engine only through `loom.client` (durable start) and `loom._local` (a run in
+this process); what the engine needs of a workflow is its `WorkflowDefinition`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,34 @@ import hashlib
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from loom._json import JSON, dict_model_defaults, dumps, is_dict_model, loads, type_adapter
+from loom._local import execute_locally
+from loom.client import start_workflow
+from loom.definition import (
+    StepDefinition,
+    StepInfo,
+    WorkflowDefinition,
+    compiled_workflow,
+    declare_compiled,
+    type_name,
+)
 from loom.exceptions import WorkflowDefinitionError
+
+__all__ = [
+    "CompiledWorkflow",
+    "Input",
+    "State",
+    "StepInfo",
+    "Workflow",
+    "compiled_workflow",
+    "step",
+    "workflow",
+]
 
 if TYPE_CHECKING:
     from loom.client import WorkflowHandle
@@ -26,22 +48,7 @@ W = TypeVar("W", bound="type[Workflow[Any, Any]]")
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 _STEP_ATTR = "__loom_step__"
-_compiled_by_name: dict[str, CompiledWorkflow[Any, Any]] = {}
 _DEFAULT_VERSION = "1.0.0"
-
-
-@dataclass(frozen=True, slots=True)
-class StepInfo:
-    """Name and human description of one step (shown in progress)."""
-
-    name: str
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class StepDefinition:
-    info: StepInfo
-    method: Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +182,7 @@ class Workflow(Generic[InT, StateT]):
         if compiled is None:
             compiled = _compile(cls)
             cls.__loom_compiled__ = compiled
-            _compiled_by_name[compiled.name] = compiled
+            declare_compiled(compiled)
         return typing.cast("CompiledWorkflow[InT, StateT]", compiled)
 
     @classmethod
@@ -187,47 +194,8 @@ class Workflow(Generic[InT, StateT]):
 
 
 @dataclass(eq=False)
-class CompiledWorkflow(Generic[InT, StateT]):
-    """A validated workflow: step table, type adapters and source hash, prepared once."""
-
-    cls: type[Workflow[InT, StateT]]
-    name: str
-    version: str
-    description: str
-    agent: str | None
-    steps: tuple[StepDefinition, ...]
-    input_type: Any
-    state_type: Any
-    source_hash: str
-    _input: TypeAdapter[Any] = field(repr=False)
-    _state: TypeAdapter[Any] = field(repr=False)
-    _initial_state: dict[str, JSON] = field(repr=False)
-
-    def encode_input(self, value: object) -> JSON:
-        """Validate `value` against the input type and serialise it to JSON."""
-        try:
-            typed = self._input.validate_python(value)
-            return self._input.dump_python(typed, mode="json")
-        except ValidationError as err:
-            raise TypeError(
-                f"input for workflow {self.name!r} must be {_type_name(self.input_type)}; "
-                f"got {type(value).__name__}: {_first_errors(err)}"
-            ) from err
-
-    def decode_input(self, value: JSON) -> InT:
-        return typing.cast(InT, self._input.validate_python(value))
-
-    def initial_state(self) -> dict[str, JSON]:
-        """A deep copy: a `field(default_factory=list)` default edited in place by one run
-        must not be what the next run of this workflow starts with."""
-        return dict(loads(dumps(self._initial_state)))
-
-    def decode_state(self, value: Mapping[str, JSON]) -> StateT:
-        """Build the typed State from its JSON form."""
-        return typing.cast(StateT, self._state.validate_python(dict(value)))
-
-    def step_names(self) -> list[str]:
-        return [s.info.name for s in self.steps]
+class CompiledWorkflow(WorkflowDefinition[InT, StateT]):
+    """A validated workflow, and the two ways to run it: durably or in this process."""
 
     async def execute(
         self, input: InT, *, signals: Mapping[str, JSON | list[JSON]] | None = None
@@ -238,8 +206,6 @@ class CompiledWorkflow(Generic[InT, StateT]):
         `wait_for_signal(name)` takes payloads from `signals` (a list for repeated waits);
         waiting for a signal that was not supplied raises instead of hanging.
         """
-        from loom.replay import execute_locally
-
         state: StateT = await execute_locally(self, input, signals=signals or {})
         return state
 
@@ -252,8 +218,6 @@ class CompiledWorkflow(Generic[InT, StateT]):
         existing workflow's handle. An input over `Limits.max_input_bytes` raises
         PayloadTooLargeError before anything is written.
         """
-        from loom.client import start_workflow
-
         return await start_workflow(self, input, workflow_id=workflow_id, owner=owner)
 
 
@@ -321,14 +285,14 @@ def _initial_state(cls: type, state_type: Any, adapter: TypeAdapter[Any]) -> dic
             return dict(loads(dumps(defaults)))
         except (TypeError, ValueError) as err:
             raise WorkflowDefinitionError(
-                f"workflow {cls.__name__}: the defaults of State {_type_name(state_type)} "
+                f"workflow {cls.__name__}: the defaults of State {type_name(state_type)} "
                 f"must be JSON values: {err}"
             ) from err
     try:
         default = state_type()
     except TypeError as err:
         raise WorkflowDefinitionError(
-            f"workflow {cls.__name__}: State type {_type_name(state_type)} must be constructible "
+            f"workflow {cls.__name__}: State type {type_name(state_type)} must be constructible "
             f"with no arguments (give every field a default): {err}"
         ) from err
     dumped = adapter.dump_python(default, mode="json")
@@ -346,33 +310,3 @@ def _source_hash(cls: type) -> str:
     except (OSError, TypeError):
         source = cls.__qualname__
     return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or repr(tp)
-
-
-def _first_errors(err: ValidationError) -> str:
-    parts = []
-    for item in err.errors()[:3]:
-        location = ".".join(str(p) for p in item["loc"]) or "value"
-        parts.append(f"{location}: {item['msg']}")
-    return "; ".join(parts)
-
-
-def declare_compiled(compiled: CompiledWorkflow[Any, Any]) -> None:
-    """Make a workflow built without a class body (a loaded definition) known by name, as
-    `@workflow` does for classes, so children and local runs find it."""
-    _compiled_by_name[compiled.name] = compiled
-
-
-def compiled_workflow(name: str) -> CompiledWorkflow[Any, Any]:
-    """The compiled workflow declared under `name` in this process."""
-    try:
-        return _compiled_by_name[name]
-    except KeyError:
-        known = ", ".join(sorted(_compiled_by_name)) or "none"
-        raise LookupError(
-            f"no workflow named {name!r} is defined in this process (defined: {known}); "
-            f"import the module that declares it"
-        ) from None

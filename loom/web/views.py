@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loom._json import JSON
+from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.history import Event, EventKind, WorkflowStatus
 from loom.store import Store, StoreStats, WorkflowRecord
-from loom.workflow import CompiledWorkflow, compiled_workflow
 
 MAX_PAYLOAD_CHARS = 2000
 """A timeline row shows at most this much of an event's payload (the API gives it whole)."""
@@ -239,7 +239,7 @@ def signal_waits(events: Sequence[Event]) -> list[str]:
 # -- step graphs ------------------------------------------------------------------------------
 
 
-def known_workflow(name: str) -> CompiledWorkflow[Any, Any] | None:
+def known_workflow(name: str) -> WorkflowDefinition[Any, Any] | None:
     try:
         return compiled_workflow(name)
     except LookupError:
@@ -263,7 +263,7 @@ def _label(text: str) -> str:
     return text.replace("\n", " ")
 
 
-def definition_json(compiled: CompiledWorkflow[Any, Any]) -> dict[str, JSON]:
+def definition_json(compiled: WorkflowDefinition[Any, Any]) -> dict[str, JSON]:
     return {
         "name": compiled.name,
         "version": compiled.version,
@@ -274,7 +274,7 @@ def definition_json(compiled: CompiledWorkflow[Any, Any]) -> dict[str, JSON]:
     }
 
 
-def definition_graph(compiled: CompiledWorkflow[Any, Any]) -> str:
+def definition_graph(compiled: WorkflowDefinition[Any, Any]) -> str:
     lines = ["flowchart LR", '  start(("start"))']
     previous = "start"
     for index, step in enumerate(compiled.steps):

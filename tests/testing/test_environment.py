@@ -251,6 +251,15 @@ async def test_environment_without_the_fixture_cleans_up_its_database() -> None:
     assert not await asyncio.to_thread(Path(database).exists)
 
 
+async def test_time_skipping_on_either_store(any_db: Path | str) -> None:
+    """The skipper reads the task queue through the store, so PostgreSQL skips as SQLite."""
+    async with WorkflowEnvironment(workflows=[Monthly], activities=[stamp], database=any_db) as env:
+        began = time.monotonic()
+        state = await (await env.start(Monthly, {})).result(timeout=30)
+    assert state["slept_days"] == pytest.approx(30, abs=1e-3)
+    assert time.monotonic() - began < 5.0
+
+
 async def _events(env: WorkflowEnvironment, workflow_id: str) -> list[Any]:
     return await loom.client.get_store(env.database).list_events(workflow_id)
 

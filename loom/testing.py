@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import inspect
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta

@@ -11,11 +11,10 @@ import json
 import os
 import sqlite3
 import sys
-import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -30,29 +29,17 @@ from activity_registry import (
     parse_spec,
 )
 from activity_registry.version_range import parse_version
-from loom.cli.options import DatabaseNotFoundError, database_option, require_database
+from loom.cli.options import (
+    DatabaseNotFoundError,
+    database_option,
+    render_error,
+    require_database,
+)
 from wasm_activities import RunResult, SandboxError
 
 __all__ = ["activity"]
 
 _T = TypeVar("_T")
-
-
-def _is_debug(ctx: click.Context) -> bool:
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict) and obj.get("debug"):
-        return True
-    return os.environ.get("LOOM_DEBUG", "") not in ("", "0", "false")
-
-
-def _fail(ctx: click.Context, err: BaseException) -> NoReturn:
-    if _is_debug(ctx):
-        traceback.print_exception(err, file=sys.stderr)
-    error_type = getattr(err, "error_type", type(err).__name__)
-    message = " ".join(str(err).split())  # one line, whatever the error text holds
-    click.echo(f"{error_type}: {message}", err=True)
-    ctx.exit(1)
-    raise AssertionError("unreachable")  # ctx.exit raises; keeps NoReturn honest for mypy
 
 
 def _execute(
@@ -70,7 +57,7 @@ def _execute(
         try:
             require_database(database)
         except DatabaseNotFoundError as err:
-            _fail(ctx, err)
+            render_error(ctx, err)
 
     async def main() -> _T:
         async with Registry(database) as registry:
@@ -82,9 +69,9 @@ def _execute(
         click.echo(f"{err.ref} asks for more than {err.previous}:", err=True)
         for line in err.widened:
             click.echo(f"  {line}", err=True)
-        _fail(ctx, err)
+        render_error(ctx, err)
     except (RegistryError, SandboxError, sqlite3.Error) as err:
-        _fail(ctx, err)
+        render_error(ctx, err)
 
 
 def _spec_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:

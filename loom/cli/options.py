@@ -24,7 +24,6 @@ import click
 
 from loom._json import JSON
 from loom.exceptions import LoomError
-from loom.history import Event
 from loom.store import Store, WorkflowRecord
 
 if TYPE_CHECKING:
@@ -252,45 +251,6 @@ def open_store(database: str, *, create: bool = False) -> Store:
         return get_store(database if create else require_database(database))
     except ValueError as err:  # an unsupported URL scheme: a bad --db value, not a failure
         raise click.BadParameter(str(err), param_hint="--db") from err
-
-
-def workflow_json(record: WorkflowRecord, *, full: bool = False) -> dict[str, JSON]:
-    """The stable `--json` shape of one workflow (snake_case keys)."""
-    data: dict[str, JSON] = {
-        "workflow_id": record.workflow_id,
-        "workflow_name": record.workflow_name,
-        "workflow_version": record.workflow_version,
-        "status": record.status.value,
-        "owner": record.owner,
-        "agent": record.agent,
-        "parent_id": record.parent_id,
-        "current_step": record.current_step,
-        "step_description": record.step_description,
-        "step_number": min(record.step_index + 1, record.total_steps),
-        "total_steps": record.total_steps,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    }
-    if full:
-        from loom.progress import progress_message
-
-        data |= {
-            "message": progress_message(record),
-            "input": record.input,
-            "state": record.state,
-            "error": record.error,
-            "event_count": record.last_sequence,
-        }
-    return data
-
-
-def event_json(event: Event) -> dict[str, JSON]:
-    return {
-        "sequence": event.sequence,
-        "kind": event.kind.value,
-        "payload": event.payload,
-        "created_at": event.created_at,
-    }
 
 
 def _step_label(record: WorkflowRecord) -> str:

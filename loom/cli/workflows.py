@@ -19,7 +19,6 @@ from loom.cli.options import (
     _step_label,
     database_option,
     echo_json,
-    event_json,
     json_option,
     load_app,
     open_store,
@@ -28,11 +27,11 @@ from loom.cli.options import (
     read_json,
     run,
     when,
-    workflow_json,
 )
 from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
 from loom.history import Event, WorkflowStatus
 from loom.store import Store, WorkflowRecord
+from loom.summary import event_json, workflow_json
 
 if TYPE_CHECKING:
     from loom.store import StoreStats

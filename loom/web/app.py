@@ -34,6 +34,7 @@ from loom.exceptions import (
 )
 from loom.history import WorkflowStatus
 from loom.store import Store, WorkflowRecord
+from loom.summary import event_json
 from loom.web import views
 from loom.web.security import Guard
 from loom.workflow import CompiledWorkflow
@@ -369,7 +370,7 @@ class Dashboard:
         events = await self.store.list_events(workflow_id)
         if kind:
             events = [e for e in events if e.kind.value == kind.upper()]
-        return {"workflow_id": workflow_id, "events": [views.event_json(e) for e in events]}
+        return {"workflow_id": workflow_id, "events": [event_json(e) for e in events]}
 
     async def api_logs(self, workflow_id: str) -> dict[str, JSON]:
         """What the workflow wrote with `ctx.logger` (time in unix ms, level, message)."""

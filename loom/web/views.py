@@ -16,52 +16,22 @@ from typing import Any
 from loom._json import JSON
 from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.history import Event, EventKind, WorkflowStatus
+from loom.progress import progress_message
 from loom.store import Store, StoreStats, WorkflowRecord
+from loom.summary import workflow_json
 
 MAX_PAYLOAD_CHARS = 2000
 """A timeline row shows at most this much of an event's payload (the API gives it whole)."""
 
 
 def workflow_summary(record: WorkflowRecord) -> dict[str, JSON]:
-    """One row of `GET /api/workflows` (the contract's fields, plus the step position)."""
-    from loom.progress import progress_message
-
-    return {
-        "workflow_id": record.workflow_id,
-        "workflow_name": record.workflow_name,
-        "workflow_version": record.workflow_version,
-        "status": record.status.value,
-        "owner": record.owner,
-        "agent": record.agent,
-        "current_step": record.current_step,
-        "step_description": record.step_description,
-        "step_number": min(record.step_index + 1, record.total_steps),
-        "total_steps": record.total_steps,
-        "message": progress_message(record),
-        "parent_id": record.parent_id,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    }
+    """One row of `GET /api/workflows`: the `--json` shape plus the progress message."""
+    return {**workflow_json(record), "message": progress_message(record)}
 
 
 def workflow_detail(record: WorkflowRecord) -> dict[str, JSON]:
     """`GET /api/workflows/{id}`: the summary with input, state, error and history length."""
-    return {
-        **workflow_summary(record),
-        "input": record.input,
-        "state": record.state,
-        "error": record.error,
-        "event_count": record.last_sequence,
-    }
-
-
-def event_json(event: Event) -> dict[str, JSON]:
-    return {
-        "sequence": event.sequence,
-        "kind": event.kind.value,
-        "payload": event.payload,
-        "created_at": event.created_at,
-    }
+    return workflow_json(record, full=True)
 
 
 def compact(value: JSON, limit: int = MAX_PAYLOAD_CHARS) -> str:

@@ -349,8 +349,7 @@ async def _attach_histories(
             "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
             f"JOIN {cursors} ON e.workflow_id = c.workflow_id AND e.sequence > c.after "
             "ORDER BY e.workflow_id, e.sequence",
-            list(after),
-            list(after.values()),
+            *d.columns(list(after), list(after.values())),
         )
         by_workflow: dict[str, list[Event]] = {}
         for r in events:
@@ -405,8 +404,7 @@ async def _append_events(
         workflow_id,
         int(row[0]) - len(events),
         now,
-        [e.kind.value for e in events],
-        [dumps(e.payload) for e in events],
+        *conn.dialect.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
     )
     return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
 
@@ -538,9 +536,11 @@ async def _apply_activation(
             "INSERT INTO logs (workflow_id, level, message, created_at) "
             f"SELECT $1, level, message, at FROM {logs}",
             workflow_id,
-            [level for level, _, _ in activation.logs],
-            [message for _, message, _ in activation.logs],
-            [at or now for _, _, at in activation.logs],
+            *d.columns(
+                [level for level, _, _ in activation.logs],
+                [message for _, message, _ in activation.logs],
+                [at or now for _, _, at in activation.logs],
+            ),
         )
     if closed:
         await _close_workflow(conn, workflow_id, row[2], row[3], activation, now)
@@ -618,6 +618,7 @@ async def _fence_and_insert(
     expires = now + eager_lease_ms
     specs = activation.tasks
     is_eager = [bool(eager_lease_ms) and t.kind == ACTIVITY_TASK for t in specs]
+    d = conn.dialect
     args = (
         task.task_id,
         task.owner,
@@ -625,15 +626,19 @@ async def _fence_and_insert(
         workflow_id,
         after,
         now,
-        [e.kind.value for e in events],
-        [dumps(e.payload) for e in events],
-        [t.key for t in specs],
-        [t.kind for t in specs],
-        [dumps(t.payload) for t in specs],
-        [expires if eager else t.run_at or now for t, eager in zip(specs, is_eager, strict=True)],
-        [1 if eager else 0 for eager in is_eager],
-        [task.owner if eager else None for eager in is_eager],
-        [expires if eager else None for eager in is_eager],
+        *d.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
+        *d.columns(
+            [t.key for t in specs],
+            [t.kind for t in specs],
+            [dumps(t.payload) for t in specs],
+            [
+                expires if eager else t.run_at or now
+                for t, eager in zip(specs, is_eager, strict=True)
+            ],
+            [1 if eager else 0 for eager in is_eager],
+            [task.owner if eager else None for eager in is_eager],
+            [expires if eager else None for eager in is_eager],
+        ),
     )
     insert_tasks = (
         "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "

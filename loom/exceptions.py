@@ -163,6 +163,19 @@ class NonDeterministicWorkflowError(LoomError):
         )
 
 
+class DefinitionConflictError(LoomError):
+    """A definition version is registered already with other content: versions are
+    immutable, so a changed definition needs a new `version`."""
+
+    def __init__(self, name: str, version: str, registered: str, given: str) -> None:
+        super().__init__(
+            f"definition {name} {version} is registered already with sha256 {registered[:16]}; "
+            f"this one is {given[:16]}: versions are immutable, give the change a new version"
+        )
+        self.name = name
+        self.version = version
+
+
 class WorkflowDefinitionError(LoomError, TypeError):
     """A workflow, step or activity definition breaks a rule; raised at decoration/compile time."""
 

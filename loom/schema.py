@@ -79,6 +79,19 @@ _MIGRATIONS = [
         wall_ms BIGINT NOT NULL
     );
     """,
+    # Declarative workflow definitions (`loom wdl register`): immutable versions, looked up
+    # by name and version to start one and by sha256 to run the exact one a workflow began.
+    """
+    CREATE TABLE IF NOT EXISTS definitions (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        document TEXT NOT NULL,
+        registered_at BIGINT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX IF NOT EXISTS definitions_by_sha256 ON definitions (sha256);
+    """,
 ]
 
 

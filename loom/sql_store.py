@@ -24,6 +24,7 @@ from loom.store import (
     CommitResult,
     Completion,
     CursorLookup,
+    DefinitionRecord,
     Diagnosis,
     NewWorkflow,
     StepProgress,
@@ -252,6 +253,27 @@ class SQLStore(Store):
 
     async def diagnose(self) -> Diagnosis:
         return await self._run(Mode.READ, ops.diagnose, self.now_ms())
+
+    async def register_definition(
+        self, name: str, version: str, sha256: str, document: JSON
+    ) -> bool:
+        return await self._run(
+            Mode.TRANSACTION,
+            ops.register_definition,
+            name,
+            version,
+            sha256,
+            document,
+            self.now_ms(),
+        )
+
+    async def list_definitions(self, name: str | None = None) -> list[DefinitionRecord]:
+        return await self._run(Mode.READ, ops.list_definitions, name)
+
+    async def get_definition(
+        self, name: str, *, version: str | None = None, sha256_prefix: str | None = None
+    ) -> DefinitionRecord | None:
+        return await self._run(Mode.READ, ops.get_definition, name, version, sha256_prefix)
 
 
 __all__ = ["Connection", "Mode", "Operation", "SQLStore"]

@@ -38,6 +38,18 @@ class NewWorkflow:
 
 
 @dataclass(frozen=True, slots=True)
+class DefinitionRecord:
+    """One registered version of a declarative workflow definition (`loom.wdl`)."""
+
+    name: str
+    version: str
+    sha256: str
+    registered_at: int
+    document: JSON = None
+    """The definition's JSON document; None in listings, which leave it out."""
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowRecord:
     """One row of `workflows` as the client and CLI see it."""
 
@@ -377,6 +389,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def diagnose(self) -> Diagnosis:
         """Connection settings, schema version, expired leases and stuck workflows."""
+
+    # -- declarative workflow definitions -------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_definition(
+        self, name: str, version: str, sha256: str, document: JSON
+    ) -> bool:
+        """Store an immutable version; False when this exact version (same sha256) already
+        is. Raises DefinitionConflictError when the version exists with other content."""
+
+    @abc.abstractmethod
+    async def list_definitions(self, name: str | None = None) -> list[DefinitionRecord]:
+        """Registered versions (without documents), by name then registration order."""
+
+    @abc.abstractmethod
+    async def get_definition(
+        self, name: str, *, version: str | None = None, sha256_prefix: str | None = None
+    ) -> DefinitionRecord | None:
+        """One version with its document: by exact version, or by the sha256 (prefix) a
+        running workflow pinned as its source hash."""
 
 
 class Wakeups:

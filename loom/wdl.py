@@ -2,8 +2,9 @@
 interpreter that is itself an ordinary deterministic workflow.
 
 Every step becomes ordinary commands (activities, children, signal waits, timers), so crash
-recovery, replay, suspension and progress work for definitions unchanged. Knows nothing
-about stores or workers.
+recovery, replay, suspension and progress work for definitions unchanged. Registered
+definitions live in the store (`register`, `resolve`, `pinned`): immutable versions, and a
+workflow runs the exact version it started with (its source hash is the sha256's head).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from loom.exceptions import (
     WorkflowDefinitionError,
 )
 from loom.saga import Saga
+from loom.store import Store
 from loom.workflow import CompiledWorkflow, Workflow, WorkflowInfo
 
 __all__ = [
@@ -58,6 +60,9 @@ __all__ = [
     "json_schema",
     "load",
     "mermaid",
+    "pinned",
+    "register",
+    "resolve",
     "validate",
 ]
 
@@ -421,6 +426,65 @@ def load(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> CompiledDe
     cls.__loom_compiled__ = compiled
     declare_compiled(compiled)
     return compiled
+
+
+# -- stored definitions -----------------------------------------------------------------
+
+
+async def register(
+    store: Store, path_or_dict: str | os.PathLike[str] | Mapping[str, Any]
+) -> tuple[CompiledDefinition, bool]:
+    """Validate and store a definition version; (compiled, False) when this exact version is
+    stored already. Raises InvalidDefinitionError, or DefinitionConflictError when the version
+    exists with other content (versions are immutable)."""
+    compiled = load(path_or_dict)
+    document, _ = read_document(path_or_dict)
+    created = await store.register_definition(
+        compiled.name, compiled.version, compiled.sha256, document
+    )
+    return compiled, created
+
+
+async def resolve(store: Store, spec: str) -> CompiledDefinition:
+    """The stored definition `NAME[@RANGE]` names (the highest version in range; the latest
+    registered for a bare name), compiled. Raises WorkflowDefinitionError naming what is
+    registered when nothing matches."""
+    from activity_registry import VersionRange
+
+    name, _, version_range = spec.strip().partition("@")
+    versions = [record.version for record in await store.list_definitions(name)]
+    if not versions:
+        raise WorkflowDefinitionError(
+            f"no definition named {name!r} is registered in this database (register one with "
+            "`loom wdl register FILE`; a Python workflow is started with --app MODULE)"
+        )
+    try:
+        chosen = VersionRange.parse(version_range).best(versions) if version_range else None
+    except ValueError as err:
+        raise WorkflowDefinitionError(f"invalid version range in {spec!r}: {err}") from err
+    if version_range and chosen is None:
+        raise WorkflowDefinitionError(
+            f"no version of {name!r} satisfies {version_range!r}; registered: "
+            + ", ".join(versions)
+        )
+    record = await store.get_definition(name, version=chosen)
+    assert record is not None  # listed above; versions are never deleted
+    return _compiled(record.document, f"{name} {record.version}")
+
+
+async def pinned(store: Store, name: str, source_hash: str) -> CompiledDefinition | None:
+    """The stored version a workflow started with (its source hash), compiled; None when no
+    such version is registered here."""
+    record = await store.get_definition(name, sha256_prefix=source_hash)
+    if record is None:
+        return None
+    return _compiled(record.document, f"{name} {record.version}")
+
+
+def _compiled(document: JSON, source: str) -> CompiledDefinition:
+    if not isinstance(document, dict):
+        raise InvalidDefinitionError(source, ["the stored document is not a JSON object"])
+    return load(document)
 
 
 def _summary(step: Any) -> str:

@@ -131,6 +131,7 @@ class Worker:
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
         self._diverged: dict[str, tuple[str, int, str]] = {}
+        self._definitions: dict[tuple[str, str], WorkflowDefinition[Any, Any]] = {}
         self._avoid: dict[str, float] = {}  # task key -> monotonic time to claim it again
 
     # -- lifecycle --------------------------------------------------------------------
@@ -352,7 +353,9 @@ class Worker:
     async def _advance(self, store: Store, task: ClaimedTask) -> None:
         record = task.workflow
         assert record is not None and task.events is not None
-        compiled = self._workflows.get(record.workflow_name)
+        compiled = self._workflows.get(record.workflow_name) or await self._stored_definition(
+            store, record.workflow_name, record.source_hash
+        )
         if compiled is None:
             logger.warning(
                 "workflow %s is a %r, which this worker does not know; leaving it for others",
@@ -409,6 +412,22 @@ class Worker:
             eager_lease_ms=self._eager_lease_ms(),
         )
         self._committed(store, run, activation.status, result)
+
+    async def _stored_definition(
+        self, store: Store, name: str, source_hash: str
+    ) -> WorkflowDefinition[Any, Any] | None:
+        """A declarative definition registered in the database (`loom wdl register`), in the
+        exact version the workflow started with: so a worker needs no `--app` for them, and
+        registering a new version never changes a running workflow's code."""
+        key = (name, source_hash)
+        compiled = self._definitions.get(key)
+        if compiled is None:
+            from loom import wdl  # the definition language only when one is met
+
+            compiled = await wdl.pinned(store, name, source_hash)
+            if compiled is not None:
+                self._definitions[key] = compiled
+        return compiled
 
     async def _leave_for_its_code(
         self,

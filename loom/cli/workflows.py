@@ -51,7 +51,12 @@ def init(database: str) -> None:
 
 
 @click.command()
-@click.option("--app", "app", required=True, help="Module defining workflows and activities.")
+@click.option(
+    "--app",
+    "app",
+    help="Module (or definition .json) defining workflows and activities; without it the "
+    "worker runs the definitions registered in the database (loom wdl register).",
+)
 @click.option(
     "--concurrency",
     "--workers",
@@ -80,7 +85,7 @@ def init(database: str) -> None:
 )
 @database_option
 def worker(
-    app: str,
+    app: str | None,
     concurrency: int,
     poll_interval: float,
     lease_seconds: float,
@@ -96,7 +101,7 @@ def worker(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    workflows, activities = load_app(app)
+    workflows, activities = load_app(app) if app else ([], [])
     instance = Worker(
         workflows=workflows,
         activities=activities,
@@ -107,7 +112,7 @@ def worker(
     )
     click.echo(
         f"worker {instance.worker_id} serving {len(workflows)} workflow(s), "
-        f"{len(activities)} activity(ies) from {database}",
+        f"{len(activities)} activity(ies) and the registered definitions from {database}",
         err=True,
     )
     # run() turns SIGINT/SIGTERM into a graceful stop. Until its handlers are installed the
@@ -131,31 +136,42 @@ def compiled_workflows(app: str) -> dict[str, CompiledWorkflow[Any, Any]]:
 @click.option("--input", "input_text", default="{}", show_default=True, metavar="JSON|@FILE|-")
 @click.option("--id", "workflow_id", help="Workflow id (an idempotency key); default: a UUID.")
 @click.option("--owner", help="Who the workflow works for (see loom.get_progress).")
-@click.option("--app", "app", required=True, help="Module defining the workflow.")
+@click.option(
+    "--app",
+    "app",
+    help="Module defining the workflow; without it NAME[@RANGE] is a definition registered "
+    "in the database (loom wdl register).",
+)
 @database_option
 def start(
     name: str,
     input_text: str,
     workflow_id: str | None,
     owner: str | None,
-    app: str,
+    app: str | None,
     database: str,
 ) -> None:
-    """Start workflow NAME (its @loom.workflow name); prints the workflow id."""
+    """Start workflow NAME (its @loom.workflow name, or a registered definition's
+    NAME[@RANGE]); prints the workflow id."""
     from loom.client import start_workflow
 
-    workflows = compiled_workflows(app)
-    compiled = workflows.get(name)
-    if compiled is None:
-        raise UnknownWorkflowTypeError(name, app, list(workflows))
     value = read_json(input_text, "--input")
-    try:
-        compiled.encode_input(value)
-    except TypeError as err:
-        raise InvalidInputError("--input", f"does not fit: {err}") from err
 
     async def operation() -> str:
-        open_store(database, create=True)
+        store = open_store(database, create=True)
+        if app:
+            workflows = compiled_workflows(app)
+            compiled = workflows.get(name)
+            if compiled is None:
+                raise UnknownWorkflowTypeError(name, app, list(workflows))
+        else:
+            from loom import wdl
+
+            compiled = await wdl.resolve(store, name)
+        try:
+            compiled.encode_input(value)
+        except TypeError as err:
+            raise InvalidInputError("--input", f"does not fit: {err}") from err
         handle = await start_workflow(
             compiled, value, workflow_id=workflow_id, owner=owner, database=database
         )

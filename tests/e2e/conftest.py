@@ -22,7 +22,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     def spawn(
         db: Path | str,
         *extra: str,
-        app: str = "tests.e2e.app",
+        app: str | None = "tests.e2e.app",
         module: str = "loom",
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
@@ -34,8 +34,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
                 "-m",
                 module,
                 "worker",
-                "--app",
-                app,
+                *(["--app", app] if app else []),
                 "--db",
                 str(db),
                 "--poll-interval",

@@ -156,7 +156,6 @@ def test_malformed_json(db_path: Path, tmp_path: Path) -> None:
         ("list", "--limit", "0"),
         ("replay", "--app", "examples.quiz"),
         ("replay", "x", "--all", "--app", "examples.quiz"),
-        ("start", "Quiz"),
         ("start", "Quiz", "--app", "no_such_module_here"),
         ("inspect",),
     ],
@@ -165,6 +164,13 @@ def test_usage_errors_exit_2(db_path: Path, args: tuple[str, ...]) -> None:
     result = loom_cli(*args, db=db_path)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
+
+
+def test_start_without_app_names_registered_definitions(db_path: Path) -> None:
+    result = loom_cli("start", "Quiz", db=db_path)
+    assert result.exit_code == 1
+    assert "no definition named 'Quiz' is registered" in result.stderr
+    assert "--app MODULE" in result.stderr
 
 
 def test_unsupported_database_url_is_a_usage_error() -> None:

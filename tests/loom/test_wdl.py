@@ -424,3 +424,42 @@ async def test_native_activity_takes_an_object_as_kwargs_and_else_one_argument()
         name="shouting",
     )
     assert await flow.execute({"word": "hi"}) == {"a": "HI", "b": "B HI"}
+
+
+# -- definitions stored in the database (both stores) ----------------------------------------
+
+
+def _stored(version: str, key: str) -> dict[str, Any]:
+    return {
+        "name": "stored-flow",
+        "version": version,
+        "steps": [{"id": "hold", "type": "wait", "event": "go", "output": key}],
+    }
+
+
+async def test_registered_versions_are_immutable_and_pinned(store, worker) -> None:
+    from loom.exceptions import DefinitionConflictError
+
+    first, created = await loom.wdl.register(store, _stored("1.0.0", "a"))
+    assert created
+    assert (await loom.wdl.register(store, _stored("1.0.0", "a")))[1] is False
+    with pytest.raises(DefinitionConflictError, match="immutable"):
+        await loom.wdl.register(store, _stored("1.0.0", "changed"))
+    with pytest.raises(loom.wdl.InvalidDefinitionError):
+        await loom.wdl.register(store, {"name": "stored-flow", "steps": [{"id": "x"}]})
+    assert [r.version for r in await store.list_definitions("stored-flow")] == ["1.0.0"]
+
+    running = await (await loom.wdl.resolve(store, "stored-flow@^1")).start({}, workflow_id="s-1")
+    await loom.wdl.register(store, _stored("1.2.0", "b"))
+    latest = await loom.wdl.resolve(store, "stored-flow")
+    assert latest.version == "1.2.0"
+    newer = await latest.start({}, workflow_id="s-2")
+    record = await store.get_definition("stored-flow", sha256_prefix=first.source_hash)
+    assert record is not None and record.version == "1.0.0" and record.document == _stored("1.0.0", "a")
+    async with worker([]):  # no Python workflows: both run from the database
+        await running.signal("go", 1)
+        await newer.signal("go", 2)
+        assert await running.result(timeout=60) == {"a": 1}  # the version it started with
+        assert await newer.result(timeout=60) == {"b": 2}
+    with pytest.raises(loom.WorkflowDefinitionError, match="satisfies '>=2'"):
+        await loom.wdl.resolve(store, "stored-flow@>=2")

@@ -158,6 +158,7 @@ class Dashboard:
         self.templates.env.filters["pretty"] = views.pretty
         self.templates.env.filters["when"] = _when
         self.usage = views.UsageCache()
+        self._stored: dict[tuple[str, str], CompiledWorkflow[Any, Any]] = {}
 
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -213,7 +214,10 @@ class Dashboard:
         events = await self.store.list_events(workflow_id)
         logs = await self.store.list_logs(workflow_id)
         children = await self.store.get_workflows(views.child_ids(events))
-        compiled = self.definitions.get(record.workflow_name)
+        pinned = str(events[0].payload.get("source_hash", "")) if events else ""
+        compiled = self.definitions.get(record.workflow_name) or (
+            await self.stored_definition(record.workflow_name, pinned) if pinned else None
+        )
         steps = compiled.step_names() if compiled else views.step_names(record, events)
         calls = views.activity_calls(events)
         return {
@@ -228,6 +232,32 @@ class Dashboard:
             "calls": calls,
             "waiting_for": views.signal_waits(events),
         }
+
+    async def stored_definition(
+        self, name: str, source_hash: str
+    ) -> CompiledWorkflow[Any, Any] | None:
+        """A definition registered in the database (`loom wdl register`), in the version a
+        workflow pinned or, with the sha256 of a listing, that version; compiled once."""
+        from loom import wdl
+
+        key = (name, source_hash[:16])
+        if key not in self._stored:
+            compiled = await wdl.pinned(self.store, name, key[1])
+            if compiled is None:
+                return None
+            self._stored[key] = compiled
+        return self._stored[key]
+
+    async def all_definitions(self) -> list[CompiledWorkflow[Any, Any]]:
+        """The `--app` definitions, then the latest registered version of every other name."""
+        shown = dict(self.definitions)
+        latest = {r.name: r for r in await self.store.list_definitions()}  # registration order
+        for name, record in latest.items():
+            if name not in shown:
+                compiled = await self.stored_definition(name, record.sha256)
+                if compiled is not None:
+                    shown[name] = compiled
+        return list(shown.values())
 
     async def stats_context(self) -> dict[str, Any]:
         return {"stats": await self.store.collect_stats(), "tasks": await self.store.count_tasks()}
@@ -260,7 +290,7 @@ class Dashboard:
         return self.page(request, "workflow.html", **await self.detail_context(workflow_id))
 
     async def definitions_page(self, request: Request) -> HTMLResponse:
-        shown = [(c, views.definition_graph(c)) for c in self.definitions.values()]
+        shown = [(c, views.definition_graph(c)) for c in await self.all_definitions()]
         return self.page(request, "definitions.html", definitions=shown)
 
     async def activities_page(self, request: Request) -> HTMLResponse:
@@ -424,8 +454,9 @@ class Dashboard:
         }
 
     async def api_definitions(self) -> dict[str, JSON]:
-        """The workflow definitions the `--app` modules declare, with their steps."""
-        return {"definitions": [views.definition_json(c) for c in self.definitions.values()]}
+        """The workflow definitions the `--app` modules declare and the latest version of each
+        one registered in the database, with their steps."""
+        return {"definitions": [views.definition_json(c) for c in await self.all_definitions()]}
 
     async def api_stats(self) -> dict[str, JSON]:
         """Workflow counts by status and the task queue."""

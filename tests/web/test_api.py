@@ -334,3 +334,32 @@ def test_a_public_host_needs_a_token(db_path: Path) -> None:
     refused = subprocess.run(loom_web, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert refused.returncode == 2
     assert "refusing to serve on '0.0.0.0' without a token" in refused.stderr
+
+
+async def test_registered_definitions_and_their_runs_show_their_steps(
+    any_db: Path | str, serve_web: Any
+) -> None:
+    import loom.wdl
+    from loom.client import get_store
+
+    store = get_store(any_db)
+    document = {
+        "name": "stored-review",
+        "version": "2.0.0",
+        "steps": [
+            {"id": "ask", "type": "wait", "event": "<b>go</b>", "output": "answer"},
+            {"id": "rest", "type": "sleep", "duration": 5},
+        ],
+    }
+    compiled, _ = await loom.wdl.register(store, document)
+    await compiled.start({}, workflow_id="wf-stored")
+    server = serve_web(any_db)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        definitions = (await client.get("/api/definitions")).json()["definitions"]
+        stored = next(d for d in definitions if d["name"] == "stored-review")
+        assert stored["version"] == "2.0.0"
+        assert [s["name"] for s in stored["steps"]] == ["ask", "rest"]
+        page = (await client.get("/definitions")).text
+        assert "stored-review" in page and "<b>go</b>" not in page
+        run = (await client.get("/workflows/wf-stored")).text
+        assert "rest" in run  # its steps from the registered version, before any ran

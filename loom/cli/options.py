@@ -102,14 +102,10 @@ def _operational_errors() -> tuple[type[BaseException], ...]:
     return (LoomError, RegistryError, SandboxError, *database_errors, OSError)
 
 
-class LoomGroup(click.Group):
-    """A click group that turns the operational errors of any subcommand into one line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _operational_errors() as err:
-            render_error(ctx, err)
+def render_operational(ctx: click.Context, err: Exception) -> None:
+    """One line for an operational error of any subcommand (exit 1); others pass on."""
+    if isinstance(err, _operational_errors()):
+        render_error(ctx, err)
 
 
 def database_option(command: click.decorators.FC) -> click.decorators.FC:

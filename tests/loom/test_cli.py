@@ -9,9 +9,12 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -344,3 +347,48 @@ def test_cancel_of_a_closed_workflow(db_path: Path) -> None:
     assert again.exit_code == 0
     assert "already cancelled" in again.stdout
     assert_error(loom_cli("cancel", "q2", db=db_path), "WorkflowClosedError", "COMPLETED")
+
+
+def _modules_after(code: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def test_import_loom_and_help_stay_cheap() -> None:
+    """`import loom` and `loom --help` load no sandbox, schema or PostgreSQL library (they
+    cost 0.4-0.8 s before any output when imported eagerly)."""
+    heavy = {"wasmtime", "jsonschema", "asyncpg", "wasm_activities", "activity_registry"}
+    assert not heavy & _modules_after("import loom")
+    helped = _modules_after(
+        "import sys\nfrom loom.cli import main\nsys.argv = ['loom', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass"
+    )
+    assert not (heavy | {"pydantic", "rich"}) & helped
+    assert not {m for m in helped if m.startswith("loom.cli.")}  # no command module either
+
+
+def test_the_lazy_command_table_matches_the_commands() -> None:
+    from loom.cli import COMMANDS
+
+    for name, (_, _, short_help) in COMMANDS.items():
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.help is not None, name
+        assert " ".join(command.help.split()).startswith(short_help.rstrip(".")), name
+
+
+def test_a_public_name_keeps_its_decorator_after_its_module_loads() -> None:
+    """`loom.activity` and `loom.workflow` are decorators, also once the submodules of the same
+    names have been imported (which sets package attributes)."""
+    code = (
+        "import loom, loom.activity, loom.workflow, loom.worker\n"
+        "assert callable(loom.activity) and not isinstance(loom.activity, type(loom))\n"
+        "assert callable(loom.workflow) and not isinstance(loom.workflow, type(loom))\n"
+        "assert loom.__version__ and 'Worker' in dir(loom)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -292,7 +293,8 @@ def test_cancelled_is_an_input_spelling_of_canceled(tmp_path: Path) -> None:
 
 
 def test_worker_takes_the_loom_core_flags() -> None:
-    command = cli.commands["worker"]
+    command = cli.get_command(click.Context(cli), "worker")
+    assert command is not None
     context = command.make_context("worker", ["--app", "x", "-w", "7", "-p", "0.2"])
     assert context.params["concurrency"] == 7 and context.params["poll_interval"] == 0.2
     context = command.make_context("worker", ["--app", "x", "--workers", "3"])

@@ -140,7 +140,7 @@ async def test_a_call_queued_past_its_limit_is_answered_at_its_deadline(
     """One pool thread, busy with a long CPU-bound call: a 200 ms call queued behind it used
     to wait the whole time and then get its full 200 ms."""
     with SandboxRuntime(cache_dir=tmp_path, max_workers=1) as runtime:
-        spinner = spin_module(runtime, 2_000_000_000)  # seconds of pure CPU
+        spinner = spin_module(runtime, 2**32 - 1)  # pure CPU until its 6 s timeout, or ~4 s
         sleeper = runtime.prepare(wasm_module("sleeper.c"), Abi.REACTOR)
         busy = asyncio.create_task(
             runtime.run(spinner, {}, limits=Limits(timeout_ms=6000), grants=NET)

@@ -53,6 +53,8 @@ ACTIVITIES = ["web-fetch", "word-count", "llm-chat", "md-report"]
 # Ports the committed manifests grant; other ports get a rewritten copy of the manifest.
 _GRANTED = {
     "llm-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
+    "openai-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
+    "anthropic-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
     "web-fetch": f"http://127.0.0.1:{DEFAULT_PAGE_PORT}",
 }
 DEMO_API_KEY = "sk-loom-demo-local"
@@ -137,7 +139,7 @@ def build_activities() -> float:
 def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
     """The manifest to register: the committed one, or a copy whose net grant is `net`.
 
-    The committed llm-chat/web-fetch manifests grant the default stub ports; a run on other
+    The committed LLM and web-fetch manifests grant the default stub ports; a run on other
     ports (the tests) or against a real provider registers a copy naming that host instead.
     """
     manifest = EXAMPLES_DIR / name / "activity.toml"
@@ -146,7 +148,7 @@ def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
     text = manifest.read_text()
     granted = _GRANTED[name]
     text = text.replace(f'net = ["{granted}"]', f'net = ["{net}"]')
-    text = text.replace(f"{granted}/v1/chat/completions", f"{net}/v1/chat/completions")
+    text = text.replace(f'"{granted}/', f'"{net}/')  # the endpoint in config
     module = next(line for line in text.splitlines() if line.startswith("module = "))
     module_path = (manifest.parent / module.split('"')[1]).resolve()
     text = text.replace(module, f'module = "{module_path}"')

@@ -31,7 +31,7 @@ from loom.cli.options import (
 from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
 from loom.history import Event, WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json, workflow_json
+from loom.summary import event_json, usage_json, workflow_json
 
 if TYPE_CHECKING:
     from loom.store import StoreStats
@@ -241,6 +241,7 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
     record, events = run(operation)
     if as_json:
         data = workflow_json(record, full=True)
+        data["usage"] = usage_json(events)
         if with_events:
             data["events"] = [event_json(event) for event in events]
         echo_json(data)

@@ -1,0 +1,363 @@
+/* openai-chat — reactor ABI: one Chat Completions call (OpenAI, Azure OpenAI or any compatible
+ * endpoint) through the `loom` HTTP import, with tools and structured output.
+ *
+ * Input (provider-neutral, the same as anthropic-chat's):
+ *   {"messages": [{"role": "system|user|assistant|tool", "content": "...",
+ *                  "tool_calls"?: [{"id", "name", "arguments": "<JSON text>"}],
+ *                  "tool_call_id"?: "..."}, ...],
+ *    "tools"?: [{"name", "description", "parameters": <JSON Schema>}],
+ *    "response_format"?: {...}, "tool_choice"?: ..., "max_tokens"?: N, "temperature"?: X,
+ *    "endpoint"?: "...", "model"?: "..."}
+ * Output: {"content", "tool_calls": [{"id", "name", "arguments"}], "model", "finish_reason",
+ *          "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
+ *
+ * `endpoint` and `model` default to the manifest's config; config `auth = "api-key"` sends the
+ * key as Azure's `api-key` header, and config `secret` names the secret. The key is only ever
+ * the placeholder {{secret:NAME}}: the host fills it in for a granted host, so it never enters
+ * this module's memory.
+ */
+#include "loom.h"
+
+/* -- a small JSON walker: enough to pick fields out of a well-formed document ------------- */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')) p++;
+    return p;
+}
+
+static const char *skip_string(const char *p, const char *end) { /* p at the opening quote */
+    for (p++; p < end && *p != '"'; p++)
+        if (*p == '\\') p++;
+    return p < end ? p + 1 : end;
+}
+
+static const char *skip_value(const char *p, const char *end) {
+    p = skip_ws(p, end);
+    if (p >= end) return end;
+    if (*p == '"') return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            if (*p == '"') { p = skip_string(p, end); continue; }
+            if (*p == '{' || *p == '[') depth++;
+            if (*p == '}' || *p == ']') { if (--depth == 0) return p + 1; }
+            p++;
+        }
+        return end;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n') p++;
+    return p;
+}
+
+/* The value of `key` in the object starting at `p`, or NULL. */
+static const char *object_get(const char *p, const char *end, const char *key) {
+    size_t klen = strlen(key);
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return NULL;
+    p = skip_ws(p + 1, end);
+    while (p < end && *p == '"') {
+        const char *name = p + 1, *after = skip_string(p, end);
+        int match = (size_t)(after - 1 - name) == klen && memcmp(name, key, klen) == 0;
+        p = skip_ws(after, end);
+        if (p >= end || *p != ':') return NULL;
+        p = skip_ws(p + 1, end);
+        if (match) return p;
+        p = skip_ws(skip_value(p, end), end);
+        if (p < end && *p == ',') p = skip_ws(p + 1, end);
+    }
+    return NULL;
+}
+
+/* Element `index` of the array starting at `p`, or NULL. */
+static const char *array_get(const char *p, const char *end, int index) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[') return NULL;
+    p = skip_ws(p + 1, end);
+    for (int i = 0; p < end && *p != ']'; i++) {
+        if (i == index) return p;
+        p = skip_ws(skip_value(p, end), end);
+        if (p < end && *p == ',') p = skip_ws(p + 1, end);
+    }
+    return NULL;
+}
+
+static void put_utf8(loom_buf *b, unsigned cp) {
+    char u[4];
+    size_t n = 0;
+    if (cp < 0x80) u[n++] = (char)cp;
+    else if (cp < 0x800) { u[n++] = (char)(0xC0 | (cp >> 6)); u[n++] = (char)(0x80 | (cp & 63)); }
+    else if (cp < 0x10000) {
+        u[n++] = (char)(0xE0 | (cp >> 12));
+        u[n++] = (char)(0x80 | ((cp >> 6) & 63));
+        u[n++] = (char)(0x80 | (cp & 63));
+    } else {
+        u[n++] = (char)(0xF0 | (cp >> 18));
+        u[n++] = (char)(0x80 | ((cp >> 12) & 63));
+        u[n++] = (char)(0x80 | ((cp >> 6) & 63));
+        u[n++] = (char)(0x80 | (cp & 63));
+    }
+    loom_buf_append(b, u, n);
+}
+
+static unsigned hex4(const char *p) {
+    char digits[5] = {p[0], p[1], p[2], p[3], 0};
+    return (unsigned)strtoul(digits, NULL, 16);
+}
+
+/* Decode the JSON string at `p` (escapes and surrogate pairs) into `out`; -1 if not a string. */
+static int decode_string(const char *p, const char *end, loom_buf *out) {
+    if (!p || p >= end || *p != '"') return -1;
+    if (loom_buf_reserve(out, 0)) return -1;
+    for (p++; p < end && *p != '"'; p++) {
+        char c = *p;
+        if (c != '\\' || p + 1 >= end) { loom_buf_append(out, &c, 1); continue; }
+        char e = *++p;
+        if (e == 'u' && p + 4 < end) {
+            unsigned cp = hex4(p + 1);
+            p += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && p + 6 < end && p[1] == '\\' && p[2] == 'u') {
+                unsigned low = hex4(p + 3);
+                if (low >= 0xDC00 && low < 0xE000) { cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00); p += 6; }
+            }
+            put_utf8(out, cp);
+            continue;
+        }
+        c = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e == 'b' ? '\b' : e == 'f' ? '\f' : e;
+        loom_buf_append(out, &c, 1);
+    }
+    return 0;
+}
+
+static long number_at(const char *p, const char *end) {
+    p = p ? skip_ws(p, end) : end;
+    return p < end ? strtol(p, NULL, 10) : 0;
+}
+
+/* Append the raw JSON value of `key` in `input` as `"key": value,` when present. */
+static void copy_field(loom_buf *b, const char *input, const char *end, const char *key) {
+    const char *v = object_get(input, end, key);
+    if (!v) return;
+    loom_buf_puts(b, ",\"");
+    loom_buf_puts(b, key);
+    loom_buf_puts(b, "\":");
+    loom_buf_append(b, v, (size_t)(skip_value(v, end) - v));
+}
+
+
+/* The raw JSON text of the value at `p`, appended to `b` (nothing when `p` is NULL). */
+static void copy_raw(loom_buf *b, const char *p, const char *end) {
+    if (p) loom_buf_append(b, p, (size_t)(skip_value(p, end) - p));
+}
+
+/* The value at `p` as a JSON string literal: a string is copied, anything else is quoted. */
+static void copy_as_string(loom_buf *b, const char *p, const char *end) {
+    if (!p) { loom_buf_puts(b, "\"{}\""); return; }
+    if (*p == '"') { copy_raw(b, p, end); return; }
+    loom_buf_json_string(b, p, (size_t)(skip_value(p, end) - p));
+}
+
+/* Does the JSON string at `p` equal `text`? */
+static int string_is(const char *p, const char *end, const char *text) {
+    size_t n = strlen(text);
+    return p && p < end && *p == '"' && (size_t)(end - p) > n + 1 && memcmp(p + 1, text, n) == 0 &&
+           p[n + 1] == '"';
+}
+
+/* Iterate the elements of the array at `p`: `for (const char *e = first(p); e; e = next(e))`. */
+static const char *array_first(const char *p, const char *end) {
+    p = p ? skip_ws(p, end) : end;
+    if (p >= end || *p != '[') return NULL;
+    p = skip_ws(p + 1, end);
+    return p < end && *p != ']' ? p : NULL;
+}
+
+static const char *array_next(const char *p, const char *end) {
+    p = skip_ws(skip_value(p, end), end);
+    if (p < end && *p == ',') p = skip_ws(p + 1, end);
+    return p < end && *p != ']' ? p : NULL;
+}
+
+static char *setting(const char *input, const char *end, const char *key) {
+    loom_buf value = {0};
+    if (decode_string(object_get(input, end, key), end, &value) == 0 && value.len) return value.data;
+    free(value.data);
+    return loom_config_get(key);
+}
+
+static int fail(loom_buf *out, const char *what, const char *detail) {
+    out->len = 0;
+    loom_buf_puts(out, what);
+    if (detail) loom_buf_append(out, detail, strnlen(detail, 300));
+    return 1;
+}
+
+/* POST `body` to `url` with `headers` (a JSON object's members, without braces); on HTTP 200
+ * the decoded response body is left in `text` and 0 returned, else the error is in `out`. */
+static int post_json(const char *url, const char *headers, loom_buf *body, loom_buf *text,
+                     loom_buf *out) {
+    loom_buf request = {0};
+    loom_buf_puts(&request, "{\"method\":\"POST\",\"url\":");
+    loom_buf_json_string(&request, url, strlen(url));
+    loom_buf_puts(&request, ",\"headers\":{\"Content-Type\":\"application/json\",");
+    loom_buf_puts(&request, headers);
+    loom_buf_puts(&request, "},\"body\":");
+    loom_buf_json_string(&request, body->data, body->len);
+    loom_buf_puts(&request, "}");
+    int32_t code = 0;
+    char *response = loom_http_request(request.data, &code);
+    free(request.data);
+    if (!response || code != 0) return fail(out, "request to the LLM endpoint failed: ", response);
+    const char *rend = response + strlen(response);
+    long status = number_at(object_get(response, rend, "status"), rend);
+    decode_string(object_get(response, rend, "body"), rend, text);
+    free(response);
+    if (status != 200) {
+        char head[64];
+        snprintf(head, sizeof head, "LLM endpoint answered HTTP %ld: ", status);
+        return fail(out, head, text->data ? text->data : "");
+    }
+    if (!text->data) loom_buf_reserve(text, 0);
+    return 0;
+}
+
+/* The tail every provider's result shares: model, finish_reason and usage. */
+static int put_result_tail(loom_buf *out, const loom_buf *model, const char *finish, long prompt,
+                           long completion) {
+    loom_buf_puts(out, ",\"model\":");
+    loom_buf_json_string(out, model->data ? model->data : "", model->len);
+    loom_buf_puts(out, ",\"finish_reason\":");
+    loom_buf_json_string(out, finish, strlen(finish));
+    char counts[128];
+    snprintf(counts, sizeof counts,
+             ",\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,\"total_tokens\":%ld}}",
+             prompt, completion, prompt + completion);
+    return loom_buf_puts(out, counts);
+}
+
+/* -- the activity -------------------------------------------------------------------------- */
+
+/* One neutral tool call {id, name, arguments} as OpenAI's {id, type, function}. */
+static void put_tool_call(loom_buf *b, const char *call, const char *end) {
+    loom_buf_puts(b, "{\"id\":");
+    copy_raw(b, object_get(call, end, "id"), end);
+    loom_buf_puts(b, ",\"type\":\"function\",\"function\":{\"name\":");
+    copy_raw(b, object_get(call, end, "name"), end);
+    loom_buf_puts(b, ",\"arguments\":");
+    copy_as_string(b, object_get(call, end, "arguments"), end);
+    loom_buf_puts(b, "}}");
+}
+
+static void put_messages(loom_buf *b, const char *messages, const char *end) {
+    loom_buf_puts(b, ",\"messages\":[");
+    int first = 1;
+    for (const char *m = array_first(messages, end); m; m = array_next(m, end), first = 0) {
+        if (!first) loom_buf_puts(b, ",");
+        const char *content = object_get(m, end, "content");
+        loom_buf_puts(b, "{\"role\":");
+        copy_raw(b, object_get(m, end, "role"), end);
+        loom_buf_puts(b, ",\"content\":");
+        if (content) copy_raw(b, content, end); else loom_buf_puts(b, "\"\"");
+        if (object_get(m, end, "tool_call_id")) {
+            loom_buf_puts(b, ",\"tool_call_id\":");
+            copy_raw(b, object_get(m, end, "tool_call_id"), end);
+        }
+        const char *calls = array_first(object_get(m, end, "tool_calls"), end);
+        if (calls) {
+            loom_buf_puts(b, ",\"tool_calls\":[");
+            for (const char *c = calls; c; c = array_next(c, end)) {
+                if (c != calls) loom_buf_puts(b, ",");
+                put_tool_call(b, c, end);
+            }
+            loom_buf_puts(b, "]");
+        }
+        loom_buf_puts(b, "}");
+    }
+    loom_buf_puts(b, "]");
+}
+
+/* Neutral tools [{name, description, parameters}] as OpenAI's [{type: function, function}]. */
+static void put_tools(loom_buf *b, const char *tools, const char *end) {
+    const char *t = array_first(tools, end);
+    if (!t) return;
+    loom_buf_puts(b, ",\"tools\":[");
+    for (const char *first = t; t; t = array_next(t, end)) {
+        if (t != first) loom_buf_puts(b, ",");
+        loom_buf_puts(b, "{\"type\":\"function\",\"function\":");
+        copy_raw(b, t, end);
+        loom_buf_puts(b, "}");
+    }
+    loom_buf_puts(b, "]");
+}
+
+static int parse_completion(const char *body, size_t n, loom_buf *out) {
+    const char *end = body + n;
+    const char *choice = array_get(object_get(body, end, "choices"), end, 0);
+    const char *message = choice ? object_get(choice, end, "message") : NULL;
+    if (!message) return fail(out, "completion without choices[0].message: ", body);
+    loom_buf content = {0}, model = {0}, finish = {0};
+    decode_string(object_get(message, end, "content"), end, &content); /* null with tool calls */
+    decode_string(object_get(body, end, "model"), end, &model);
+    decode_string(object_get(choice, end, "finish_reason"), end, &finish);
+    loom_buf_puts(out, "{\"content\":");
+    loom_buf_json_string(out, content.data ? content.data : "", content.len);
+    loom_buf_puts(out, ",\"tool_calls\":[");
+    const char *calls = array_first(object_get(message, end, "tool_calls"), end);
+    for (const char *c = calls; c; c = array_next(c, end)) {
+        const char *fn = object_get(c, end, "function");
+        if (!fn) return fail(out, "tool call without a function: ", c);
+        if (c != calls) loom_buf_puts(out, ",");
+        loom_buf_puts(out, "{\"id\":");
+        copy_raw(out, object_get(c, end, "id"), end);
+        loom_buf_puts(out, ",\"name\":");
+        copy_raw(out, object_get(fn, end, "name"), end);
+        loom_buf_puts(out, ",\"arguments\":");
+        copy_as_string(out, object_get(fn, end, "arguments"), end);
+        loom_buf_puts(out, "}");
+    }
+    loom_buf_puts(out, "]");
+    const char *usage = object_get(body, end, "usage");
+    long prompt = usage ? number_at(object_get(usage, end, "prompt_tokens"), end) : 0;
+    long completion = usage ? number_at(object_get(usage, end, "completion_tokens"), end) : 0;
+    int rc = put_result_tail(out, &model, finish.data ? finish.data : "", prompt, completion);
+    free(content.data), free(model.data), free(finish.data);
+    return rc;
+}
+
+/* The auth header: `Authorization: Bearer` for OpenAI, `api-key` for Azure (config auth =
+ * "api-key"); the secret's name comes from config `secret` (default OPENAI_API_KEY). */
+static void put_auth(loom_buf *h) {
+    char *auth = loom_config_get("auth"), *secret = loom_config_get("secret");
+    const char *name = secret && *secret ? secret : "OPENAI_API_KEY";
+    int azure = auth && strcmp(auth, "api-key") == 0;
+    loom_buf_puts(h, azure ? "\"api-key\":\"{{secret:" : "\"Authorization\":\"Bearer {{secret:");
+    loom_buf_puts(h, name);
+    loom_buf_puts(h, "}}\"");
+    free(auth), free(secret);
+}
+
+static int chat(const char *input, size_t len, loom_buf *out) {
+    const char *end = input + len;
+    const char *messages = object_get(input, end, "messages");
+    if (!array_first(messages, end)) return fail(out, "input needs a non-empty \"messages\" array", NULL);
+    char *endpoint = setting(input, end, "endpoint");
+    char *model = setting(input, end, "model");
+    if (!endpoint || !model) return fail(out, "no endpoint/model in the input or the config", NULL);
+
+    loom_buf body = {0}, headers = {0}, text = {0};
+    loom_buf_puts(&body, "{\"model\":");
+    loom_buf_json_string(&body, model, strlen(model));
+    put_messages(&body, messages, end);
+    put_tools(&body, object_get(input, end, "tools"), end);
+    copy_field(&body, input, end, "tool_choice");
+    copy_field(&body, input, end, "response_format");
+    copy_field(&body, input, end, "max_tokens");
+    copy_field(&body, input, end, "temperature");
+    loom_buf_puts(&body, "}");
+    put_auth(&headers);
+    int rc = post_json(endpoint, headers.data, &body, &text, out);
+    if (rc == 0) rc = parse_completion(text.data, text.len, out);
+    free(body.data), free(headers.data), free(text.data), free(endpoint), free(model);
+    return rc;
+}
+
+LOOM_REACTOR(chat)

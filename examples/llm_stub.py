@@ -97,12 +97,29 @@ class StubModel:
     the same answer. Without one, see the module docstring.
     """
 
+    HOLD_TIMEOUT_S = 120.0
+
     def __init__(self, script: list[dict[str, Any]] | None = None) -> None:
         self.script = script
+        self.turns: list[int] = []  # the turn number of each request answered or held
+        self.hold_turn: int | None = None
+        self.released = threading.Event()
+
+    def hold(self, turn: int) -> None:
+        """Hold the answer to turn `turn` until `release()`: the tests kill a worker while
+        it waits on a model call, with every earlier call already answered."""
+        self.hold_turn = turn
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
 
     def reply(self, request: dict[str, Any]) -> dict[str, Any]:
         messages: list[dict[str, Any]] = request["messages"]
         turn = sum(1 for m in messages if m.get("role") == "assistant")
+        self.turns.append(turn)
+        if turn == self.hold_turn:
+            self.released.wait(self.HOLD_TIMEOUT_S)
         if self.script is not None:
             step = self.script[min(turn, len(self.script) - 1)]
             calls = [

@@ -47,7 +47,7 @@ from loom.client import get_store
 
 __all__ = ["ACTIVITIES", "DemoOptions", "DemoResult", "main", "run_demo"]
 
-ACTIVITIES = ["web-fetch", "word-count", "llm-chat", "md-report"]
+ACTIVITIES = ["web-fetch", "word-count", "openai-chat", "md-report"]
 """The research agent's tools, in build and registration order."""
 
 # Ports the committed manifests grant; other ports get a rewritten copy of the manifest.
@@ -167,7 +167,7 @@ def register_activities(options: DemoOptions, servers: StubServers) -> dict[str,
         # https too, but saying so is clearer in `loom activity show`).
         parts = urlsplit(options.llm_endpoint)
         llm_host = f"{parts.scheme}://{parts.netloc}"
-    nets = {"llm-chat": llm_host, "web-fetch": f"http://127.0.0.1:{servers.page_port}"}
+    nets = {"openai-chat": llm_host, "web-fetch": f"http://127.0.0.1:{servers.page_port}"}
     lines: dict[str, bool] = {}
     for name in ACTIVITIES:
         manifest = manifest_for(name, nets.get(name), options.stage_dir)

@@ -20,11 +20,13 @@ from loom.history import EventKind
 from loom.llm import DEFAULT_MODEL_ACTIVITY, run_llm
 from loom.saga import Saga
 from loom.state import StateProxy
+from loom.usage import TOKEN_KINDS
 
 if TYPE_CHECKING:
     from loom.replay import WorkflowRun
     from loom.workflow import Workflow
 
+LLM_USAGE_KEYS = (*TOKEN_KINDS, "calls")
 InT = TypeVar("InT")
 StateT = TypeVar("StateT")
 R = TypeVar("R")
@@ -89,6 +91,7 @@ class WorkflowContext(Generic[InT, StateT]):
         self._run = run
         self._input: Any = _UNSET
         self.logger = WorkflowLogger(run)
+        self.llm_usage_totals: dict[str, int] = dict.fromkeys(LLM_USAGE_KEYS, 0)
 
     @property
     def workflow_id(self) -> str:
@@ -239,6 +242,13 @@ class WorkflowContext(Generic[InT, StateT]):
             repair_attempts=repair_attempts,
             params=params,
         )
+
+    @property
+    def llm_usage(self) -> dict[str, int]:
+        """Tokens of this run's `ctx.llm` model calls so far: `prompt_tokens`,
+        `completion_tokens`, `total_tokens` and `calls`, summed from recorded results (so
+        replay-safe). Cost is not here: it is priced by the worker (`loom inspect`)."""
+        return dict(self.llm_usage_totals)
 
     def saga(self, *, parallel: bool = False) -> Saga:
         """A saga: `async with ctx.saga() as saga:` then `saga.compensate(undo, *args)` after

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from loom._json import JSON, dumps, loads, type_adapter
 from loom.activity import Activity
 from loom.exceptions import ActivityFailedError, LLMOutputError
+from loom.usage import TOKEN_KINDS
 
 if TYPE_CHECKING:
     from loom.context import WorkflowContext
@@ -76,6 +77,7 @@ async def run_llm(
     repairs = 0
     for turn in range(1, max_turns + 1):
         reply = await ctx.activity(activity, {**request, "messages": messages})
+        _count(ctx, reply)
         content = str(reply.get("content") or "")
         calls = reply.get("tool_calls") or []
         if calls:
@@ -106,6 +108,16 @@ async def run_llm(
         content=content,
         turns=max_turns,
     )
+
+
+def _count(ctx: WorkflowContext[Any, Any], reply: JSON) -> None:
+    """Add a model call's tokens to `ctx.llm_usage` (from its recorded result: deterministic)."""
+    usage = reply.get("usage") if isinstance(reply, dict) else None
+    totals = ctx.llm_usage_totals
+    totals["calls"] += 1
+    for kind in TOKEN_KINDS:
+        count = usage.get(kind) if isinstance(usage, dict) else None
+        totals[kind] += count if isinstance(count, int) else 0
 
 
 def _messages(prompt: str | Sequence[dict[str, JSON]]) -> list[dict[str, JSON]]:

@@ -253,5 +253,8 @@ class SQLStore(Store):
     async def diagnose(self) -> Diagnosis:
         return await self._run(Mode.READ, ops.diagnose, self.now_ms())
 
+    async def llm_token_totals(self) -> dict[str, dict[str, int]]:
+        return await self._run(Mode.READ, ops.llm_token_totals)
+
 
 __all__ = ["Connection", "Mode", "Operation", "SQLStore"]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from examples.llm_stub import PAGES, StubServers
 from loom.cli import main as cli
 from loom.client import get_store
 from loom.history import EventKind
+from loom.web.app import create_app
 
 pytestmark = pytest.mark.timeout(300)  # the first test builds the modules
 
@@ -234,3 +236,35 @@ async def test_usage_is_recorded_per_call_and_summed_per_workflow(
     assert usage["calls"] == 2
     assert usage["cost"] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
     assert usage["models"]["loom-stub-1"]["calls"] == 2
+
+
+async def test_dashboard_shows_usage_and_metrics_count_tokens(
+    registered: StubServers, make_worker: Any, db_path: Any
+) -> None:
+    registered.model.script = [{"content": "hello"}]
+    async with make_worker([AskAgent]):
+        handles = [
+            await AskAgent.start({"model": model, "prompt": "say hello"}) for model in PROVIDERS
+        ]
+        for handle in handles:
+            await handle.result(timeout=60)
+    app = create_app(database=str(db_path))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        detail = (await client.get(f"/api/workflows/{handles[0].workflow_id}")).json()
+        page = (await client.get(f"/workflows/{handles[0].workflow_id}")).text
+        metrics = (await client.get("/metrics")).text
+    tokens = detail["usage"]["total_tokens"]
+    assert tokens > 0 and detail["usage"]["calls"] == 1
+    assert f"{tokens} tokens" in page and "loom-stub-1" in page
+    lines = set(metrics.splitlines())
+    for model, used in [("loom-stub-1", detail["usage"]), ("loom-stub-claude", None)]:
+        prompt = [line for line in lines if f'model="{model}",kind="prompt"' in line]
+        assert len(prompt) == 1, metrics
+        if used is not None:
+            assert prompt[0].endswith(f" {used['prompt_tokens']}")
+            assert (
+                f'loom_llm_tokens_total{{model="{model}",kind="completion"}} '
+                + str(used["completion_tokens"])
+                in lines
+            )

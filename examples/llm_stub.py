@@ -34,7 +34,7 @@ DEFAULT_LLM_PORT = 8765
 DEFAULT_PAGE_PORT = 8766
 STUB_MODEL = "loom-stub-1"
 STUB_CLAUDE = "loom-stub-claude"
-URL_PATTERN = re.compile(r"https?://[^\s\"'<>]+[^\s\"'<>.,;:)]")
+URL_PATTERN = re.compile(r"https?://[^\s\"'<>]+[^\s\"'<>.,;:)?!]")
 SUMMARY_SENTENCES = 2
 
 PAGES: dict[str, tuple[str, str]] = {
@@ -130,10 +130,14 @@ class StubModel:
         if not request["tools"]:
             last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             return {"content": summarize(str(last_user.get("content", ""))), "tool_calls": []}
-        return self._research(messages, request["tools"], turn, request["wants_json"])
+        return self._research(messages, request["tools"], turn, request["schema"])
 
     def _research(
-        self, messages: list[dict[str, Any]], tools: list[str], turn: int, wants_json: bool
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[str],
+        turn: int,
+        schema: dict[str, Any] | None,
     ) -> dict[str, Any]:
         """Fetch each URL of the first user message, then count each page's words, then answer."""
         prompt = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
@@ -156,8 +160,8 @@ class StubModel:
             }
             for i, page in enumerate(pages)
         ]
-        if wants_json:
-            return {"content": json.dumps({"sources": sources}), "tool_calls": []}
+        if schema is not None:
+            return {"content": json.dumps(_fill(schema, sources)), "tool_calls": []}
         text = " ".join(f"{s['title']}: {s['summary']}" for s in sources)
         return {"content": text or "(nothing found)", "tool_calls": []}
 
@@ -168,6 +172,34 @@ class StubModel:
             for i, a in enumerate(arguments)
         ]
         return {"content": "", "tool_calls": calls}
+
+
+def _fill(schema: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON answer for an object schema, from what the tools returned: an array property
+    gets the sources, a number the words counted, a string the summaries."""
+    answer: dict[str, Any] = {}
+    for name, field in (schema.get("properties") or {"sources": {"type": "array"}}).items():
+        kind = field.get("type", "array" if "items" in field else "string")
+        if kind == "array":
+            answer[name] = sources
+        elif kind in ("integer", "number"):
+            answer[name] = sum(s["words"] for s in sources)
+        elif kind == "boolean":
+            answer[name] = True
+        elif kind == "object":
+            answer[name] = {}
+        else:
+            answer[name] = " ".join(s["summary"] for s in sources)
+    return answer
+
+
+def _schema_in(system: str) -> dict[str, Any] | None:
+    """The JSON Schema anthropic-chat wrote into the system prompt, or None."""
+    marker = "matching this JSON Schema: "
+    if marker not in system:
+        return {} if "Answer with one JSON value" in system else None
+    found = _loads(system.split(marker, 1)[1].rstrip().removesuffix("."))
+    return found if isinstance(found, dict) else {}
 
 
 def _loads(text: object) -> object:
@@ -200,8 +232,11 @@ def _completion(request: dict[str, Any], model: StubModel) -> dict[str, Any]:
         for m in request.get("messages") or []
     ]
     tools = [t["function"]["name"] for t in request.get("tools") or []]
-    wants_json = bool(request.get("response_format"))
-    reply = model.reply({"messages": messages, "tools": tools, "wants_json": wants_json})
+    response_format = request.get("response_format") or None
+    schema = None
+    if response_format is not None:
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+    reply = model.reply({"messages": messages, "tools": tools, "schema": schema})
     prompt_tokens, completion_tokens = _usage(messages, reply)
     message: dict[str, Any] = {"role": "assistant", "content": reply["content"] or None}
     if reply["tool_calls"]:
@@ -265,8 +300,8 @@ def _message(request: dict[str, Any], model: StubModel) -> dict[str, Any]:
     """An Anthropic Messages API answer."""
     messages = _neutral_anthropic(request)
     tools = [t["name"] for t in request.get("tools") or []]
-    wants_json = "JSON Schema" in str(request.get("system", ""))
-    reply = model.reply({"messages": messages, "tools": tools, "wants_json": wants_json})
+    schema = _schema_in(str(request.get("system", "")))
+    reply = model.reply({"messages": messages, "tools": tools, "schema": schema})
     prompt_tokens, completion_tokens = _usage(messages, reply)
     blocks: list[dict[str, Any]] = []
     if reply["content"]:

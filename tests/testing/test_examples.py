@@ -32,10 +32,8 @@ def count_words(request: dict[str, Any]) -> dict[str, Any]:
 def chat(request: dict[str, Any]) -> dict[str, Any]:
     """The model, doubled by the stub's own agent policy: fetch each URL, count, answer JSON."""
     tools = [tool["name"] for tool in request.get("tools", [])]
-    wants_json = "response_format" in request
-    turn = StubModel().reply(
-        {"messages": request["messages"], "tools": tools, "wants_json": wants_json}
-    )
+    schema = request.get("response_format", {}).get("json_schema", {}).get("schema")
+    turn = StubModel().reply({"messages": request["messages"], "tools": tools, "schema": schema})
     return {
         **turn,
         "model": "fake-llm",

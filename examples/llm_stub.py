@@ -347,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _LLMHandler(_Handler):
     def do_POST(self) -> None:
-        route = self.path.rstrip("/")
+        route = self.path.split("?", 1)[0].rstrip("/")  # Azure adds ?api-version=…
         if route not in ("/v1/chat/completions", "/v1/messages"):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
         expected = self.stubs.api_key

@@ -55,6 +55,7 @@ class AskAgent(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
             tools=tools,
             output=output,
             repair_attempts=options.get("repairs", 2),
+            max_turns=options.get("max_turns", 8),
             max_tokens=300,
         )
         ctx.state.answer = answer.model_dump() if output else answer
@@ -268,3 +269,31 @@ async def test_dashboard_shows_usage_and_metrics_count_tokens(
                 + str(used["completion_tokens"])
                 in lines
             )
+
+
+async def test_a_model_that_never_stops_calling_tools_ends_at_max_turns(
+    registered: StubServers, make_worker: Any
+) -> None:
+    registered.model.script = [{"tool_calls": [call("no-such-tool", x=1)]}]
+    async with make_worker([AskAgent]):
+        handle = await AskAgent.start(
+            {"model": PROVIDERS[0], "prompt": "loop", "tools": ["word-count@^1"], "max_turns": 3}
+        )
+        with pytest.raises(loom.WorkflowExecutionError) as caught:
+            await handle.result(timeout=60)
+    assert caught.value.error_type == "LLMOutputError"
+    assert "max_turns=3" in str(caught.value)
+    assert len(registered.received) == 3
+    unknown = tool_messages(registered.received[1])[0]
+    assert "no tool named 'no-such-tool'" in unknown and "word-count" in unknown
+
+
+async def test_an_unregistered_tool_fails_the_call_with_a_clear_error(
+    registered: StubServers, make_worker: Any
+) -> None:
+    async with make_worker([AskAgent]):
+        handle = await AskAgent.start({"model": PROVIDERS[0], "prompt": "hi", "tools": ["nope@^1"]})
+        with pytest.raises(loom.ActivityFailedError, match=r"'nope@\^1' not found") as caught:
+            await handle.result(timeout=60)
+    assert caught.value.error_type == "ActivityNotFoundError"
+    assert registered.received == []  # the model is never called without its tools

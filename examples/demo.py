@@ -336,6 +336,7 @@ def _print_result(result: DemoResult, options: DemoOptions) -> None:
     say(result.report or f"(no report; the workflow ended {result.status.value})")
     commands = [
         (f"inspect {wid}{db}", "status, current step, state"),
+        (f"inspect {wid} --json{db}", "… as JSON, with the LLM usage and cost (LOOM_PRICES)"),
         (f"inspect {wid} --events{db}", "the whole history"),
         (f"logs {wid}{db}", "what the agent logged"),
         (f"activity list{db}", "the registered tools"),

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 import loom
+import loom.testing
 from activity_registry import Registry
 from examples.build import build_example
 from examples.demo import manifest_for
@@ -297,3 +298,29 @@ async def test_an_unregistered_tool_fails_the_call_with_a_clear_error(
             await handle.result(timeout=60)
     assert caught.value.error_type == "ActivityNotFoundError"
     assert registered.received == []  # the model is never called without its tools
+
+
+async def test_replaying_an_agent_history_calls_no_model_and_no_tool(
+    registered: StubServers, make_worker: Any, db_path: Any, tmp_path: Path
+) -> None:
+    registered.model.script = [
+        {"tool_calls": [call("word-count", text="a b"), call("shout", text="a b")]},
+        {"content": '{"words": 2, "note": "A B"}'},
+    ]
+    async with make_worker([AskAgent], [shout]):
+        handle = await AskAgent.start(
+            {
+                "model": PROVIDERS[1],
+                "prompt": "count",
+                "tools": ["word-count@^1", "shout"],
+                "structured": True,
+            }
+        )
+        assert await handle.result(timeout=60) == {"answer": {"words": 2, "note": "A B"}}
+    exported = tmp_path / "agent.json"
+    command = ["history", "export", handle.workflow_id, "--output", str(exported)]
+    out = await asyncio.to_thread(CliRunner().invoke, cli, [*command, "--db", str(db_path)])
+    assert out.exit_code == 0, out.output
+    registered.stop()  # no model and no page server from here on
+    loom.testing.replay(AskAgent, exported)  # the same commands, answers read from history
+    assert len(registered.received) == 2

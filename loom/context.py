@@ -91,7 +91,7 @@ class WorkflowContext(Generic[InT, StateT]):
         self._run = run
         self._input: Any = _UNSET
         self.logger = WorkflowLogger(run)
-        self.llm_usage_totals: dict[str, int] = dict.fromkeys(LLM_USAGE_KEYS, 0)
+        self._llm_usage: dict[str, int] = dict.fromkeys(LLM_USAGE_KEYS, 0)
 
     @property
     def workflow_id(self) -> str:
@@ -241,6 +241,7 @@ class WorkflowContext(Generic[InT, StateT]):
             max_turns=max_turns,
             repair_attempts=repair_attempts,
             params=params,
+            totals=self._llm_usage,
         )
 
     @property
@@ -248,7 +249,7 @@ class WorkflowContext(Generic[InT, StateT]):
         """Tokens of this run's `ctx.llm` model calls so far: `prompt_tokens`,
         `completion_tokens`, `total_tokens` and `calls`, summed from recorded results (so
         replay-safe). Cost is not here: it is priced by the worker (`loom inspect`)."""
-        return dict(self.llm_usage_totals)
+        return dict(self._llm_usage)
 
     def saga(self, *, parallel: bool = False) -> Saga:
         """A saga: `async with ctx.saga() as saga:` then `saga.compensate(undo, *args)` after

@@ -57,8 +57,10 @@ async def run_llm(
     max_turns: int,
     repair_attempts: int,
     params: dict[str, JSON],
+    totals: dict[str, int],
 ) -> Any:
-    """The loop behind `WorkflowContext.llm` (see there)."""
+    """The loop behind `WorkflowContext.llm` (see there); adds each model call's tokens to
+    `totals` (the run's `ctx.llm_usage`)."""
     if max_turns < 1 or repair_attempts < 0:
         raise ValueError(
             f"need max_turns >= 1 and repair_attempts >= 0, got {max_turns}, {repair_attempts}"
@@ -77,7 +79,7 @@ async def run_llm(
     repairs = 0
     for turn in range(1, max_turns + 1):
         reply = await ctx.activity(activity, {**request, "messages": messages})
-        _count(ctx, reply)
+        _count(totals, reply)
         content = str(reply.get("content") or "")
         calls = reply.get("tool_calls") or []
         if calls:
@@ -110,10 +112,9 @@ async def run_llm(
     )
 
 
-def _count(ctx: WorkflowContext[Any, Any], reply: JSON) -> None:
-    """Add a model call's tokens to `ctx.llm_usage` (from its recorded result: deterministic)."""
+def _count(totals: dict[str, int], reply: JSON) -> None:
+    """Add a model call's tokens (from its recorded result, so replay counts the same)."""
     usage = reply.get("usage") if isinstance(reply, dict) else None
-    totals = ctx.llm_usage_totals
     totals["calls"] += 1
     for kind in TOKEN_KINDS:
         count = usage.get(kind) if isinstance(usage, dict) else None

@@ -39,6 +39,14 @@ def _prices(path: str) -> dict[str, dict[str, float]]:
     return table
 
 
+def check_prices() -> None:
+    """Read the `LOOM_PRICES` table now (workers call it at start): a bad table is a clear
+    error before any work, never a failure while a model call's result is being recorded."""
+    path = os.environ.get(PRICES_ENV)
+    if path:
+        _prices(path)
+
+
 def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     """Dollars for one call from the `LOOM_PRICES` table; None without a table or a price.
 

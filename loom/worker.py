@@ -43,7 +43,7 @@ from loom.limits import Limits, clip
 from loom.llm import TOOLS_ACTIVITY
 from loom.replay import WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
-from loom.usage import llm_usage
+from loom.usage import check_prices, llm_usage
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
 
@@ -118,6 +118,7 @@ class Worker:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_cached_workflows = max_cached_workflows
         self.limits = limits or Limits.from_env()
+        check_prices()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
         self._inflight: set[asyncio.Task[None]] = set()

@@ -324,3 +324,14 @@ async def test_replaying_an_agent_history_calls_no_model_and_no_tool(
     registered.stop()  # no model and no page server from here on
     loom.testing.replay(AskAgent, exported)  # the same commands, answers read from history
     assert len(registered.received) == 2
+
+
+@pytest.mark.parametrize("table", ["{not json", '{"gpt-4o": {"input": "cheap"}}'])
+def test_a_bad_price_table_stops_the_worker_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(table)
+    monkeypatch.setenv("LOOM_PRICES", str(prices))
+    with pytest.raises(ValueError, match="LOOM_PRICES=.*prices.json"):
+        loom.Worker(workflows=[AskAgent], database=str(tmp_path / "x.db"))

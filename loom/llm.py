@@ -76,7 +76,7 @@ async def run_llm(
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": contract.schema},
         }
-    repairs = 0
+    repairs, problem = 0, ""
     for turn in range(1, max_turns + 1):
         reply = await ctx.activity(activity, {**request, "messages": messages})
         _count(totals, reply)
@@ -104,9 +104,10 @@ async def run_llm(
                 "Answer again with only the corrected JSON value.",
             }
         )
+    last = f" (last answer: {problem})" if problem and not calls else " (still calling tools)"
     raise LLMOutputError(
         activity,
-        f"still calling tools after max_turns={max_turns} model calls",
+        f"no final answer within max_turns={max_turns} model calls{last}",
         content=content,
         turns=max_turns,
     )

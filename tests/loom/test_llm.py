@@ -333,5 +333,24 @@ def test_a_bad_price_table_stops_the_worker_before_any_work(
     prices = tmp_path / "prices.json"
     prices.write_text(table)
     monkeypatch.setenv("LOOM_PRICES", str(prices))
-    with pytest.raises(ValueError, match="LOOM_PRICES=.*prices.json"):
+    with pytest.raises(ValueError, match=r"LOOM_PRICES=.*prices\.json"):
         loom.Worker(workflows=[AskAgent], database=str(tmp_path / "x.db"))
+
+
+async def test_repairs_stop_at_max_turns_naming_the_last_problem(
+    registered: StubServers, make_worker: Any
+) -> None:
+    registered.model.script = [{"content": '{"words": 1}'}]  # `note` missing, every time
+    async with make_worker([AskAgent]):
+        handle = await AskAgent.start(
+            {
+                "model": PROVIDERS[1],
+                "prompt": "count",
+                "structured": True,
+                "repairs": 5,
+                "max_turns": 2,
+            }
+        )
+        with pytest.raises(loom.WorkflowExecutionError, match=r"max_turns=2.*note") as caught:
+            await handle.result(timeout=60)
+    assert caught.value.details["turns"] == 2 and len(registered.received) == 2

@@ -277,6 +277,16 @@ def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:
     ]
     if record.error:
         fields.append(("error", f"{record.error.get('type')}: {record.error.get('message')}"))
+    usage = usage_json(events)
+    if usage["calls"]:
+        cost = "" if usage["cost"] is None else f", ${usage['cost']:.6f}"
+        fields.append(
+            (
+                "llm usage",
+                f"{usage['total_tokens']} tokens ({usage['prompt_tokens']} prompt, "
+                f"{usage['completion_tokens']} completion) in {usage['calls']} calls{cost}",
+            )
+        )
     history = f"{len(events)} events"
     if last is not None:
         history += f", last {last.kind.value} at {when(last.created_at)} UTC"

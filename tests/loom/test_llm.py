@@ -238,6 +238,11 @@ async def test_usage_is_recorded_per_call_and_summed_per_workflow(
     assert usage["calls"] == 2
     assert usage["cost"] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
     assert usage["models"]["loom-stub-1"]["calls"] == 2
+    command = ["inspect", handle.workflow_id, "--db", str(db_path)]
+    shown = await asyncio.to_thread(CliRunner().invoke, cli, command)
+    assert (
+        f"{prompt + completion} tokens ({prompt} prompt, {completion} completion)" in shown.output
+    )
 
 
 async def test_dashboard_shows_usage_and_metrics_count_tokens(

@@ -71,10 +71,11 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def build_c(source: Path, *, reactor: bool, extra_flags: list[str] | None = None) -> Path:
-    """Compile one C file (with the SDK header on the include path) to a cached .wasm."""
+    """Compile one C file (with the SDK headers on the include path) to a cached .wasm."""
     source = source.resolve()
     flags = [*C_FLAGS, *(["-mexec-model=reactor"] if reactor else []), *(extra_flags or [])]
-    key = _sources_digest([source, SDK_DIR / "loom.h"], flags, f"ziglang={version('ziglang')}")
+    headers = sorted(SDK_DIR.glob("*.h"))  # every SDK header a source may include
+    key = _sources_digest([source, *headers], flags, f"ziglang={version('ziglang')}")
     out = BUILD_DIR / f"{source.stem}-{key}.wasm"
     with _locked():
         if not out.exists():

@@ -47,12 +47,14 @@ from loom.client import get_store
 
 __all__ = ["ACTIVITIES", "DemoOptions", "DemoResult", "main", "run_demo"]
 
-ACTIVITIES = ["web-fetch", "word-count", "llm-chat", "md-report"]
+ACTIVITIES = ["web-fetch", "word-count", "openai-chat", "md-report"]
 """The research agent's tools, in build and registration order."""
 
 # Ports the committed manifests grant; other ports get a rewritten copy of the manifest.
 _GRANTED = {
     "llm-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
+    "openai-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
+    "anthropic-chat": f"http://127.0.0.1:{DEFAULT_LLM_PORT}",
     "web-fetch": f"http://127.0.0.1:{DEFAULT_PAGE_PORT}",
 }
 DEMO_API_KEY = "sk-loom-demo-local"
@@ -137,7 +139,7 @@ def build_activities() -> float:
 def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
     """The manifest to register: the committed one, or a copy whose net grant is `net`.
 
-    The committed llm-chat/web-fetch manifests grant the default stub ports; a run on other
+    The committed LLM and web-fetch manifests grant the default stub ports; a run on other
     ports (the tests) or against a real provider registers a copy naming that host instead.
     """
     manifest = EXAMPLES_DIR / name / "activity.toml"
@@ -146,7 +148,7 @@ def manifest_for(name: str, net: str | None, stage_dir: Path) -> Path:
     text = manifest.read_text()
     granted = _GRANTED[name]
     text = text.replace(f'net = ["{granted}"]', f'net = ["{net}"]')
-    text = text.replace(f"{granted}/v1/chat/completions", f"{net}/v1/chat/completions")
+    text = text.replace(f'"{granted}/', f'"{net}/')  # the endpoint in config
     module = next(line for line in text.splitlines() if line.startswith("module = "))
     module_path = (manifest.parent / module.split('"')[1]).resolve()
     text = text.replace(module, f'module = "{module_path}"')
@@ -165,7 +167,7 @@ def register_activities(options: DemoOptions, servers: StubServers) -> dict[str,
         # https too, but saying so is clearer in `loom activity show`).
         parts = urlsplit(options.llm_endpoint)
         llm_host = f"{parts.scheme}://{parts.netloc}"
-    nets = {"llm-chat": llm_host, "web-fetch": f"http://127.0.0.1:{servers.page_port}"}
+    nets = {"openai-chat": llm_host, "web-fetch": f"http://127.0.0.1:{servers.page_port}"}
     lines: dict[str, bool] = {}
     for name in ACTIVITIES:
         manifest = manifest_for(name, nets.get(name), options.stage_dir)
@@ -334,6 +336,7 @@ def _print_result(result: DemoResult, options: DemoOptions) -> None:
     say(result.report or f"(no report; the workflow ended {result.status.value})")
     commands = [
         (f"inspect {wid}{db}", "status, current step, state"),
+        (f"inspect {wid} --json{db}", "… as JSON, with the LLM usage and cost (LOOM_PRICES)"),
         (f"inspect {wid} --events{db}", "the whole history"),
         (f"logs {wid}{db}", "what the agent logged"),
         (f"activity list{db}", "the registered tools"),

@@ -1,9 +1,14 @@
-"""Local stand-ins for the outside world: an OpenAI-compatible chat endpoint and a page server.
+"""Local stand-ins for the outside world: an LLM endpoint and a page server.
 
 Both bind 127.0.0.1 and answer deterministically, so the demo and the tests need no network.
-The LLM stub speaks the `/v1/chat/completions` wire format that `examples/activities/llm-chat`
-sends, so pointing that activity at a real provider (its endpoint and `OPENAI_API_KEY`) works
-the same way. Run standalone: `python examples/llm_stub.py [--llm-port 8765] [--page-port 8766]`.
+The LLM stub speaks two wire formats: OpenAI's `/v1/chat/completions` (what `llm-chat` and
+`openai-chat` send, incl. `tools`/`tool_calls`) and Anthropic's `/v1/messages` (what
+`anthropic-chat` sends, incl. `tool_use`/`tool_result` blocks), so pointing those activities at
+a real provider works the same way. Both formats are read into one neutral conversation and
+answered by one policy (`StubModel`): a scripted list of turns when the tests give one, else a
+small research agent that fetches every URL in the prompt with the offered tools, counts its
+words, and answers (as JSON when a schema is asked for).
+Run standalone: `python examples/llm_stub.py [--llm-port 8765] [--page-port 8766]`.
 """
 
 from __future__ import annotations
@@ -16,11 +21,20 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["DEFAULT_LLM_PORT", "DEFAULT_PAGE_PORT", "PAGES", "StubServers", "summarize"]
+__all__ = [
+    "DEFAULT_LLM_PORT",
+    "DEFAULT_PAGE_PORT",
+    "PAGES",
+    "StubModel",
+    "StubServers",
+    "summarize",
+]
 
 DEFAULT_LLM_PORT = 8765
 DEFAULT_PAGE_PORT = 8766
 STUB_MODEL = "loom-stub-1"
+STUB_CLAUDE = "loom-stub-claude"
+URL_PATTERN = re.compile(r"https?://[^\s\"'<>]+[^\s\"'<>.,;:)?!]")
 SUMMARY_SENTENCES = 2
 
 PAGES: dict[str, tuple[str, str]] = {
@@ -69,12 +83,173 @@ def summarize(text: str, sentences: int = SUMMARY_SENTENCES) -> str:
     return " ".join(parts[:sentences]).strip() or "(nothing to summarize)"
 
 
-def _completion(request: dict[str, Any]) -> dict[str, Any]:
-    messages = request.get("messages") or []
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    content = summarize(str(last_user.get("content", "")))
-    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-    completion_tokens = len(content.split())
+def _words(value: object) -> int:
+    return len(str(value or "").split())
+
+
+class StubModel:
+    """The stub's "model": reads a neutral conversation, returns `{content, tool_calls}`.
+
+    A neutral message is `{role, content, tool_calls?, tool_call_id?}` (roles system, user,
+    assistant, tool), the shape both wire formats are read into. With `script` (a list of
+    turns `{content?, tool_calls?: [{name, arguments}]}`), the reply to a conversation holding
+    N assistant turns is `script[N]`, so a repeated request (a retried or re-run activity) gets
+    the same answer. Without one, see the module docstring.
+    """
+
+    HOLD_TIMEOUT_S = 120.0
+
+    def __init__(self, script: list[dict[str, Any]] | None = None) -> None:
+        self.script = script
+        self.turns: list[int] = []  # the turn number of each request answered or held
+        self.hold_turn: int | None = None
+        self.released = threading.Event()
+
+    def hold(self, turn: int) -> None:
+        """Hold the answer to turn `turn` until `release()`: the tests kill a worker while
+        it waits on a model call, with every earlier call already answered."""
+        self.hold_turn = turn
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def reply(self, request: dict[str, Any]) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = request["messages"]
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        self.turns.append(turn)
+        if turn == self.hold_turn:
+            self.released.wait(self.HOLD_TIMEOUT_S)
+        if self.script is not None:
+            step = self.script[min(turn, len(self.script) - 1)]
+            calls = [
+                {"id": f"call_{turn}_{i}", "name": c["name"], "arguments": c["arguments"]}
+                for i, c in enumerate(step.get("tool_calls", []))
+            ]
+            return {"content": step.get("content", ""), "tool_calls": calls}
+        if not request["tools"]:
+            last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+            return {"content": summarize(str(last_user.get("content", ""))), "tool_calls": []}
+        return self._research(messages, request["tools"], turn, request["schema"])
+
+    def _research(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[str],
+        turn: int,
+        schema: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Fetch each URL of the first user message, then count each page's words, then answer."""
+        prompt = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
+        results = [_loads(m.get("content")) for m in messages if m.get("role") == "tool"]
+        pages = [r for r in results if isinstance(r, dict) and "title" in r and "text" in r]
+        counts = [r["words"] for r in results if isinstance(r, dict) and "words" in r]
+        fetch = next((t for t in tools if "fetch" in t), None)
+        count = next((t for t in tools if "count" in t), None)
+        if fetch and not pages:
+            urls = list(dict.fromkeys(URL_PATTERN.findall(prompt)))
+            return self._calls(turn, fetch, [{"url": u, "max_chars": 4000} for u in urls])
+        if count and pages and not counts:
+            return self._calls(turn, count, [{"text": p["text"]} for p in pages])
+        sources = [
+            {
+                "url": page["url"],
+                "title": page["title"],
+                "words": counts[i] if i < len(counts) else _words(page["text"]),
+                "summary": summarize(page["text"]),
+            }
+            for i, page in enumerate(pages)
+        ]
+        if schema is not None:
+            return {"content": json.dumps(_fill(schema, sources)), "tool_calls": []}
+        text = " ".join(f"{s['title']}: {s['summary']}" for s in sources)
+        return {"content": text or "(nothing found)", "tool_calls": []}
+
+    @staticmethod
+    def _calls(turn: int, tool: str, arguments: list[dict[str, Any]]) -> dict[str, Any]:
+        calls = [
+            {"id": f"call_{turn}_{i}", "name": tool, "arguments": json.dumps(a)}
+            for i, a in enumerate(arguments)
+        ]
+        return {"content": "", "tool_calls": calls}
+
+
+def _fill(schema: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON answer for an object schema, from what the tools returned: an array property
+    gets the sources, a number the words counted, a string the summaries."""
+    answer: dict[str, Any] = {}
+    for name, field in (schema.get("properties") or {"sources": {"type": "array"}}).items():
+        kind = field.get("type", "array" if "items" in field else "string")
+        if kind == "array":
+            answer[name] = sources
+        elif kind in ("integer", "number"):
+            answer[name] = sum(s["words"] for s in sources)
+        elif kind == "boolean":
+            answer[name] = True
+        elif kind == "object":
+            answer[name] = {}
+        else:
+            answer[name] = " ".join(s["summary"] for s in sources)
+    return answer
+
+
+def _schema_in(system: str) -> dict[str, Any] | None:
+    """The JSON Schema anthropic-chat wrote into the system prompt, or None."""
+    marker = "matching this JSON Schema: "
+    if marker not in system:
+        return {} if "Answer with one JSON value" in system else None
+    found = _loads(system.split(marker, 1)[1].rstrip().removesuffix("."))
+    return found if isinstance(found, dict) else {}
+
+
+def _loads(text: object) -> object:
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        return None
+
+
+def _usage(messages: list[dict[str, Any]], reply: dict[str, Any]) -> tuple[int, int]:
+    prompt = sum(_words(m.get("content")) for m in messages)
+    completion = _words(reply["content"]) + sum(_words(c["arguments"]) for c in reply["tool_calls"])
+    return prompt, completion
+
+
+def _completion(request: dict[str, Any], model: StubModel) -> dict[str, Any]:
+    """An OpenAI Chat Completions answer."""
+    messages = [
+        {
+            **m,
+            "tool_calls": [
+                {
+                    "id": c["id"],
+                    "name": c["function"]["name"],
+                    "arguments": c["function"]["arguments"],
+                }
+                for c in m.get("tool_calls") or []
+            ],
+        }
+        for m in request.get("messages") or []
+    ]
+    tools = [t["function"]["name"] for t in request.get("tools") or []]
+    response_format = request.get("response_format") or None
+    schema = None
+    if response_format is not None:
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+    reply = model.reply({"messages": messages, "tools": tools, "schema": schema})
+    prompt_tokens, completion_tokens = _usage(messages, reply)
+    message: dict[str, Any] = {"role": "assistant", "content": reply["content"] or None}
+    if reply["tool_calls"]:
+        message["tool_calls"] = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"]},
+            }
+            for c in reply["tool_calls"]
+        ]
+    elif message["content"] is None:
+        message["content"] = ""
     return {
         "id": f"chatcmpl-stub-{prompt_tokens}-{completion_tokens}",
         "object": "chat.completion",
@@ -83,8 +258,8 @@ def _completion(request: dict[str, Any]) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if reply["tool_calls"] else "stop",
             }
         ],
         "usage": {
@@ -92,6 +267,63 @@ def _completion(request: dict[str, Any]) -> dict[str, Any]:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+    }
+
+
+def _neutral_anthropic(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Messages API turns as neutral messages (tool_result blocks become tool messages)."""
+    messages: list[dict[str, Any]] = []
+    if request.get("system"):
+        messages.append({"role": "system", "content": request["system"]})
+    for turn in request.get("messages") or []:
+        content = turn.get("content")
+        if isinstance(content, str):
+            messages.append({"role": turn["role"], "content": content})
+            continue
+        text = " ".join(b.get("text", "") for b in content if b.get("type") == "text")
+        calls = [
+            {"id": b["id"], "name": b["name"], "arguments": json.dumps(b["input"])}
+            for b in content
+            if b.get("type") == "tool_use"
+        ]
+        results = [b for b in content if b.get("type") == "tool_result"]
+        for block in results:
+            messages.append(
+                {"role": "tool", "tool_call_id": block["tool_use_id"], "content": block["content"]}
+            )
+        if not results:
+            messages.append({"role": turn["role"], "content": text, "tool_calls": calls})
+    return messages
+
+
+def _message(request: dict[str, Any], model: StubModel) -> dict[str, Any]:
+    """An Anthropic Messages API answer."""
+    messages = _neutral_anthropic(request)
+    tools = [t["name"] for t in request.get("tools") or []]
+    schema = _schema_in(str(request.get("system", "")))
+    reply = model.reply({"messages": messages, "tools": tools, "schema": schema})
+    prompt_tokens, completion_tokens = _usage(messages, reply)
+    blocks: list[dict[str, Any]] = []
+    if reply["content"]:
+        blocks.append({"type": "text", "text": reply["content"]})
+    for call in reply["tool_calls"]:
+        arguments = _loads(call["arguments"])
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call["id"].replace("call_", "toolu_"),
+                "name": call["name"],
+                "input": arguments if isinstance(arguments, dict) else {},
+            }
+        )
+    return {
+        "id": f"msg-stub-{prompt_tokens}-{completion_tokens}",
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model") or STUB_CLAUDE,
+        "content": blocks,
+        "stop_reason": "tool_use" if reply["tool_calls"] else "end_turn",
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
     }
 
 
@@ -115,10 +347,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _LLMHandler(_Handler):
     def do_POST(self) -> None:
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.split("?", 1)[0].rstrip("/")  # Azure adds ?api-version=…
+        if route not in ("/v1/chat/completions", "/v1/messages"):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
         expected = self.stubs.api_key
-        if expected and self.headers.get("Authorization") != f"Bearer {expected}":
+        given = (
+            self.headers.get("x-api-key")
+            if route == "/v1/messages"
+            else (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            or self.headers.get("api-key")
+        )
+        if expected and given != expected:
             self.stubs.record("llm", "unauthorized")
             return self._json(401, {"error": {"message": "invalid API key", "type": "auth"}})
         try:
@@ -127,7 +366,12 @@ class _LLMHandler(_Handler):
         except ValueError:
             return self._json(400, {"error": {"message": "body is not JSON"}})
         self.stubs.record("llm", "ok")
-        self._json(200, _completion(request))
+        self.stubs.received.append(request)
+        if route == "/v1/messages":
+            if not isinstance(request.get("max_tokens"), int):
+                return self._json(400, {"error": {"message": "max_tokens: field required"}})
+            return self._json(200, _message(request, self.stubs.model))
+        self._json(200, _completion(request, self.stubs.model))
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
@@ -151,8 +395,10 @@ class StubServers:
     """The LLM stub and the page server, each on 127.0.0.1 in a daemon thread.
 
     Use as a context manager. Port 0 picks a free port; `llm_port`/`page_port` then hold the
-    real ones. `api_key`, when set, is the only `Authorization: Bearer` value accepted, which
-    proves the worker substituted the secret. `requests` counts what each server answered.
+    real ones. `api_key`, when set, is the only key accepted (`Authorization: Bearer`, Azure's
+    `api-key`, or Anthropic's `x-api-key`), which proves the worker substituted the secret.
+    `requests` counts what each server answered; `received` keeps each LLM request body.
+    `script` makes the model a scripted one (see `StubModel`).
     """
 
     def __init__(
@@ -161,8 +407,11 @@ class StubServers:
         llm_port: int = DEFAULT_LLM_PORT,
         page_port: int = DEFAULT_PAGE_PORT,
         api_key: str | None = None,
+        script: list[dict[str, Any]] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.model = StubModel(script)
+        self.received: list[dict[str, Any]] = []
         self.requests: dict[str, int] = {}
         self._lock = threading.Lock()
         self._servers = [
@@ -188,6 +437,10 @@ class StubServers:
     @property
     def llm_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.llm_port}/v1/chat/completions"
+
+    @property
+    def messages_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.llm_port}/v1/messages"
 
     def page_url(self, slug: str) -> str:
         return f"http://127.0.0.1:{self.page_port}/pages/{slug}.html"

@@ -1,28 +1,34 @@
-"""Research agent: reads pages with a sandboxed fetch tool, summarizes them with a sandboxed LLM
-activity (in parallel), waits for a human's approval, then writes a report into its state.
+"""Research agent: an LLM that reads pages with a sandboxed fetch tool and counts their words
+with a sandboxed counter (one durable `ctx.llm` tool-calling loop), waits for a human's
+approval, then writes a report into its state.
 
 Every tool is a registered WebAssembly activity called by name and version range:
-`web-fetch@^1` and `llm-chat@^1` (C reactors using the `loom` HTTP import under net grants),
-`word-count@^1` (pure data, C) and `md-report@^1` (a Python component). Run a worker for it with
-`loom worker --app examples.research_agent`; `examples/demo.py` does everything end to end.
+`openai-chat@^1` (the model; a C reactor using the `loom` HTTP import under a net grant),
+`web-fetch@^1` and `word-count@^1` (the model's tools: the registry gives their descriptions
+and input schemas, and each call runs under that module's own grants) and `md-report@^1` (a
+Python component). Run a worker for it with `loom worker --app examples.research_agent`;
+`examples/demo.py` does everything end to end.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel
 
 import loom
 
 AGENT = "Ada"
 PERSONA = (
-    f"You are {AGENT}, a careful research assistant. You summarize sources faithfully, "
+    f"You are {AGENT}, a careful research assistant. Fetch every source with the web-fetch "
+    "tool, count its words with the word-count tool, then summarize each source faithfully, "
     "in plain words, in at most two sentences, and never invent facts."
 )
 APPROVAL_SIGNAL = "approve"
 AWAITING_APPROVAL = "awaiting approval"
-MAX_PAGE_CHARS = 4000
+MODEL_ACTIVITY = "openai-chat@^1"
+TOOLS = ["web-fetch@^1", "word-count@^1"]
 
 Context = loom.WorkflowContext["ResearchInput", "ResearchState"]
 
@@ -31,14 +37,14 @@ Context = loom.WorkflowContext["ResearchInput", "ResearchState"]
 class ResearchInput:
     topic: str
     urls: list[str]
-    llm_endpoint: str | None = None  # default: llm-chat's config (the local stub)
+    llm_endpoint: str | None = None  # default: openai-chat's config (the local stub)
     model: str | None = None
 
 
 @dataclass
 class ResearchState:
     stage: str = "starting"
-    pages: list[dict[str, Any]] = field(default_factory=list)  # fetched text, dropped at the end
+    pages: list[dict[str, Any]] = field(default_factory=list)  # kept empty (older versions)
     sources: list[dict[str, Any]] = field(default_factory=list)  # url, title, words, summary
     usage: dict[str, int] = field(default_factory=dict)
     approved: bool | None = None
@@ -47,70 +53,56 @@ class ResearchState:
     report: str | None = None
 
 
-def summary_request(topic: str, page: dict[str, Any], *, inputs: ResearchInput) -> dict[str, Any]:
-    """The llm-chat input for one page: the persona, then the page after a `---` line."""
-    prompt = (
-        f"Summarize this page for a report on '{topic}'.\n"
-        f"Title: {page['title']}\nURL: {page['url']}\n---\n{page['text']}"
-    )
-    request: dict[str, Any] = {
-        "messages": [
-            {"role": "system", "content": PERSONA},
-            {"role": "user", "content": prompt},
-        ],
-        "max_tokens": 200,
-        "temperature": 0,
-    }
+class Source(BaseModel):
+    url: str
+    title: str
+    words: int
+    summary: str
+
+
+class Findings(BaseModel):
+    """What the model must answer with (validated; an invalid answer is sent back for repair)."""
+
+    sources: list[Source]
+
+
+def research_prompt(inputs: ResearchInput) -> list[dict[str, Any]]:
+    """The conversation the agent starts from: the persona, then the task and its sources."""
+    sources = "\n".join(f"- {url}" for url in inputs.urls)
+    task = f"Research '{inputs.topic}' from these sources:\n{sources}"
+    return [{"role": "system", "content": PERSONA}, {"role": "user", "content": task}]
+
+
+def model_params(inputs: ResearchInput) -> dict[str, Any]:
+    params: dict[str, Any] = {"max_tokens": 800, "temperature": 0}
     if inputs.llm_endpoint:
-        request["endpoint"] = inputs.llm_endpoint
+        params["endpoint"] = inputs.llm_endpoint
     if inputs.model:
-        request["model"] = inputs.model
-    return request
+        params["model"] = inputs.model
+    return params
 
 
 @loom.workflow(
     name="ResearchAgent",
-    version="1.0.0",
-    description="Fetch sources, summarize them with an LLM, get approval, write a report",
+    version="2.0.0",
+    description="An LLM agent reads and summarizes sources with sandboxed tools; approve; report",
     agent=AGENT,
 )
 class ResearchAgent(loom.Workflow[ResearchInput, ResearchState]):
-    @loom.step(description="reading the sources")
-    async def read(self, ctx: Context) -> None:
-        ctx.state.stage = "reading"
-        fetches = [
-            ctx.activity("web-fetch@^1", {"url": url, "max_chars": MAX_PAGE_CHARS})
-            for url in ctx.input.urls
-        ]
-        pages = await asyncio.gather(*fetches)
-        counts = await asyncio.gather(
-            *(ctx.activity("word-count@^1", {"text": page["text"]}) for page in pages)
+    @loom.step(description="researching the sources")
+    async def research(self, ctx: Context) -> None:
+        ctx.state.stage = "researching"
+        findings = await ctx.llm(
+            research_prompt(ctx.input),
+            activity=MODEL_ACTIVITY,
+            tools=TOOLS,
+            output=Findings,
+            **model_params(ctx.input),
         )
-        ctx.state.pages = [
-            {"url": p["url"], "title": p["title"], "text": p["text"], "words": c["words"]}
-            for p, c in zip(pages, counts, strict=True)
-        ]
-        ctx.logger.info("read %d pages, %d words", len(pages), sum(c["words"] for c in counts))
-
-    @loom.step(description="summarizing each source")
-    async def summarize(self, ctx: Context) -> None:
-        ctx.state.stage = "summarizing"
-        pages = ctx.state.pages
-        answers = await asyncio.gather(
-            *(
-                ctx.activity("llm-chat@^1", summary_request(ctx.input.topic, p, inputs=ctx.input))
-                for p in pages
-            )
-        )
-        ctx.state.sources = [
-            {"url": p["url"], "title": p["title"], "words": p["words"], "summary": a["content"]}
-            for p, a in zip(pages, answers, strict=True)
-        ]
-        ctx.state.usage = {
-            "total_tokens": sum(a["usage"]["total_tokens"] for a in answers),
-            "calls": len(answers),
-        }
-        ctx.logger.info("summarized with %s", answers[0]["model"] if answers else "no model")
+        ctx.state.sources = [source.model_dump() for source in findings.sources]
+        ctx.state.usage = ctx.llm_usage
+        words = sum(source.words for source in findings.sources)
+        ctx.logger.info("researched %d sources, %d words", len(findings.sources), words)
 
     @loom.step(description="waiting for your approval")
     async def review(self, ctx: Context) -> None:
@@ -124,7 +116,6 @@ class ResearchAgent(loom.Workflow[ResearchInput, ResearchState]):
     async def write(self, ctx: Context) -> None:
         if not ctx.state.approved:
             ctx.state.stage = "rejected"
-            ctx.state.pages = []
             return
         ctx.state.stage = "writing"
         request: dict[str, Any] = {
@@ -138,5 +129,4 @@ class ResearchAgent(loom.Workflow[ResearchInput, ResearchState]):
             request["note"] = ctx.state.note
         rendered = await ctx.activity("md-report@^1", request)
         ctx.state.report = rendered["markdown"]
-        ctx.state.pages = []
         ctx.state.stage = "done"

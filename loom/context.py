@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -17,13 +17,16 @@ from loom.activity import Activity
 from loom.definition import WorkflowDefinition
 from loom.exceptions import PayloadTooLargeError
 from loom.history import EventKind
+from loom.llm import DEFAULT_MODEL_ACTIVITY, run_llm
 from loom.saga import Saga
 from loom.state import StateProxy
+from loom.usage import TOKEN_KINDS
 
 if TYPE_CHECKING:
     from loom.replay import WorkflowRun
     from loom.workflow import Workflow
 
+LLM_USAGE_KEYS = (*TOKEN_KINDS, "calls")
 InT = TypeVar("InT")
 StateT = TypeVar("StateT")
 R = TypeVar("R")
@@ -88,6 +91,7 @@ class WorkflowContext(Generic[InT, StateT]):
         self._run = run
         self._input: Any = _UNSET
         self.logger = WorkflowLogger(run)
+        self._llm_usage: dict[str, int] = dict.fromkeys(LLM_USAGE_KEYS, 0)
 
     @property
     def workflow_id(self) -> str:
@@ -200,6 +204,52 @@ class WorkflowContext(Generic[InT, StateT]):
         )
         assert future is not None
         return await future
+
+    async def llm(
+        self,
+        prompt: str | Sequence[dict[str, JSON]],
+        /,
+        *,
+        activity: str = DEFAULT_MODEL_ACTIVITY,
+        tools: Sequence[Activity[..., Any] | str] = (),
+        output: Any = None,
+        max_turns: int = 8,
+        repair_attempts: int = 2,
+        **params: JSON,
+    ) -> Any:
+        """Ask a model, letting it call `tools`, and return its final answer; durable.
+
+        `prompt` is a string (one user message) or a list of `{role, content}` messages.
+        Each model call is the activity `activity` (`openai-chat@^1`, `anthropic-chat@^1` or
+        any with their input and output); `params` (`max_tokens`, `temperature`, `model`…) go
+        to each call. `tools` are registered specs (`"web-fetch@^1"`: name, description and
+        input schema from the registry) or `@loom.activity` functions. A tool call's
+        arguments are checked against the tool's input schema; a violation, an unknown tool
+        or a tool that failed for good goes back to the model as that tool's error. Tools run
+        as ordinary activities (WASM under their own grants). With `output` (a pydantic
+        model, dataclass, TypedDict or a JSON Schema dict) the answer is parsed and
+        validated, sent back for repair up to `repair_attempts` times, and returned as that
+        type; else the answer's text. Raises `loom.LLMOutputError` when no acceptable answer
+        comes within `max_turns` model calls. Replay reads every answer from history.
+        """
+        return await run_llm(
+            self,
+            prompt,
+            activity=activity,
+            tools=tools,
+            output=output,
+            max_turns=max_turns,
+            repair_attempts=repair_attempts,
+            params=params,
+            totals=self._llm_usage,
+        )
+
+    @property
+    def llm_usage(self) -> dict[str, int]:
+        """Tokens of this run's `ctx.llm` model calls so far: `prompt_tokens`,
+        `completion_tokens`, `total_tokens` and `calls`, summed from recorded results (so
+        replay-safe). Cost is not here: it is priced by the worker (`loom inspect`)."""
+        return dict(self._llm_usage)
 
     def saga(self, *, parallel: bool = False) -> Saga:
         """A saga: `async with ctx.saga() as saga:` then `saga.compensate(undo, *args)` after

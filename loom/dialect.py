@@ -63,6 +63,13 @@ class Dialect:
             return f"{column} = ANY(${param}::{sql_type}[])"
         return f"{column} IN (SELECT value FROM json_each(${param}))"
 
+    def json_text(self, column: str, *path: str) -> str:
+        """The value at `path` inside the JSON text in `column` (SQL NULL when absent).
+        `path` is written into the SQL, so it must be engine constants, never user input."""
+        if self.name == "postgresql":
+            return f"({column}::jsonb #>> '{{{','.join(path)}}}')"
+        return f"json_extract({column}, '$.{'.'.join(path)}')"
+
     def none_of(self, column: str, param: int, sql_type: str = "text") -> str:
         if self.name == "postgresql":
             return f"{column} <> ALL(${param}::{sql_type}[])"

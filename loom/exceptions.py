@@ -244,3 +244,25 @@ def _human_bytes(size: int, *, exact: bool = False) -> str:
         return f"{size} bytes"
     shown = f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MiB"
     return f"{shown} ({size} bytes)" if exact else shown
+
+
+class LLMOutputError(LoomError):
+    """`ctx.llm` got no acceptable answer: a structured answer still failed its schema after
+    `repair_attempts` repairs, or the model was still calling tools after `max_turns` calls.
+
+    `content` is the model's last answer and `problem` what was wrong with it; both are kept
+    in history (`details`), so a handle reports them after any restart.
+    """
+
+    def __init__(self, activity: str, problem: str, *, content: str, turns: int) -> None:
+        self.activity = activity
+        self.problem = problem
+        self.content = content
+        self.turns = turns
+        super().__init__(
+            f"model {activity!r} gave no acceptable answer after {turns} call(s): {problem}; "
+            f"raise repair_attempts/max_turns, loosen the output schema or change the prompt"
+        )
+
+    def history_details(self) -> dict[str, Any]:
+        return {"problem": self.problem, "content": self.content, "turns": self.turns}

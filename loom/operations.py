@@ -860,6 +860,26 @@ async def collect_stats(conn: Connection, now: int) -> StoreStats:
     return StoreStats(workflows=workflows, tasks=tasks)
 
 
+async def llm_token_totals(conn: Connection) -> dict[str, dict[str, int]]:
+    """Tokens of every recorded model call (`llm_usage` of ACTIVITY_COMPLETED), per model.
+
+    Reads the whole history (no counter table yet), so it is for a metrics scrape, not a
+    hot path; a LIKE prefilter spares the JSON parse of the events without usage."""
+    d = conn.dialect
+    model = d.json_text("payload", "llm_usage", "model")
+    sums = ", ".join(
+        f"COALESCE(SUM(CAST({d.json_text('payload', 'llm_usage', kind)} AS BIGINT)), 0)"
+        for kind in ("prompt_tokens", "completion_tokens")
+    )
+    rows = await conn.fetch(
+        f"SELECT {model}, {sums} FROM events WHERE kind = $1 AND payload LIKE $2 "
+        f"AND {model} IS NOT NULL GROUP BY {model} ORDER BY {model}",
+        EventKind.ACTIVITY_COMPLETED.value,
+        '%"llm_usage"%',
+    )
+    return {str(m): {"prompt": int(p), "completion": int(c)} for m, p, c in rows}
+
+
 async def diagnose(conn: Connection, now: int) -> Diagnosis:
     d = conn.dialect
     version = await conn.fetchval(

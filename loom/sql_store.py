@@ -275,5 +275,8 @@ class SQLStore(Store):
     ) -> DefinitionRecord | None:
         return await self._run(Mode.READ, ops.get_definition, name, version, sha256_prefix)
 
+    async def llm_token_totals(self) -> dict[str, dict[str, int]]:
+        return await self._run(Mode.READ, ops.llm_token_totals)
+
 
 __all__ = ["Connection", "Mode", "Operation", "SQLStore"]

@@ -387,6 +387,10 @@ class Store(abc.ABC):
         """Workflow counts by status and the task queue (due, scheduled, leased, expired)."""
 
     @abc.abstractmethod
+    async def llm_token_totals(self) -> dict[str, dict[str, int]]:
+        """Tokens of every recorded model call by model: `{model: {prompt, completion}}`."""
+
+    @abc.abstractmethod
     async def diagnose(self) -> Diagnosis:
         """Connection settings, schema version, expired leases and stuck workflows."""
 

@@ -4,9 +4,10 @@ the dashboard's API, so a script reading either sees the same fields (snake_case
 from __future__ import annotations
 
 from loom._json import JSON
-from loom.history import Event
+from loom.history import Event, EventKind
 from loom.progress import progress_message
 from loom.store import WorkflowRecord
+from loom.usage import usage_totals
 
 
 def workflow_json(record: WorkflowRecord, *, full: bool = False) -> dict[str, JSON]:
@@ -44,3 +45,8 @@ def event_json(event: Event) -> dict[str, JSON]:
         "payload": event.payload,
         "created_at": event.created_at,
     }
+
+
+def usage_json(events: list[Event]) -> dict[str, JSON]:
+    """The workflow's LLM usage: tokens and cost of every model call in its history."""
+    return usage_totals([e.payload for e in events if e.kind is EventKind.ACTIVITY_COMPLETED])

@@ -33,15 +33,17 @@ from activity_registry import (
 )
 from loom._json import JSON, is_json
 from loom.activation import ACTIVITY_TASK, TIMER_TASK
-from loom.activity import Activity
+from loom.activity import Activity, RetryOptions
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
 from loom.definition import WorkflowDefinition
 from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, clip
+from loom.llm import TOOLS_ACTIVITY
 from loom.replay import WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
+from loom.usage import check_prices, llm_usage
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
 
@@ -116,6 +118,7 @@ class Worker:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_cached_workflows = max_cached_workflows
         self.limits = limits or Limits.from_env()
+        check_prices()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -133,6 +136,13 @@ class Worker:
         self._diverged: dict[str, tuple[str, int, str]] = {}
         self._definitions: dict[tuple[str, str], WorkflowDefinition[Any, Any]] = {}
         self._avoid: dict[str, float] = {}  # task key -> monotonic time to claim it again
+        self._tools_activity = Activity(
+            fn=self._tool_definitions,
+            name=TOOLS_ACTIVITY,
+            retry=RetryOptions(max_attempts=3),
+            timeout=60.0,
+            description="tool definitions of registered activities, for ctx.llm",
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -536,7 +546,10 @@ class Worker:
     async def _run_activity(self, store: Store, task: ClaimedTask) -> None:
         payload = task.payload
         name = str(payload["name"])
-        activity = self._activities.get(name) if not self._overrides else self._override(name)
+        if name == TOOLS_ACTIVITY:
+            activity: Activity[..., Any] | None = self._tools_activity
+        else:
+            activity = self._activities.get(name) if not self._overrides else self._override(name)
         if activity is None:
             await self._run_registered(store, task)
             return
@@ -564,12 +577,8 @@ class Worker:
                 return
             await self._fail_activity(store, task, err, retryable=retryable)
             return
-        await self._complete(
-            store,
-            task,
-            EventKind.ACTIVITY_COMPLETED,
-            {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt},
-        )
+        completed = {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt}
+        await self._complete(store, task, EventKind.ACTIVITY_COMPLETED, _with_usage(completed))
 
     def _override(self, spec: str) -> Activity[..., Any] | None:
         name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
@@ -698,19 +707,51 @@ class Worker:
                 return
             await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})
             return
-        await self._complete(
-            store,
-            task,
-            EventKind.ACTIVITY_COMPLETED,
-            {
-                "seq": payload["seq"],
-                "name": payload["name"],
-                "result": result.output,
-                "attempt": task.attempt,
-                "pin": pin,
-                "usage": result.usage.model_dump(),
-            },
-        )
+        completed = {
+            "seq": payload["seq"],
+            "name": payload["name"],
+            "result": result.output,
+            "attempt": task.attempt,
+            "pin": pin,
+            "usage": result.usage.model_dump(),
+        }
+        await self._complete(store, task, EventKind.ACTIVITY_COMPLETED, _with_usage(completed))
+
+    async def _tool_definitions(self, specs: list[str]) -> list[dict[str, JSON]]:
+        """The TOOLS_ACTIVITY: each spec's tool definition (name, description, input schema)
+        as the registry resolves it now; a spec only a test double serves takes any object."""
+        registry = await self._registry()
+        definitions: list[dict[str, JSON]] = []
+        for spec in specs:
+            name, _ = parse_spec(spec)
+            try:
+                found = await registry.resolve(spec)
+            except ActivityNotFoundError:
+                if name not in self._overrides:
+                    raise
+                double = self._overrides[name]
+                definitions.append(
+                    {
+                        "name": name,
+                        "description": double.description,
+                        "parameters": {"type": "object"},
+                    }
+                )
+                continue
+            definitions.append(
+                {
+                    "name": found.name,
+                    "description": found.description,
+                    "parameters": found.input_schema,
+                }
+            )
+        return definitions
+
+
+def _with_usage(completed: dict[str, JSON]) -> dict[str, JSON]:
+    """A completion with the tokens (and cost) of the model call it records, if it is one."""
+    record = llm_usage(completed["result"])
+    return completed if record is None else {**completed, "llm_usage": record}
 
 
 def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:

@@ -31,7 +31,7 @@ from loom.cli.options import (
 from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
 from loom.history import Event, WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json, workflow_json
+from loom.summary import event_json, usage_json, workflow_json
 
 if TYPE_CHECKING:
     from loom.store import StoreStats
@@ -257,6 +257,7 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
     record, events = run(operation)
     if as_json:
         data = workflow_json(record, full=True)
+        data["usage"] = usage_json(events)
         if with_events:
             data["events"] = [event_json(event) for event in events]
         echo_json(data)
@@ -292,6 +293,16 @@ def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:
     ]
     if record.error:
         fields.append(("error", f"{record.error.get('type')}: {record.error.get('message')}"))
+    usage = usage_json(events)
+    if usage["calls"]:
+        cost = "" if usage["cost"] is None else f", ${usage['cost']:.6f}"
+        fields.append(
+            (
+                "llm usage",
+                f"{usage['total_tokens']} tokens ({usage['prompt_tokens']} prompt, "
+                f"{usage['completion_tokens']} completion) in {usage['calls']} calls{cost}",
+            )
+        )
     history = f"{len(events)} events"
     if last is not None:
         history += f", last {last.kind.value} at {when(last.created_at)} UTC"

@@ -34,7 +34,7 @@ from loom.exceptions import (
 )
 from loom.history import WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json
+from loom.summary import event_json, usage_json
 from loom.web import views
 from loom.web.security import Guard
 from loom.workflow import CompiledWorkflow
@@ -231,6 +231,7 @@ class Dashboard:
             "pending": [c for c in calls if c.status == "pending"],
             "calls": calls,
             "waiting_for": views.signal_waits(events),
+            "llm_usage": usage_json(events),
         }
 
     async def stored_definition(
@@ -392,6 +393,7 @@ class Dashboard:
             "children": [views.workflow_summary(c) for c in context["children"]],
             "waiting_for_signals": context["waiting_for"],
             "activities": [views.call_json(c) for c in context["calls"]],
+            "usage": context["llm_usage"],
         }
 
     async def api_events(self, workflow_id: str, kind: str | None = None) -> dict[str, JSON]:
@@ -488,10 +490,11 @@ class Dashboard:
         return dict(await loom.get_progress(owner, database=self.database))
 
     async def metrics(self) -> PlainTextResponse:
-        """Prometheus text: workflows by status, the task backlog."""
+        """Prometheus text: workflows by status, the task backlog, LLM tokens by model."""
         context = await self.stats_context()
+        tokens = await self.store.llm_token_totals()
         return PlainTextResponse(
-            views.prometheus_text(context["stats"], context["tasks"]),
+            views.prometheus_text(context["stats"], context["tasks"], tokens),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

@@ -305,8 +305,11 @@ def step_states(record: WorkflowRecord, steps: Sequence[str]) -> list[tuple[str,
 # -- metrics --------------------------------------------------------------------------------
 
 
-def prometheus_text(stats: StoreStats, tasks: dict[str, int]) -> str:
-    """The store's counts as Prometheus gauges (no workflow ids in labels)."""
+def prometheus_text(
+    stats: StoreStats, tasks: dict[str, int], tokens: dict[str, dict[str, int]] | None = None
+) -> str:
+    """The store's counts as Prometheus gauges (no workflow ids in labels), and the tokens
+    of every recorded model call as counters by model and kind (prompt, completion)."""
     out = [
         "# HELP loom_workflows Workflows in the database by status.",
         "# TYPE loom_workflows gauge",
@@ -319,6 +322,14 @@ def prometheus_text(stats: StoreStats, tasks: dict[str, int]) -> str:
     ]
     for kind, count in sorted({**tasks, **stats.tasks}.items()):
         out.append(f'loom_task_backlog{{kind="{_metric_label(kind)}"}} {count}')
+    out += [
+        "# HELP loom_llm_tokens_total Tokens of recorded LLM calls by model and kind.",
+        "# TYPE loom_llm_tokens_total counter",
+    ]
+    for model, kinds in sorted((tokens or {}).items()):
+        for kind, count in sorted(kinds.items()):
+            labels = f'model="{_metric_label(model)}",kind="{kind}"'
+            out.append(f"loom_llm_tokens_total{{{labels}}} {count}")
     out += [
         "# HELP loom_web_up The dashboard answers.",
         "# TYPE loom_web_up gauge",

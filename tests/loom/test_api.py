@@ -14,6 +14,7 @@ PUBLIC = [
     "CompensationError",
     "CompiledWorkflow",
     "Input",
+    "LLMOutputError",
     "Limits",
     "LoomError",
     "NonDeterministicWorkflowError",

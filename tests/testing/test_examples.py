@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from examples.llm_stub import StubModel
 from examples.loom_core_quiz import QuizWorkflow, grade
 from examples.research_agent import AWAITING_APPROVAL, ResearchAgent, ResearchInput
 from loom.testing import WorkflowEnvironment
 
 PAGES = {
-    "https://example.test/a": ("Alpha", "alpha beta gamma"),
-    "https://example.test/b": ("Beta", "delta epsilon"),
+    "https://example.test/a": ("Alpha", "alpha beta gamma."),
+    "https://example.test/b": ("Beta", "delta epsilon."),
 }
 
 
@@ -29,8 +30,16 @@ def count_words(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat(request: dict[str, Any]) -> dict[str, Any]:
-    page = request["messages"][-1]["content"].split("---\n", 1)[1]
-    return {"content": f"About {page}.", "model": "fake-llm", "usage": {"total_tokens": 7}}
+    """The model, doubled by the stub's own agent policy: fetch each URL, count, answer JSON."""
+    tools = [tool["name"] for tool in request.get("tools", [])]
+    schema = request.get("response_format", {}).get("json_schema", {}).get("schema")
+    turn = StubModel().reply({"messages": request["messages"], "tools": tools, "schema": schema})
+    return {
+        **turn,
+        "model": "fake-llm",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
 
 
 def report(request: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +47,7 @@ def report(request: dict[str, Any]) -> dict[str, Any]:
     return {"markdown": "\n".join([*lines, f"approved by {request['reviewer']}"])}
 
 
-DOUBLES = {"web-fetch": fetch, "word-count": count_words, "llm-chat": chat, "md-report": report}
+DOUBLES = {"web-fetch": fetch, "word-count": count_words, "openai-chat": chat, "md-report": report}
 
 
 @pytest.mark.loom(workflows=[ResearchAgent], doubles=DOUBLES)
@@ -52,9 +61,15 @@ async def test_research_agent_with_doubles_for_every_module(loom_env: WorkflowEn
     state = await handle.result(timeout=30)
     assert state.stage == "done"
     assert [s["words"] for s in state.sources] == [3, 2]
-    assert state.usage == {"total_tokens": 14, "calls": 2}
+    # three model calls: fetch both pages, count both, answer
+    assert state.usage == {
+        "prompt_tokens": 15,
+        "completion_tokens": 6,
+        "total_tokens": 21,
+        "calls": 3,
+    }
     assert state.report == (
-        "# Greek letters\n- About alpha beta gamma.\n- About delta epsilon.\napproved by Ada"
+        "# Greek letters\n- alpha beta gamma.\n- delta epsilon.\napproved by Ada"
     )
 
 

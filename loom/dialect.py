@@ -15,6 +15,7 @@ the PostgreSQL connection awaits asyncpg on a pooled connection.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -49,7 +50,10 @@ class Rollback(Exception):
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str
-    """`sqlite` or `postgresql`: the backend `loom doctor` reports."""
+    """`sqlite` or `postgresql`: the backend `loom doctor` reports.
+
+    The SQL-building methods are memoized: operations call them on every store operation,
+    and rebuilding the same text cost microseconds each on the writer thread's hot path."""
     writable_ctes: bool
     """INSERT/DELETE inside WITH: several writes in one statement (PostgreSQL only)."""
     for_update: str
@@ -57,6 +61,7 @@ class Dialect:
     skip_locked: str
     """Appended to a SELECT whose locked rows others may take instead of waiting."""
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 -- two module-level dialects, kept anyway
     def any(self, column: str, param: int, sql_type: str = "text") -> str:
         """`column` equals one element of the array passed as parameter `param`."""
         if self.name == "postgresql":
@@ -70,11 +75,13 @@ class Dialect:
             return f"({column}::jsonb #>> '{{{','.join(path)}}}')"
         return f"json_extract({column}, '$.{'.'.join(path)}')"
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 -- two module-level dialects, kept anyway
     def none_of(self, column: str, param: int, sql_type: str = "text") -> str:
         if self.name == "postgresql":
             return f"{column} <> ALL(${param}::{sql_type}[])"
         return f"{column} NOT IN (SELECT value FROM json_each(${param}))"
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 -- two module-level dialects, kept anyway
     def rows(
         self,
         alias: str,

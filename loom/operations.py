@@ -14,12 +14,13 @@ after the row is written raises `Rollback`, which undoes the operation's writes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from loom._json import JSON, dumps, loads
 from loom.activation import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
-from loom.dialect import Connection, Rollback
+from loom.dialect import Connection, Dialect, Rollback
 from loom.exceptions import (
     DefinitionConflictError,
     WorkflowAlreadyExistsError,
@@ -346,7 +347,7 @@ async def _attach_histories(
     if dropped:
         await conn.execute(f"DELETE FROM tasks WHERE {d.any('task_id', 1, 'bigint')}", [*dropped])
     if after:
-        cursors = d.rows("c", [("workflow_id", "text"), ("after", "bigint")], 1)
+        cursors = d.rows("c", (("workflow_id", "text"), ("after", "bigint")), 1)
         events = await conn.fetch(
             "SELECT e.workflow_id, e.sequence, e.kind, e.payload, e.created_at FROM events e "
             f"JOIN {cursors} ON e.workflow_id = c.workflow_id AND e.sequence > c.after "
@@ -402,7 +403,7 @@ async def _append_events(
     if row is None:
         return None
     await conn.execute(
-        _insert_events(conn, 1),
+        _insert_events(conn.dialect, 1),
         workflow_id,
         int(row[0]) - len(events),
         now,
@@ -411,12 +412,11 @@ async def _append_events(
     return TaskWorkflow(row[1], row[2], row[3], row[4], row[5])
 
 
-def _insert_events(conn: Connection, first: int) -> str:
+@functools.cache
+def _insert_events(dialect: Dialect, first: int) -> str:
     """Events of workflow `$first`, numbered after sequence `$first+1`, created at
     `$first+2`, from arrays of kinds and payloads in `$first+3` and `$first+4`."""
-    events = conn.dialect.rows(
-        "e", [("kind", "text"), ("payload", "text")], first + 3, ordinality="n"
-    )
+    events = dialect.rows("e", (("kind", "text"), ("payload", "text")), first + 3, ordinality="n")
     return (
         "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
         f"SELECT ${first}, ${first + 1} + n, kind, payload, ${first + 2} FROM {events}"
@@ -533,7 +533,7 @@ async def _apply_activation(
     for child in activation.children:
         await _start_child(conn, task, child, now)
     if activation.logs:
-        logs = d.rows("l", [("level", "text"), ("message", "text"), ("at", "bigint")], 2)
+        logs = d.rows("l", (("level", "text"), ("message", "text"), ("at", "bigint")), 2)
         await conn.execute(
             "INSERT INTO logs (workflow_id, level, message, created_at) "
             f"SELECT $1, level, message, at FROM {logs}",
@@ -592,7 +592,7 @@ async def complete_and_continue(
 
 
 _FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
-_TASK_COLUMNS = [
+_TASK_COLUMNS = (
     ("key", "text"),
     ("kind", "text"),
     ("payload", "text"),
@@ -600,7 +600,7 @@ _TASK_COLUMNS = [
     ("attempts", "bigint"),
     ("owner", "text"),
     ("expires", "bigint"),
-]
+)
 
 
 async def _fence_and_insert(
@@ -650,7 +650,7 @@ async def _fence_and_insert(
     )
     if conn.dialect.writable_ctes:
         row = await conn.fetchrow(
-            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn, 4)}), t AS ({insert_tasks}) "
+            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn.dialect, 4)}), t AS ({insert_tasks}) "
             "SELECT (SELECT COUNT(*) FROM fence), "
             "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
             "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL)",
@@ -663,7 +663,7 @@ async def _fence_and_insert(
         if await conn.fetchval(_FENCE, *args) is None:
             return None
         if events:
-            await conn.execute(_insert_events(conn, 4), *args)
+            await conn.execute(_insert_events(conn.dialect, 4), *args)
         inserted = await conn.fetch(insert_tasks, *args) if specs else []
         ids = {r[1]: r[0] for r in inserted if r[2] is not None}
     return tuple(

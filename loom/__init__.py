@@ -3,16 +3,22 @@
 from importlib import metadata as _metadata
 
 from loom.activity import Activity, activity
+from loom.breaker import CircuitBreaker
 from loom.client import WorkflowHandle, configure, get_handle
 from loom.context import WorkflowContext
+from loom.cron import Schedule
 from loom.exceptions import (
     ActivityFailedError,
     ActivityTimeoutError,
+    BreakerNotFoundError,
     CancelledWorkflowError,
+    CircuitOpenError,
     CompensationError,
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
+    ScheduleError,
+    ScheduleNotFoundError,
     StateSerializationError,
     StoreFullError,
     WorkflowAlreadyExistsError,
@@ -27,6 +33,7 @@ from loom.history import WorkflowStatus
 from loom.limits import Limits
 from loom.progress import get_progress, stream_progress
 from loom.saga import Saga
+from loom.scheduler import ScheduleHandle, get_schedule, list_schedules, schedule
 from loom.worker import Worker
 from loom.workflow import CompiledWorkflow, Input, State, Workflow, step, workflow
 
@@ -34,7 +41,10 @@ __all__ = [
     "Activity",
     "ActivityFailedError",
     "ActivityTimeoutError",
+    "BreakerNotFoundError",
     "CancelledWorkflowError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "CompensationError",
     "CompiledWorkflow",
     "Input",
@@ -43,6 +53,10 @@ __all__ = [
     "NonDeterministicWorkflowError",
     "PayloadTooLargeError",
     "Saga",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleHandle",
+    "ScheduleNotFoundError",
     "State",
     "StateSerializationError",
     "StoreFullError",
@@ -62,6 +76,9 @@ __all__ = [
     "configure",
     "get_handle",
     "get_progress",
+    "get_schedule",
+    "list_schedules",
+    "schedule",
     "step",
     "stream_progress",
     "workflow",

@@ -93,7 +93,7 @@ def zone(timezone: str) -> ZoneInfo:
 
 def check_cron(cron: str, timezone: str = "UTC") -> None:
     """Raise ScheduleError naming `cron` when it is not a valid cron expression."""
-    ticks(cron, timezone, 0)
+    next(ticks(cron, timezone, 0), None)
 
 
 def ticks(cron: str, timezone: str, after_ms: int) -> Iterator[int]:

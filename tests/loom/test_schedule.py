@@ -105,9 +105,9 @@ def test_tick_ids_derive_from_schedule_and_tick() -> None:
 async def test_bad_definitions_are_clear_errors_and_write_nothing(db_path) -> None:
     with pytest.raises(loom.ScheduleError, match=r"invalid cron expression '61 \* \* \* \*'"):
         await loom.schedule("bad", workflow=Ping, cron="61 * * * *", input={"say": "x"})
-    with pytest.raises(loom.ScheduleError, match="unknown time zone 'Mars/Olympus'"):
+    with pytest.raises(loom.ScheduleError, match=r"unknown time zone .Mars/Olympus."):
         await loom.schedule("bad", workflow=Ping, cron="* * * * *", timezone="Mars/Olympus")
-    with pytest.raises(loom.ScheduleError, match="overlap must be one of skip|allow"):
+    with pytest.raises(loom.ScheduleError, match=r"overlap must be one of skip\|allow"):
         await loom.schedule("bad", workflow=Ping, cron="* * * * *", overlap="never")
     assert await loom.list_schedules() == []
     with pytest.raises(loom.ScheduleNotFoundError, match="schedule 'nope' not found"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
+from loom._json import JSON
+
 DEFAULT_FAILURES = 5
 DEFAULT_WINDOW_SECONDS = 60.0
 DEFAULT_RESET_AFTER_SECONDS = 30.0
@@ -104,6 +106,26 @@ class Breaker:
     times_opened: int = 0
     updated_at: int = 0
     policy: CircuitBreaker | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, JSON]:
+        """The stable shape `loom activity show --json`, `loom stats` and the API print."""
+        policy = self.policy
+        return {
+            "activity_name": self.activity_name,
+            "state": self.state.value,
+            "recent_failures": len(self.failure_times),
+            "opened_at": self.opened_at,
+            "half_open_at": (
+                None
+                if self.opened_at is None or policy is None or self.state is not BreakerState.OPEN
+                else self.opened_at + policy.reset_after_ms
+            ),
+            "times_opened": self.times_opened,
+            "failures": None if policy is None else policy.failures,
+            "window_ms": None if policy is None else policy.window_ms,
+            "reset_after_ms": None if policy is None else policy.reset_after_ms,
+            "updated_at": self.updated_at,
+        }
 
     def recorded(self, result: BreakerResult, now: int) -> Breaker:
         """The state after an attempt finished with `result`."""

@@ -334,3 +334,30 @@ def test_a_public_host_needs_a_token(db_path: Path) -> None:
     refused = subprocess.run(loom_web, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert refused.returncode == 2
     assert "refusing to serve on '0.0.0.0' without a token" in refused.stderr
+
+
+async def test_circuit_breakers_on_the_api_the_page_and_metrics(dashboard: Any) -> None:
+    from tests.loom.test_breaker import execute
+
+    client, _, db = dashboard
+    execute(
+        db,
+        "INSERT INTO circuit_breakers (activity_name, state, failure_times, opened_at, "
+        "times_opened, failures, window_ms, reset_after_ms, updated_at) "
+        "VALUES ('<b>flaky</b>', 'open', '[]', 1000, 2, 5, 60000, 30000, 1000)",
+    )
+    [breaker] = (await client.get("/api/activities")).json()["circuit_breakers"]
+    assert breaker["activity_name"] == "<b>flaky</b>"
+    assert (breaker["state"], breaker["times_opened"], breaker["half_open_at"]) == (
+        "open",
+        2,
+        31000,
+    )
+    stats = (await client.get("/api/stats")).json()
+    assert [b["state"] for b in stats["circuit_breakers"]] == ["open"]
+    metrics = (await client.get("/metrics")).text
+    assert 'loom_circuit_breaker_state{activity="<b>flaky</b>",state="open"} 1' in metrics
+    assert 'loom_circuit_breaker_state{activity="<b>flaky</b>",state="closed"} 0' in metrics
+    assert 'loom_circuit_breaker_opened_total{activity="<b>flaky</b>"} 2' in metrics
+    page = (await client.get("/activities")).text
+    assert "&lt;b&gt;flaky&lt;/b&gt;" in page and "<b>flaky</b>" not in page

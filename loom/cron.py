@@ -8,6 +8,7 @@ store, no workers; `loom.scheduler` does the I/O.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,9 @@ MAX_STARTS_PER_FIRE = 100
 """At most this many missed ticks started in one transaction (`catchup=all` continues)."""
 ON_TIME_MS = 60_000
 """With `catchup=none` a tick later than this is a missed tick, not a late one."""
-MAX_TICKS_SCANNED = 100_000
-"""A schedule down for years is not walked tick by tick past this many (the rest are missed)."""
+MAX_TICKS_COUNTED = 1_000
+"""Missed ticks counted per pass (`skipped_count`); a schedule down for years is not walked
+tick by tick past this many."""
 
 
 class Overlap(enum.StrEnum):
@@ -96,19 +98,21 @@ def check_cron(cron: str, timezone: str = "UTC") -> None:
     next(ticks(cron, timezone, 0), None)
 
 
-def ticks(cron: str, timezone: str, after_ms: int) -> Iterator[int]:
-    """Tick times (unix ms) strictly after `after_ms`, in order."""
-    start = datetime.fromtimestamp(after_ms / 1000, tz=UTC).astimezone(zone(timezone))
+def ticks(cron: str, timezone: str, after_ms: int, *, reverse: bool = False) -> Iterator[int]:
+    """Tick times (unix ms) strictly after `after_ms` in order (`reverse`: at or before it,
+    newest first)."""
+    moment = after_ms + 1 if reverse else after_ms
+    start = datetime.fromtimestamp(moment / 1000, tz=UTC).astimezone(zone(timezone))
     try:
-        iterator = CronSim(cron, start)
+        iterator = CronSim(cron, start, reverse=reverse)
     except (CronSimError, ValueError) as err:
         raise ScheduleError(
             f"invalid cron expression {cron!r}: {err}; expected 5 fields "
             "(minute hour day month weekday, e.g. '*/5 * * * *') or 6 with seconds first"
         ) from err
-    for moment in iterator:
-        at = int(moment.timestamp() * 1000)
-        if at > after_ms:
+    for moment_at in iterator:
+        at = int(moment_at.timestamp() * 1000)
+        if (at <= after_ms) if reverse else (at > after_ms):
             yield at
 
 
@@ -130,26 +134,23 @@ def plan(schedule: Schedule, now: int) -> FirePlan:
 
     Ticks are taken from `schedule.next_fire_at` on; `catchup=all` starts each (at most
     MAX_STARTS_PER_FIRE per pass, the next pass continues), `one` only the latest, `none`
-    only the latest and only when it is at most ON_TIME_MS late.
+    only the latest and only when it is at most ON_TIME_MS late. The work per pass is
+    bounded whatever the time missed (a per-second cron paused for a month).
     """
-    due: list[int] = []
-    scanned = 0
-    upcoming = schedule.next_fire_at
-    iterator = ticks(schedule.cron, schedule.timezone, upcoming)
-    while upcoming <= now and scanned < MAX_TICKS_SCANNED:
-        due.append(upcoming)
-        scanned += 1
-        if schedule.catchup is Catchup.ALL and len(due) == MAX_STARTS_PER_FIRE:
-            return FirePlan(tuple(due), 0, next(iterator))
-        upcoming = next(iterator)
-    while upcoming <= now:  # beyond the scan bound: skip ahead without listing
-        upcoming = next_tick(schedule.cron, schedule.timezone, now)
+    first, cron, tz = schedule.next_fire_at, schedule.cron, schedule.timezone
     if schedule.catchup is Catchup.ALL:
-        return FirePlan(tuple(due), scanned - len(due), upcoming)
-    latest = due[-1:]
-    if schedule.catchup is Catchup.NONE and latest and now - latest[0] > ON_TIME_MS:
-        latest = []
-    return FirePlan(tuple(latest), scanned - len(latest), upcoming)
+        due = [first]
+        for at in ticks(cron, tz, first):
+            if at > now or len(due) == MAX_STARTS_PER_FIRE:
+                return FirePlan(tuple(due), 0, at)
+            due.append(at)
+    latest = next(ticks(cron, tz, now, reverse=True))
+    later = itertools.takewhile(lambda t: t <= latest, ticks(cron, tz, first))
+    missed = 1 + sum(1 for _ in itertools.islice(later, MAX_TICKS_COUNTED))
+    starts: tuple[int, ...] = (latest,)
+    if schedule.catchup is Catchup.NONE and now - latest > ON_TIME_MS:
+        starts = ()
+    return FirePlan(starts, missed - len(starts), next_tick(cron, tz, now))
 
 
 def tick_workflow_id(name: str, tick_ms: int) -> str:

@@ -1013,6 +1013,12 @@ async def _wake_deferred(conn: Connection, name: str, now: int) -> None:
     await conn.notify_tasks()
 
 
+async def is_breaker_closed(conn: Connection, name: str) -> bool:
+    """The admission's fast path, a read: most attempts meet a closed (or absent) breaker."""
+    state = await conn.fetchval("SELECT state FROM circuit_breakers WHERE activity_name = $1", name)
+    return state is None or state == BreakerState.CLOSED.value
+
+
 async def admit_attempt(
     conn: Connection, task: ClaimedTask, call: BreakerCall, now: int
 ) -> Admission:

@@ -211,6 +211,10 @@ class SQLStore(Store):
         return ok
 
     async def admit_attempt(self, task: ClaimedTask, call: BreakerCall) -> Admission:
+        # A read first: a closed breaker admits without a write transaction. One that opens
+        # meanwhile lets this attempt through, like an attempt already running when it opened.
+        if await self._run(Mode.READ, ops.is_breaker_closed, call.activity_name):
+            return Admission(is_admitted=True)
         return await self._run(Mode.TRANSACTION, ops.admit_attempt, task, call, self.now_ms())
 
     async def list_breakers(self) -> list[Breaker]:

@@ -928,6 +928,15 @@ _BREAKER_COLUMNS = (
 )
 
 
+_BREAKER_UPDATE = (
+    "failure_times = excluded.failure_times, opened_at = excluded.opened_at, "
+    "probe_key = excluded.probe_key, probe_until = excluded.probe_until, "
+    "times_opened = excluded.times_opened, failures = excluded.failures, "
+    "window_ms = excluded.window_ms, reset_after_ms = excluded.reset_after_ms, "
+    "updated_at = excluded.updated_at"
+)
+
+
 def _breaker(row: Any) -> Breaker:
     return Breaker(
         activity_name=row[0],
@@ -952,17 +961,18 @@ async def _lock_breaker(conn: Connection, name: str) -> Breaker | None:
 
 
 async def _save_breaker(
-    conn: Connection, breaker: Breaker, policy: CircuitBreaker, now: int
+    conn: Connection,
+    breaker: Breaker,
+    policy: CircuitBreaker,
+    now: int,
+    *,
+    if_missing: bool = False,
 ) -> None:
+    on_conflict = "DO NOTHING" if if_missing else "DO UPDATE SET state = excluded.state, "
     await conn.execute(
         f"INSERT INTO circuit_breakers ({_BREAKER_COLUMNS}) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-        "ON CONFLICT (activity_name) DO UPDATE SET state = excluded.state, "
-        "failure_times = excluded.failure_times, opened_at = excluded.opened_at, "
-        "probe_key = excluded.probe_key, probe_until = excluded.probe_until, "
-        "times_opened = excluded.times_opened, failures = excluded.failures, "
-        "window_ms = excluded.window_ms, reset_after_ms = excluded.reset_after_ms, "
-        "updated_at = excluded.updated_at",
+        f"ON CONFLICT (activity_name) {on_conflict}" + ("" if if_missing else _BREAKER_UPDATE),
         breaker.activity_name,
         breaker.state.value,
         dumps(list(breaker.failure_times)),
@@ -982,14 +992,19 @@ async def _record_breaker(conn: Connection, result: BreakerResult | None, now: i
     the transaction that records the attempt (lock order: workflow, task, then breaker)."""
     if result is None:
         return
+    if not result.is_success:
+        # Create the row first: FOR UPDATE locks no missing row, so two first failures
+        # committing together on PostgreSQL would each count alone and one would be lost.
+        await _save_breaker(
+            conn, Breaker(result.activity_name), result.policy, now, if_missing=True
+        )
     current = await _lock_breaker(conn, result.activity_name)
-    if current is None and result.is_success:
-        return  # a closed breaker that never failed needs no row
-    before = current or Breaker(result.activity_name)
-    after = before.recorded(result, now)
-    if after != before or current is None or current.policy != result.policy:
+    if current is None:
+        return  # a success, and a closed breaker that never failed needs no row
+    after = current.recorded(result, now)
+    if after != current or current.policy != result.policy:
         await _save_breaker(conn, after, result.policy, now)
-    if before.state is not BreakerState.CLOSED and after.state is BreakerState.CLOSED:
+    if current.state is not BreakerState.CLOSED and after.state is BreakerState.CLOSED:
         await _wake_deferred(conn, result.activity_name, now)
 
 
@@ -1053,6 +1068,15 @@ async def admit_attempt(
         dumps({**task.payload, DEFERRED_SINCE: since, DEFERRALS: _deferrals(task) + 1}),
         task.task_id,
     )
+    if not _deferrals(task):  # once per call: `loom logs` says why it waits
+        await conn.execute(
+            "INSERT INTO logs (workflow_id, level, message, created_at) "
+            "VALUES ($1, 'WARNING', $2, $3)",
+            task.workflow_id,
+            f"activity {call.activity_name!r} deferred: its circuit breaker is {after.state} "
+            f"(it fails downstream); the call waits without spending an attempt",
+            now,
+        )
     return Admission(is_admitted=False, retry_at=retry_at, state=after.state)
 
 

@@ -19,6 +19,7 @@ from loom.history import EventKind
 from tests.conftest import is_postgres, run_sql
 
 executions: list[str] = []
+seen: list[BreakerState] = []
 DOWN = {"on": True}
 POLICY = loom.CircuitBreaker(failures=3, window=60, reset_after=3600)
 
@@ -26,6 +27,9 @@ POLICY = loom.CircuitBreaker(failures=3, window=60, reset_after=3600)
 @loom.activity(retry=1, circuit_breaker=POLICY)  # no own timeout: waits while open
 async def downstream(caller: str) -> str:
     executions.append(caller)
+    # What the shared breaker said while this attempt ran (the probe runs half-open).
+    breakers = {b.activity_name: b.state for b in await get_store().list_breakers()}
+    seen.append(breakers.get("downstream", BreakerState.CLOSED))
     if DOWN["on"]:
         raise ConnectionError("downstream is down")
     return f"ok {caller}"
@@ -41,6 +45,7 @@ class CallDownstream(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     executions.clear()
+    seen.clear()
     DOWN["on"] = True
 
 
@@ -128,9 +133,12 @@ async def test_opens_after_failures_runs_nothing_while_open_and_probe_closes(
         assert [s["reply"] for s in states] == [f"ok b{n}" for n in range(4)]
     # One probe, then (closed) the other three: none of the deferrals was an execution.
     assert len(executions) == 3 + 4
+    assert seen[3:] == [BreakerState.HALF_OPEN] + [BreakerState.CLOSED] * 3
     closed = await breaker_state()
     assert closed is not None and closed.state is BreakerState.CLOSED
     # retry=1: a single attempt each, yet every call was deferred at least once and lived.
+    logs = await get_store().list_logs(waiting[0].id)
+    assert any("deferred: its circuit breaker is open" in message for _, _, message in logs)
     for handle in waiting:
         events = await get_store().list_events(handle.id)
         [done] = [e for e in events if e.kind is EventKind.ACTIVITY_COMPLETED]
@@ -156,6 +164,7 @@ async def test_failed_probe_reopens_and_the_others_keep_waiting(db_path, make_wo
         assert again.state is BreakerState.OPEN
         await eventually(all_deferred_two(db_path), "the two others deferred again")
         assert len(executions) == 3 + 1  # exactly one probe ran
+        assert seen[3:] == [BreakerState.HALF_OPEN]
         statuses = [await h.status() for h in waiting]
         assert statuses.count(loom.WorkflowStatus.FAILED) == 1  # the probe (retry=1)
         assert statuses.count(loom.WorkflowStatus.RUNNING) == 2

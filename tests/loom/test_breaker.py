@@ -260,3 +260,31 @@ def test_policy_is_validated() -> None:
         loom.CircuitBreaker(reset_after=0)
     with pytest.raises(TypeError, match=r"circuit_breaker must be a loom\.CircuitBreaker"):
         loom.activity(circuit_breaker={"failures": 3})  # type: ignore[arg-type]
+
+
+async def test_manifest_breaker_guards_a_webassembly_activity(db_path, make_worker, tmp_path):
+    from activity_registry import Registry
+    from tests.activity_registry.activity_files import SPIN_WAT, write_activity
+    from tests.loom.test_wasm_activities import CallTwice
+
+    extra = (
+        "[limits]\ntimeout_ms = 50\n[retry]\nmax_attempts = 2\ninitial_interval_ms = 10\n"
+        "[circuit_breaker]\nfailures = 2\nwindow_ms = 60000\nreset_after_ms = 3600000\n"
+    )
+    async with Registry(db_path) as registry:
+        await registry.register(write_activity(tmp_path, name="spin", wat=SPIN_WAT, extra=extra))
+    async with make_worker([CallTwice]):
+        first = await CallTwice.start({"spec": "spin@1.0.0"})
+        with pytest.raises(loom.ActivityFailedError):
+            await first.result(timeout=30)  # two timed-out attempts: the breaker opens
+        [opened] = await get_store().list_breakers()
+        assert (opened.activity_name, opened.state) == ("spin", BreakerState.OPEN)
+        second = await CallTwice.start({"spec": "spin@^1"})
+
+        async def is_deferred() -> bool:
+            return deferred(db_path) == 1
+
+        await eventually(is_deferred, "the second call to be deferred")
+        assert await second.status() is loom.WorkflowStatus.RUNNING
+    events = await get_store().list_events(second.id)
+    assert not [e for e in events if e.kind is EventKind.ACTIVITY_FAILED]

@@ -171,12 +171,14 @@ def _new_workflow(
     )
 
 
-async def fire_due(store: Store, workflows: Mapping[str, WorkflowDefinition[Any, Any]]) -> int:
+async def fire_due(
+    store: Store, workflows: Mapping[str, WorkflowDefinition[Any, Any]]
+) -> list[str]:
     """One pass of a worker's schedule loop: start what every due schedule of `workflows`
-    owes now. Returns how many workflows this call started (other workers' starts excluded)."""
+    owes now. Returns the ids this call started (other workers' starts excluded)."""
     if not workflows:
-        return 0
-    started = 0
+        return []
+    started: list[str] = []
     for due in await store.due_schedules(list(workflows), DUE_BATCH):
         fire = plan(due, store.now_ms())
         compiled = workflows[due.workflow_name]
@@ -184,5 +186,5 @@ async def fire_due(store: Store, workflows: Mapping[str, WorkflowDefinition[Any,
         ids = await store.fire_schedule(
             due.name, due.next_fire_at, fire.next_fire_at, starts, fire.skipped
         )
-        started += len(ids)
+        started += ids
     return started

@@ -307,11 +307,14 @@ class Worker:
         outage = _Outage("firing schedules")
         while True:
             try:
-                await fire_due(store, self._workflows)
+                started = await fire_due(store, self._workflows)
             except Exception as err:
                 await asyncio.sleep(outage.failed(err))
                 continue
             outage.recovered()
+            if started:
+                shown = ", ".join(started[:5]) + (" …" if len(started) > 5 else "")
+                logger.info("schedules started %d workflow(s): %s", len(started), shown)
             await asyncio.sleep(self.schedule_interval)
 
     async def _give_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:

@@ -20,13 +20,14 @@ from activity_registry.exceptions import (
     SchemaViolationError,
     VersionConflictError,
 )
-from activity_registry.manifest import ActivityVersion, Manifest, RetryPolicy
+from activity_registry.manifest import ActivityVersion, CircuitBreakerPolicy, Manifest, RetryPolicy
 from activity_registry.registry import RegistrationResult, Registry, parse_spec
 from activity_registry.version_range import VersionRange
 
 __all__ = [
     "ActivityNotFoundError",
     "ActivityVersion",
+    "CircuitBreakerPolicy",
     "CorruptModuleError",
     "GrantsWidenedError",
     "Manifest",

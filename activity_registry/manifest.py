@@ -28,6 +28,7 @@ __all__ = [
     "MAX_SCHEMA_BYTES",
     "NAME_PATTERN",
     "ActivityVersion",
+    "CircuitBreakerPolicy",
     "Manifest",
     "RetryPolicy",
     "read_regular_file",
@@ -58,6 +59,18 @@ class RetryPolicy(BaseModel):
     max_interval_ms: int = Field(default=60_000, ge=0)
 
 
+class CircuitBreakerPolicy(BaseModel):
+    """`[circuit_breaker]`: after `failures` failed attempts within `window_ms` the engine
+    stops running the activity (for every worker on the database) until `reset_after_ms`
+    has passed; then one probe attempt decides whether it closes or opens again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures: int = Field(default=5, ge=1)
+    window_ms: int = Field(default=60_000, ge=1)
+    reset_after_ms: int = Field(default=30_000, ge=1)
+
+
 def _check_name(value: str) -> str:
     if not NAME_PATTERN.match(value):
         raise ValueError(
@@ -85,6 +98,7 @@ class _Definition(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     grants: Grants = Field(default_factory=Grants)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit_breaker: CircuitBreakerPolicy | None = None
 
     @property
     def ref(self) -> str:
@@ -233,6 +247,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "limits": Limits,
     "grants": Grants,
     "retry": RetryPolicy,
+    "circuit_breaker": CircuitBreakerPolicy,
 }
 
 

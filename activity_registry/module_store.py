@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from activity_registry.approval import approved_grants
-from activity_registry.manifest import ActivityVersion, RetryPolicy
+from activity_registry.manifest import ActivityVersion, CircuitBreakerPolicy, RetryPolicy
 from wasm_activities import Grants, Limits
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 COMPONENT = "activity_registry"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK = 0x6C6F6F6D
 """pg_advisory_xact_lock key; the engine's PostgreSQL store takes the same one to migrate."""
@@ -76,11 +76,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    # `[circuit_breaker]` of a manifest (NULL: none); the breaker's state is the engine's.
+    3: ("ALTER TABLE activity_versions ADD COLUMN circuit_breaker TEXT",),
 }
 
 _COLUMNS = (
     "name, version, abi, sha256, description, input_schema, output_schema, "
-    "limits, grants, retry, registered_at"
+    "limits, grants, retry, registered_at, circuit_breaker"
 )
 
 
@@ -116,6 +118,7 @@ def _to_row(activity: ActivityVersion) -> tuple[object, ...]:
         activity.grants.model_dump_json(),
         activity.retry.model_dump_json(),
         activity.registered_at,
+        None if activity.circuit_breaker is None else activity.circuit_breaker.model_dump_json(),
     )
 
 
@@ -132,6 +135,11 @@ def _from_row(row: sqlite3.Row) -> ActivityVersion:
         grants=Grants.model_validate_json(row["grants"]),
         retry=RetryPolicy.model_validate_json(row["retry"]),
         registered_at=row["registered_at"],
+        circuit_breaker=(
+            CircuitBreakerPolicy.model_validate_json(row["circuit_breaker"])
+            if row["circuit_breaker"]
+            else None
+        ),
     )
 
 
@@ -269,7 +277,7 @@ class ModuleStore:
             )
             db.execute(
                 f"INSERT INTO activity_versions ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _to_row(activity),
             )
         return Registration(activity, created=True)

@@ -35,6 +35,7 @@ from activity_registry.exceptions import (
 from activity_registry.manifest import (
     DEFINITION_FIELDS,
     ActivityVersion,
+    CircuitBreakerPolicy,
     Manifest,
     RetryPolicy,
     read_regular_file,
@@ -88,6 +89,7 @@ _DEFINING_FIELDS = (
     "limits",
     "grants",
     "retry",
+    "circuit_breaker",
 )
 
 
@@ -354,6 +356,7 @@ class Registry:
         input_schema: dict[str, JSON],
         output_schema: dict[str, JSON],
         retry: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreakerPolicy | None = None,
     ) -> ActivityVersion:
         """Record a native (Python) activity so it is listed and validated like a module.
 
@@ -380,6 +383,7 @@ class Registry:
             input_schema=input_schema,
             output_schema=output_schema,
             retry=retry or RetryPolicy(),
+            circuit_breaker=circuit_breaker,
             registered_at=now_ms(),
         )
 

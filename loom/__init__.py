@@ -14,17 +14,23 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from loom.activity import Activity, activity
+    from loom.breaker import CircuitBreaker
     from loom.client import WorkflowHandle, configure, get_handle
     from loom.context import WorkflowContext
+    from loom.cron import Schedule
     from loom.exceptions import (
         ActivityFailedError,
         ActivityTimeoutError,
+        BreakerNotFoundError,
         CancelledWorkflowError,
+        CircuitOpenError,
         CompensationError,
         LLMOutputError,
         LoomError,
         NonDeterministicWorkflowError,
         PayloadTooLargeError,
+        ScheduleError,
+        ScheduleNotFoundError,
         StateSerializationError,
         StoreFullError,
         WorkflowAlreadyExistsError,
@@ -39,10 +45,23 @@ if TYPE_CHECKING:
     from loom.limits import Limits
     from loom.progress import get_progress, stream_progress
     from loom.saga import Saga
+    from loom.scheduler import ScheduleHandle, get_schedule, list_schedules, schedule
     from loom.worker import Worker
     from loom.workflow import CompiledWorkflow, Input, State, Workflow, step, workflow
 
+__version__: str  # set on first use by __getattr__ (reading package metadata costs ~20 ms)
+
 _EXPORTS = {
+    "CircuitBreaker": "loom.breaker",
+    "Schedule": "loom.cron",
+    "BreakerNotFoundError": "loom.exceptions",
+    "CircuitOpenError": "loom.exceptions",
+    "ScheduleError": "loom.exceptions",
+    "ScheduleNotFoundError": "loom.exceptions",
+    "ScheduleHandle": "loom.scheduler",
+    "get_schedule": "loom.scheduler",
+    "list_schedules": "loom.scheduler",
+    "schedule": "loom.scheduler",
     "Activity": "loom.activity",
     "ActivityFailedError": "loom.exceptions",
     "ActivityTimeoutError": "loom.exceptions",
@@ -85,7 +104,10 @@ __all__ = [
     "Activity",
     "ActivityFailedError",
     "ActivityTimeoutError",
+    "BreakerNotFoundError",
     "CancelledWorkflowError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "CompensationError",
     "CompiledWorkflow",
     "Input",
@@ -95,6 +117,10 @@ __all__ = [
     "NonDeterministicWorkflowError",
     "PayloadTooLargeError",
     "Saga",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleHandle",
+    "ScheduleNotFoundError",
     "State",
     "StateSerializationError",
     "StoreFullError",
@@ -114,6 +140,9 @@ __all__ = [
     "configure",
     "get_handle",
     "get_progress",
+    "get_schedule",
+    "list_schedules",
+    "schedule",
     "step",
     "stream_progress",
     "workflow",

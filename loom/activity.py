@@ -14,6 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 from pydantic import TypeAdapter
 
 from loom._json import JSON, type_adapter
+from loom.breaker import CircuitBreaker
 from loom.exceptions import ActivityTimeoutError, WorkflowDefinitionError
 
 P = ParamSpec("P")
@@ -54,6 +55,10 @@ class Activity(Generic[P, R]):
     timeout: float
     description: str = ""
     """What it does, for people (registry listings); defaults to the docstring's first line."""
+    circuit_breaker: CircuitBreaker | None = None
+    """Shared by every worker on the database (see `loom.CircuitBreaker`)."""
+    has_own_timeout: bool = False
+    """`timeout=` was given: a call deferred by an open breaker waits at most that long."""
     _adapters: tuple[dict[str, TypeAdapter[Any]], TypeAdapter[Any] | None] | None = field(
         default=None, repr=False
     )
@@ -154,6 +159,7 @@ def activity(
     backoff: float = 2.0,
     max_interval: float = 60.0,
     non_retryable: tuple[type[BaseException], ...] = (),
+    circuit_breaker: CircuitBreaker | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Activity[P, R]]: ...
 
 
@@ -171,6 +177,7 @@ def activity(
     backoff: float = 2.0,
     max_interval: float = 60.0,
     non_retryable: tuple[type[BaseException], ...] = (),
+    circuit_breaker: CircuitBreaker | None = None,
 ) -> Activity[P, R] | Callable[[Callable[P, Awaitable[R]]], Activity[P, R]]:
     """Declare an async function as a durable activity.
 
@@ -179,8 +186,13 @@ def activity(
     `retry_count=0` means one attempt and no retry. Give one of them, not both.
     `timeout` (alias `timeout_seconds`) bounds each attempt. Exceptions whose type is in
     `non_retryable` fail the activity at once. `description` is shown in registry
-    listings (default: the docstring's first line).
+    listings (default: the docstring's first line). `circuit_breaker` stops calling it
+    while its downstream fails, for every worker on the database (`loom.CircuitBreaker`).
     """
+    if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+        raise TypeError(
+            f"circuit_breaker must be a loom.CircuitBreaker(...), got {circuit_breaker!r}"
+        )
     if retry is not None and retry_count is not None:
         raise TypeError(
             "give retry= (attempts in all) or retry_count= (retries after the first), not both"
@@ -215,6 +227,8 @@ def activity(
                 if description is not None
                 else (func.__doc__ or "").strip().split("\n")[0]
             ),
+            circuit_breaker=circuit_breaker,
+            has_own_timeout=per_attempt is not None,
         )
         _declared[declared.name] = declared
         return declared

@@ -266,3 +266,43 @@ class LLMOutputError(LoomError):
 
     def history_details(self) -> dict[str, Any]:
         return {"problem": self.problem, "content": self.content, "turns": self.turns}
+
+
+class CircuitOpenError(LoomError):
+    """A call waited for its activity's open circuit breaker longer than its own timeout."""
+
+    retryable = False
+
+    def __init__(self, activity_name: str, waited_ms: int) -> None:
+        self.activity_name = activity_name
+        self.waited_ms = waited_ms
+        super().__init__(
+            f"the circuit breaker of activity {activity_name!r} is open for longer than the "
+            f"call's own timeout (deferred {waited_ms / 1000:.1f}s so far); its downstream is "
+            f"failing (loom activity show {activity_name}); `loom activity reset-breaker "
+            f"{activity_name}` closes it"
+        )
+
+
+class BreakerNotFoundError(LoomError):
+    """`reset-breaker` named an activity that has no circuit breaker in this database."""
+
+    def __init__(self, activity_name: str, known: list[str]) -> None:
+        self.activity_name = activity_name
+        shown = ", ".join(known) if known else "none"
+        super().__init__(
+            f"no circuit breaker for activity {activity_name!r} (breakers: {shown}); "
+            "check the name (loom activity list)"
+        )
+
+
+class ScheduleNotFoundError(LoomError):
+    """No schedule with this name exists in the database."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"schedule {name!r} not found; `loom schedule list` shows them")
+
+
+class ScheduleError(LoomError, ValueError):
+    """A schedule definition is invalid: a bad cron expression, time zone or policy."""

@@ -20,9 +20,12 @@ from typing import Any
 
 from loom._json import JSON, dumps, loads
 from loom.activation import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
+from loom.breaker import Breaker, BreakerCall, BreakerResult, BreakerState, CircuitBreaker
+from loom.cron import Catchup, Overlap, Schedule
 from loom.dialect import Connection, Dialect, Rollback
 from loom.exceptions import (
     DefinitionConflictError,
+    ScheduleNotFoundError,
     WorkflowAlreadyExistsError,
     WorkflowClosedError,
     WorkflowNotFoundError,
@@ -31,6 +34,7 @@ from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEven
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
     WAIT_KINDS,
+    Admission,
     ClaimedTask,
     CommitResult,
     Completion,
@@ -51,6 +55,10 @@ WORKFLOW_COLUMNS = (
     "processed_sequence, epoch, created_at, updated_at"
 )
 _OPEN = "status IN ('PENDING', 'RUNNING')"
+DEFERRED_SINCE = "deferred_since"
+"""Task payload key: when an open circuit breaker first deferred this call."""
+DEFERRALS = "deferrals"
+"""Task payload key: how often a breaker deferred this call (none of them was an attempt)."""
 
 
 def _record(row: Any) -> WorkflowRecord:
@@ -569,6 +577,7 @@ async def complete_and_continue(
     step: StepProgress | None,
     eager_lease_ms: int,
     now: int,
+    breaker: BreakerResult | None = None,
 ) -> CommitResult:
     """Record an activity result and the activation it led to, if nothing else happened.
 
@@ -579,13 +588,16 @@ async def complete_and_continue(
     processed = expected[0] + 1
     row = await _update_workflow(conn, task, activation, 1, processed, step, now, expected)
     if row is not None:
-        return await _apply_activation(
+        committed = await _apply_activation(
             conn, task, activation, row, [result], processed, eager_lease_ms, now
         )
+        await _record_breaker(conn, breaker, now)
+        return committed
     # The history moved on (or another run holds the workflow task): record the result only.
     workflow = await _append_events(conn, task.workflow_id, [result], now, open_only=True)
     if not await _delete_leased(conn, task):
         raise Rollback(CommitResult(is_committed=False, is_recorded=False))
+    await _record_breaker(conn, breaker, now)
     if workflow is not None:
         await _ensure_workflow_task(conn, task.workflow_id, now)
     return CommitResult(is_committed=False)
@@ -650,7 +662,8 @@ async def _fence_and_insert(
     )
     if conn.dialect.writable_ctes:
         row = await conn.fetchrow(
-            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn.dialect, 4)}), t AS ({insert_tasks}) "
+            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn.dialect, 4)}), "
+            f"t AS ({insert_tasks}) "
             "SELECT (SELECT COUNT(*) FROM fence), "
             "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
             "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL)",
@@ -736,12 +749,14 @@ async def complete_task(
     continue_with: CursorLookup | None,
     lease_ms: int,
     now: int,
+    breaker: BreakerResult | None = None,
 ) -> Completion:
     """Record an activity outcome or timer firing exactly once (the task row is the guard)."""
     workflow_id = task.workflow_id
     workflow = await _append_events(conn, workflow_id, [event], now, open_only=True)
     if not await _delete_leased(conn, task):  # after the workflow row: lock order
         raise Rollback(Completion(is_recorded=False))
+    await _record_breaker(conn, breaker, now)
     if workflow is None:
         return Completion(is_recorded=True)  # the workflow already finished: nothing to wake
     cached = None if continue_with is None else continue_with(workflow_id)
@@ -782,6 +797,7 @@ async def retry_activity(
     payload: dict[str, JSON],
     error: str,
     now: int,
+    breaker: BreakerResult | None = None,
 ) -> bool:
     released = await conn.fetchval(
         "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1, payload = $2 "
@@ -794,6 +810,7 @@ async def retry_activity(
     )
     if released is None:
         return False
+    await _record_breaker(conn, breaker, now)
     await conn.execute(
         "INSERT INTO logs (workflow_id, level, message, created_at) VALUES ($1, 'WARNING', $2, $3)",
         task.workflow_id,
@@ -980,3 +997,341 @@ async def get_definition(
     if row is None:
         return None
     return DefinitionRecord(row[0], row[1], row[2], int(row[3]), loads(row[4]))
+
+
+# -- circuit breakers ----------------------------------------------------------------------
+
+_BREAKER_COLUMNS = (
+    "activity_name, state, failure_times, opened_at, probe_key, probe_until, times_opened, "
+    "failures, window_ms, reset_after_ms, updated_at"
+)
+
+
+_BREAKER_UPDATE = (
+    "failure_times = excluded.failure_times, opened_at = excluded.opened_at, "
+    "probe_key = excluded.probe_key, probe_until = excluded.probe_until, "
+    "times_opened = excluded.times_opened, failures = excluded.failures, "
+    "window_ms = excluded.window_ms, reset_after_ms = excluded.reset_after_ms, "
+    "updated_at = excluded.updated_at"
+)
+
+
+def _breaker(row: Any) -> Breaker:
+    return Breaker(
+        activity_name=row[0],
+        state=BreakerState(row[1]),
+        failure_times=tuple(int(t) for t in loads(row[2])),
+        opened_at=row[3],
+        probe_key=row[4],
+        probe_until=row[5],
+        times_opened=int(row[6]),
+        policy=CircuitBreaker.from_ms(int(row[7]), int(row[8]), int(row[9])),
+        updated_at=int(row[10]),
+    )
+
+
+async def _lock_breaker(conn: Connection, name: str) -> Breaker | None:
+    row = await conn.fetchrow(
+        f"SELECT {_BREAKER_COLUMNS} FROM circuit_breakers WHERE activity_name = $1"
+        f"{conn.dialect.for_update}",
+        name,
+    )
+    return _breaker(row) if row else None
+
+
+async def _save_breaker(
+    conn: Connection,
+    breaker: Breaker,
+    policy: CircuitBreaker,
+    now: int,
+    *,
+    if_missing: bool = False,
+) -> None:
+    on_conflict = "DO NOTHING" if if_missing else "DO UPDATE SET state = excluded.state, "
+    await conn.execute(
+        f"INSERT INTO circuit_breakers ({_BREAKER_COLUMNS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        f"ON CONFLICT (activity_name) {on_conflict}" + ("" if if_missing else _BREAKER_UPDATE),
+        breaker.activity_name,
+        breaker.state.value,
+        dumps(list(breaker.failure_times)),
+        breaker.opened_at,
+        breaker.probe_key,
+        breaker.probe_until,
+        breaker.times_opened,
+        policy.failures,
+        policy.window_ms,
+        policy.reset_after_ms,
+        now,
+    )
+
+
+async def _record_breaker(conn: Connection, result: BreakerResult | None, now: int) -> None:
+    """Apply an attempt's outcome to its breaker; callers run it after their fence held, in
+    the transaction that records the attempt (lock order: workflow, task, then breaker)."""
+    if result is None:
+        return
+    if not result.is_success:
+        # Create the row first: FOR UPDATE locks no missing row, so two first failures
+        # committing together on PostgreSQL would each count alone and one would be lost.
+        await _save_breaker(
+            conn, Breaker(result.activity_name), result.policy, now, if_missing=True
+        )
+    current = await _lock_breaker(conn, result.activity_name)
+    if current is None:
+        return  # a success, and a closed breaker that never failed needs no row
+    after = current.recorded(result, now)
+    if after != current or current.policy != result.policy:
+        await _save_breaker(conn, after, result.policy, now)
+    if current.state is not BreakerState.CLOSED and after.state is BreakerState.CLOSED:
+        await _wake_deferred(conn, result.activity_name, now)
+
+
+def _deferrals(task: ClaimedTask) -> int:
+    count = task.payload.get(DEFERRALS)
+    return count if isinstance(count, int) else 0
+
+
+async def _wake_deferred(conn: Connection, name: str, now: int) -> None:
+    """A breaker closed: the calls it deferred run now, not when they would have asked again.
+    (Matched on the payload text: a similar name only makes some other task due early.)"""
+    await conn.execute(
+        "UPDATE tasks SET run_at = $1 WHERE kind = $2 AND lease_owner IS NULL AND run_at > $1 "
+        "AND payload LIKE $3 AND (payload LIKE $4 OR payload LIKE $5)",
+        now,
+        ACTIVITY_TASK,
+        f'%"{DEFERRED_SINCE}":%',
+        f'%"name":{dumps(name)}%',
+        f'%"name":{dumps(name)[:-1]}@%',
+    )
+    await conn.notify_tasks()
+
+
+async def is_breaker_closed(conn: Connection, name: str) -> bool:
+    """The admission's fast path, a read: most attempts meet a closed (or absent) breaker."""
+    state = await conn.fetchval("SELECT state FROM circuit_breakers WHERE activity_name = $1", name)
+    return state is None or state == BreakerState.CLOSED.value
+
+
+async def admit_attempt(
+    conn: Connection, task: ClaimedTask, call: BreakerCall, now: int
+) -> Admission:
+    """May this attempt run? If its breaker is open (or another attempt probes), the task is
+    released until the breaker should be asked again, with its claim uncounted: a deferred
+    attempt consumes no retry. Past the call's deadline it is refused instead."""
+    locked = await conn.fetchval(
+        f"SELECT attempts FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3"
+        f"{conn.dialect.for_update}",
+        task.task_id,
+        task.owner,
+        task.attempt,
+    )
+    if locked is None:
+        return Admission(is_admitted=False, is_held=False)  # lease lost: someone else runs it
+    current = await _lock_breaker(conn, call.activity_name)
+    if current is None:
+        return Admission(is_admitted=True)
+    after, retry_at = current.admitted(call, task.task_key, now)
+    if after != current:
+        await _save_breaker(conn, after, call.policy, now)
+    if retry_at is None:
+        return Admission(is_admitted=True)
+    since = task.payload.get(DEFERRED_SINCE)
+    since = since if isinstance(since, int) else now
+    if call.timeout_ms is not None and retry_at > since + call.timeout_ms:
+        return Admission(is_admitted=False, is_expired=True, waited_ms=now - since)
+    await conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1, "
+        "attempts = attempts - 1, payload = $2 WHERE task_id = $3",
+        retry_at,
+        dumps({**task.payload, DEFERRED_SINCE: since, DEFERRALS: _deferrals(task) + 1}),
+        task.task_id,
+    )
+    if not _deferrals(task):  # once per call: `loom logs` says why it waits
+        await conn.execute(
+            "INSERT INTO logs (workflow_id, level, message, created_at) "
+            "VALUES ($1, 'WARNING', $2, $3)",
+            task.workflow_id,
+            f"activity {call.activity_name!r} deferred: its circuit breaker is {after.state} "
+            f"(it fails downstream); the call waits without spending an attempt",
+            now,
+        )
+    return Admission(is_admitted=False, retry_at=retry_at, state=after.state)
+
+
+async def list_breakers(conn: Connection) -> list[Breaker]:
+    rows = await conn.fetch(
+        f"SELECT {_BREAKER_COLUMNS} FROM circuit_breakers ORDER BY activity_name"
+    )
+    return [_breaker(row) for row in rows]
+
+
+async def reset_breaker(conn: Connection, name: str, now: int) -> bool:
+    """Close a breaker by hand; its deferred attempts become due at once."""
+    reset = await conn.fetchval(
+        "UPDATE circuit_breakers SET state = $1, failure_times = '[]', opened_at = NULL, "
+        "probe_key = NULL, probe_until = NULL, updated_at = $2 WHERE activity_name = $3 "
+        "RETURNING 1",
+        BreakerState.CLOSED.value,
+        now,
+        name,
+    )
+    if reset is None:
+        return False
+    await _wake_deferred(conn, name, now)
+    return True
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+_SCHEDULE_COLUMNS = (
+    "name, cron, timezone, workflow_name, app, input, overlap, catchup, is_paused, "
+    "next_fire_at, last_fired_at, last_workflow_id, fired_count, skipped_count, created_at, "
+    "updated_at"
+)
+
+
+def _schedule(row: Any) -> Schedule:
+    return Schedule(
+        name=row[0],
+        cron=row[1],
+        timezone=row[2],
+        workflow_name=row[3],
+        app=row[4],
+        input=loads(row[5]),
+        overlap=Overlap(row[6]),
+        catchup=Catchup(row[7]),
+        is_paused=bool(row[8]),
+        next_fire_at=int(row[9]),
+        last_fired_at=row[10],
+        last_workflow_id=row[11],
+        fired_count=int(row[12]),
+        skipped_count=int(row[13]),
+        created_at=int(row[14]),
+        updated_at=int(row[15]),
+    )
+
+
+async def put_schedule(conn: Connection, schedule: Schedule, now: int) -> Schedule:
+    """Create or replace a schedule by name; a replaced one keeps its counters and last run."""
+    await conn.execute(
+        f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}) VALUES "
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, 0, 0, $11, $11) "
+        "ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, "
+        "workflow_name = excluded.workflow_name, app = excluded.app, input = excluded.input, "
+        "overlap = excluded.overlap, catchup = excluded.catchup, "
+        "is_paused = excluded.is_paused, next_fire_at = excluded.next_fire_at, "
+        "updated_at = excluded.updated_at",
+        schedule.name,
+        schedule.cron,
+        schedule.timezone,
+        schedule.workflow_name,
+        schedule.app,
+        dumps(schedule.input),
+        schedule.overlap.value,
+        schedule.catchup.value,
+        int(schedule.is_paused),
+        schedule.next_fire_at,
+        now,
+    )
+    stored = await get_schedule(conn, schedule.name)
+    assert stored is not None
+    return stored
+
+
+async def get_schedule(conn: Connection, name: str) -> Schedule | None:
+    row = await conn.fetchrow(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE name = $1", name)
+    return _schedule(row) if row else None
+
+
+async def list_schedules(conn: Connection) -> list[Schedule]:
+    rows = await conn.fetch(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
+    return [_schedule(row) for row in rows]
+
+
+async def due_schedules(
+    conn: Connection, workflow_names: list[str], now: int, limit: int
+) -> list[Schedule]:
+    rows = await conn.fetch(
+        f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE next_fire_at <= $1 AND is_paused = 0 "
+        f"AND {conn.dialect.any('workflow_name', 2)} ORDER BY next_fire_at LIMIT $3",
+        now,
+        workflow_names,
+        limit,
+    )
+    return [_schedule(row) for row in rows]
+
+
+async def set_schedule_paused(
+    conn: Connection, name: str, is_paused: bool, next_fire_at: int | None, now: int
+) -> Schedule:
+    """Pause, or resume from `next_fire_at` (ticks missed while paused follow `catchup`)."""
+    row = await conn.fetchrow(
+        "UPDATE schedules SET is_paused = $1, next_fire_at = COALESCE($2, next_fire_at), "
+        f"updated_at = $3 WHERE name = $4 RETURNING {_SCHEDULE_COLUMNS}",
+        int(is_paused),
+        next_fire_at,
+        now,
+        name,
+    )
+    if row is None:
+        raise ScheduleNotFoundError(name)
+    return _schedule(row)
+
+
+async def delete_schedule(conn: Connection, name: str) -> None:
+    if await conn.fetchval("DELETE FROM schedules WHERE name = $1 RETURNING 1", name) is None:
+        raise ScheduleNotFoundError(name)
+
+
+async def fire_schedule(
+    conn: Connection,
+    name: str,
+    expected_next: int,
+    next_fire_at: int,
+    starts: list[NewWorkflow],
+    skipped: int,
+    now: int,
+) -> list[str]:
+    """Start the workflows of one pass over a due schedule and move it to its next tick.
+
+    Compare-and-set on `next_fire_at`: of several workers firing the same tick, one finds
+    the row still at `expected_next` and starts; the others start nothing. The ids derive
+    from schedule + tick, so even a start repeated after a crash creates nothing twice.
+    With `overlap=skip`, a tick whose predecessor is still open is skipped (and counted).
+    Returns the ids of the workflows started.
+    """
+    row = await conn.fetchrow(
+        "SELECT next_fire_at, is_paused, overlap, last_workflow_id FROM schedules "
+        f"WHERE name = $1{conn.dialect.for_update}",
+        name,
+    )
+    if row is None or int(row[0]) != expected_next or row[1]:
+        return []
+    last = row[3]
+    started: list[str] = []
+    for spec in starts:
+        if row[2] == Overlap.SKIP.value and last is not None:
+            status = await conn.fetchval(
+                "SELECT status FROM workflows WHERE workflow_id = $1", last
+            )
+            if status is not None and not WorkflowStatus(status).is_closed:
+                skipped += 1
+                continue
+        if await _insert_workflow(conn, spec, now):
+            started.append(spec.workflow_id)
+        last = spec.workflow_id
+    await conn.execute(
+        "UPDATE schedules SET next_fire_at = $1, last_fired_at = CASE WHEN $2 > 0 THEN $3 "
+        "ELSE last_fired_at END, last_workflow_id = $4, fired_count = fired_count + $2, "
+        "skipped_count = skipped_count + $5, updated_at = $3 WHERE name = $6",
+        next_fire_at,
+        len(started),
+        now,
+        last,
+        skipped,
+        name,
+    )
+    if started:
+        await conn.notify_tasks()
+    return started

@@ -92,6 +92,43 @@ _MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS definitions_by_sha256 ON definitions (sha256);
     """,
+    # Resilience (issue 18): one circuit breaker per activity name, shared by every worker on
+    # the database, and the cron schedules workers fire (`next_fire_at` is the compare-and-set
+    # that lets exactly one of them start each tick).
+    """
+    CREATE TABLE IF NOT EXISTS circuit_breakers (
+        activity_name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        failure_times TEXT NOT NULL,
+        opened_at BIGINT,
+        probe_key TEXT,
+        probe_until BIGINT,
+        times_opened BIGINT NOT NULL DEFAULT 0,
+        failures BIGINT NOT NULL,
+        window_ms BIGINT NOT NULL,
+        reset_after_ms BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS schedules (
+        name TEXT PRIMARY KEY,
+        cron TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        workflow_name TEXT NOT NULL,
+        app TEXT,
+        input TEXT NOT NULL,
+        overlap TEXT NOT NULL,
+        catchup TEXT NOT NULL,
+        is_paused BIGINT NOT NULL DEFAULT 0,
+        next_fire_at BIGINT NOT NULL,
+        last_fired_at BIGINT,
+        last_workflow_id TEXT,
+        fired_count BIGINT NOT NULL DEFAULT 0,
+        skipped_count BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS schedules_by_next_fire ON schedules (next_fire_at);
+    """,
 ]
 
 

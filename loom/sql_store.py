@@ -15,11 +15,14 @@ from typing import Any, TypeVar
 from loom import operations as ops
 from loom._json import JSON
 from loom.activation import Activation
+from loom.breaker import Breaker, BreakerCall, BreakerResult
 from loom.clock import StoreClock
+from loom.cron import Schedule
 from loom.dialect import Connection, Mode
 from loom.exceptions import WorkflowClosedError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.store import (
+    Admission,
     ClaimedTask,
     CommitResult,
     Completion,
@@ -125,6 +128,7 @@ class SQLStore(Store):
         *,
         at: int,
         eager_lease_ms: int = 0,
+        breaker: BreakerResult | None = None,
     ) -> CommitResult:
         done = await self._run(
             Mode.TRANSACTION,
@@ -136,6 +140,7 @@ class SQLStore(Store):
             step,
             eager_lease_ms,
             at,
+            breaker,
         )
         if done.is_committed:
             self.wakeups.activation_committed(task.workflow_id, activation, done)
@@ -151,8 +156,9 @@ class SQLStore(Store):
         *,
         continue_with: CursorLookup | None = None,
         lease_ms: int = 0,
+        breaker: BreakerResult | None = None,
     ) -> Completion:
-        return await self._complete(task, NewEvent(kind, payload), continue_with, lease_ms)
+        return await self._complete(task, NewEvent(kind, payload), continue_with, lease_ms, breaker)
 
     async def fire_timer(
         self, task: ClaimedTask, *, continue_with: CursorLookup | None = None, lease_ms: int = 0
@@ -166,6 +172,7 @@ class SQLStore(Store):
         event: NewEvent,
         continue_with: CursorLookup | None,
         lease_ms: int,
+        breaker: BreakerResult | None = None,
     ) -> Completion:
         done = await self._run(
             Mode.TRANSACTION,
@@ -175,20 +182,102 @@ class SQLStore(Store):
             continue_with,
             lease_ms,
             self.now_ms(),
+            breaker,
         )
         if done.is_recorded and done.next_task is None:
             self.wakeups.tasks_ready()
         return done
 
     async def retry_activity(
-        self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
+        self,
+        task: ClaimedTask,
+        run_at: int,
+        payload: dict[str, JSON],
+        error: str,
+        *,
+        breaker: BreakerResult | None = None,
     ) -> bool:
         ok = await self._run(
-            Mode.TRANSACTION, ops.retry_activity, task, run_at, payload, error, self.now_ms()
+            Mode.TRANSACTION,
+            ops.retry_activity,
+            task,
+            run_at,
+            payload,
+            error,
+            self.now_ms(),
+            breaker,
         )
         if ok:
             self.wakeups.tasks_ready()
         return ok
+
+    async def admit_attempt(self, task: ClaimedTask, call: BreakerCall) -> Admission:
+        # A read first: a closed breaker admits without a write transaction. One that opens
+        # meanwhile lets this attempt through, like an attempt already running when it opened.
+        if await self._run(Mode.READ, ops.is_breaker_closed, call.activity_name):
+            return Admission(is_admitted=True)
+        return await self._run(Mode.TRANSACTION, ops.admit_attempt, task, call, self.now_ms())
+
+    async def list_breakers(self) -> list[Breaker]:
+        return await self._run(Mode.READ, ops.list_breakers)
+
+    async def reset_breaker(self, activity_name: str) -> bool:
+        reset = await self._run(Mode.TRANSACTION, ops.reset_breaker, activity_name, self.now_ms())
+        if reset:
+            self.wakeups.tasks_ready()
+        return reset
+
+    async def put_schedule(self, schedule: Schedule) -> Schedule:
+        return await self._run(Mode.TRANSACTION, ops.put_schedule, schedule, self.now_ms())
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        return await self._run(Mode.READ, ops.get_schedule, name)
+
+    async def list_schedules(self) -> list[Schedule]:
+        return await self._run(Mode.READ, ops.list_schedules)
+
+    async def set_schedule_paused(
+        self, name: str, is_paused: bool, next_fire_at: int | None = None
+    ) -> Schedule:
+        return await self._run(
+            Mode.TRANSACTION,
+            ops.set_schedule_paused,
+            name,
+            is_paused,
+            next_fire_at,
+            self.now_ms(),
+        )
+
+    async def delete_schedule(self, name: str) -> None:
+        await self._run(Mode.TRANSACTION, ops.delete_schedule, name)
+
+    async def due_schedules(self, workflow_names: Sequence[str], limit: int) -> list[Schedule]:
+        return await self._run(
+            Mode.READ, ops.due_schedules, list(workflow_names), self.now_ms(), limit
+        )
+
+    async def fire_schedule(
+        self,
+        name: str,
+        expected_next: int,
+        next_fire_at: int,
+        starts: Sequence[NewWorkflow],
+        skipped: int,
+    ) -> list[str]:
+        started = await self._run(
+            Mode.TRANSACTION,
+            ops.fire_schedule,
+            name,
+            expected_next,
+            next_fire_at,
+            list(starts),
+            skipped,
+            self.now_ms(),
+        )
+        if started:
+            self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return started
 
     async def signal_workflow(self, workflow_id: str, name: str, payload: JSON) -> None:
         event = NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from loom._json import JSON
 from loom.activation import Activation
+from loom.breaker import Breaker, BreakerCall, BreakerResult, BreakerState
 from loom.clock import StoreClock
+from loom.cron import Schedule
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 
 CursorLookup = Callable[[str], tuple[int, int] | None]
@@ -125,6 +127,22 @@ class Completion:
     is_recorded: bool
     next_task: ClaimedTask | None = None
     """The workflow task, leased to the caller, when it asked to continue the workflow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A circuit breaker's answer to an attempt (see `Store.admit_attempt`)."""
+
+    is_admitted: bool
+    retry_at: int | None = None
+    """Deferred: the task was released until then, its claim uncounted."""
+    is_expired: bool = False
+    """Refused: the breaker stays open past the call's deadline; the task is still leased."""
+    is_held: bool = True
+    """False when the lease was lost meanwhile: the caller drops the task."""
+    state: BreakerState | None = None
+    waited_ms: int = 0
+    """Refused: how long the call had been deferred."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +302,7 @@ class Store(abc.ABC):
         *,
         at: int,
         eager_lease_ms: int = 0,
+        breaker: BreakerResult | None = None,
     ) -> CommitResult:
         """Record an activity result and the activation the live run computed from it, in
         one transaction, if the history still ends at `expected` = (last sequence, epoch) and
@@ -299,8 +318,11 @@ class Store(abc.ABC):
         *,
         continue_with: CursorLookup | None = None,
         lease_ms: int = 0,
+        breaker: BreakerResult | None = None,
     ) -> Completion:
         """Record an activity's final outcome once (not if the lease was lost).
+
+        `breaker`: the attempt's outcome for its circuit breaker, in the same transaction.
 
         With `continue_with`, and when the caller has the workflow cached, its workflow task
         is leased to the caller in the same transaction and returned with the new events.
@@ -308,9 +330,69 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def retry_activity(
-        self, task: ClaimedTask, run_at: int, payload: dict[str, JSON], error: str
+        self,
+        task: ClaimedTask,
+        run_at: int,
+        payload: dict[str, JSON],
+        error: str,
+        *,
+        breaker: BreakerResult | None = None,
     ) -> bool:
         """Release the task for another attempt at `run_at`; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def admit_attempt(self, task: ClaimedTask, call: BreakerCall) -> Admission:
+        """Ask the activity's circuit breaker whether this attempt runs now.
+
+        Closed: yes. Open, or half-open with another probe out: the task is released until
+        the breaker should be asked again, and its claim does not count as an attempt.
+        Open past its reset time: this attempt becomes the half-open probe."""
+
+    @abc.abstractmethod
+    async def list_breakers(self) -> list[Breaker]:
+        """Every circuit breaker that has recorded a failure, by activity name."""
+
+    @abc.abstractmethod
+    async def reset_breaker(self, activity_name: str) -> bool:
+        """Close a breaker by hand (its deferred attempts become due); False if unknown."""
+
+    # -- schedules -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_schedule(self, schedule: Schedule) -> Schedule:
+        """Create or replace the schedule of this name."""
+
+    @abc.abstractmethod
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
+    @abc.abstractmethod
+    async def list_schedules(self) -> list[Schedule]: ...
+
+    @abc.abstractmethod
+    async def set_schedule_paused(
+        self, name: str, is_paused: bool, next_fire_at: int | None = None
+    ) -> Schedule:
+        """Pause or resume; ScheduleNotFoundError when unknown."""
+
+    @abc.abstractmethod
+    async def delete_schedule(self, name: str) -> None:
+        """ScheduleNotFoundError when unknown."""
+
+    @abc.abstractmethod
+    async def due_schedules(self, workflow_names: Sequence[str], limit: int) -> list[Schedule]:
+        """Unpaused schedules of these workflows whose next tick is due on the store clock."""
+
+    @abc.abstractmethod
+    async def fire_schedule(
+        self,
+        name: str,
+        expected_next: int,
+        next_fire_at: int,
+        starts: Sequence[NewWorkflow],
+        skipped: int,
+    ) -> list[str]:
+        """Start one pass of a due schedule if it is still at `expected_next` (see
+        `operations.fire_schedule`); returns the ids started."""
 
     @abc.abstractmethod
     async def fire_timer(

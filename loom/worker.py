@@ -25,6 +25,7 @@ from typing import Any, Self
 from activity_registry import (
     ActivityNotFoundError,
     ActivityVersion,
+    CircuitBreakerPolicy,
     CorruptModuleError,
     Registry,
     RegistryError,
@@ -34,14 +35,16 @@ from activity_registry import (
 from loom._json import JSON, is_json
 from loom.activation import ACTIVITY_TASK, TIMER_TASK
 from loom.activity import Activity, RetryOptions
+from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBreaker
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
 from loom.definition import WorkflowDefinition
-from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
+from loom.exceptions import CircuitOpenError, NonDeterministicWorkflowError, PayloadTooLargeError
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, clip
 from loom.llm import TOOLS_ACTIVITY
 from loom.replay import WorkflowRun
+from loom.scheduler import fire_due
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
 from loom.usage import check_prices, llm_usage
 from loom.workflow import Workflow
@@ -68,6 +71,8 @@ MAX_AVOIDED = 500
 """At most this many task keys excluded from one claim (the rest wait for the next)."""
 GIVE_BACK_DELAY_MS = (500, 30_000)
 """Backoff before a task whose processing failed in the worker is claimable again."""
+DEFAULT_SCHEDULE_INTERVAL = 1.0
+"""Seconds between two looks at due schedules (a tick starts at most this late)."""
 
 
 class Worker:
@@ -97,11 +102,13 @@ class Worker:
         tune_gc: bool = True,
         limits: Limits | None = None,
         overrides: Mapping[str, Activity[..., Any]] | None = None,
+        schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValueError("lease_seconds and poll_interval must be > 0")
+        if lease_seconds <= 0 or poll_interval <= 0 or schedule_interval <= 0:
+            raise ValueError("lease_seconds, poll_interval and schedule_interval must be > 0")
+        self.schedule_interval = schedule_interval
         self._workflows: dict[str, WorkflowDefinition[Any, Any]] = {}
         for wf in workflows:
             compiled = wf if isinstance(wf, WorkflowDefinition) else wf.compile()
@@ -206,12 +213,16 @@ class Worker:
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
         heartbeat = asyncio.create_task(self._heartbeat(store))
+        schedules = asyncio.create_task(self._schedule_loop(store))
         if self._started is not None:
             self._started.set()
         try:
             await self._claim_loop(store)
         finally:
             unsubscribe()
+            schedules.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await schedules
             await self._drain()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -301,6 +312,21 @@ class Worker:
                 outage.failed(err)
             else:
                 outage.recovered()
+
+    async def _schedule_loop(self, store: Store) -> None:
+        """Fire the due schedules of the workflows this worker serves (see loom.scheduler)."""
+        outage = _Outage("firing schedules")
+        while True:
+            try:
+                started = await fire_due(store, self._workflows)
+            except Exception as err:
+                await asyncio.sleep(outage.failed(err))
+                continue
+            outage.recovered()
+            if started:
+                shown = ", ".join(started[:5]) + (" …" if len(started) > 5 else "")
+                logger.info("schedules started %d workflow(s): %s", len(started), shown)
+            await asyncio.sleep(self.schedule_interval)
 
     async def _give_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:
         """Release a task whose processing failed here, due again after a backoff.
@@ -514,7 +540,12 @@ class Worker:
             await self._advance(store, done.next_task)
 
     async def _complete(
-        self, store: Store, task: ClaimedTask, kind: EventKind, payload: dict[str, JSON]
+        self,
+        store: Store,
+        task: ClaimedTask,
+        kind: EventKind,
+        payload: dict[str, JSON],
+        breaker: BreakerResult | None = None,
     ) -> None:
         run = self._cache.get(task.workflow_id)
         if run is not None and run.pending_count == 1 and not self._stopping:
@@ -533,11 +564,17 @@ class Worker:
                 _step_progress(run.compiled, activation.step_index),
                 at=at,
                 eager_lease_ms=self._eager_lease_ms(),
+                breaker=breaker,
             )
             self._committed(store, run, activation.status, result)
             return
         done = await store.complete_activity(
-            task, kind, payload, continue_with=self._cursor_of, lease_ms=self.lease_ms
+            task,
+            kind,
+            payload,
+            continue_with=self._cursor_of,
+            lease_ms=self.lease_ms,
+            breaker=breaker,
         )
         await self._continue(store, done)
 
@@ -553,6 +590,12 @@ class Worker:
         if activity is None:
             await self._run_registered(store, task)
             return
+        policy = activity.circuit_breaker
+        if policy is not None:
+            timeout_ms = int(activity.timeout * 1000)
+            own = timeout_ms if activity.has_own_timeout else None
+            if not await self._admitted(store, task, name, policy, timeout_ms, own):
+                return
         try:
             result = await activity.attempt(payload["input"])
             if not is_json(result):
@@ -562,6 +605,7 @@ class Worker:
                 )
             self._check_result(name, result)
         except Exception as err:
+            failed = _breaker_result(name, policy, is_success=False)
             retryable = activity.is_retryable(err) and not isinstance(
                 err, TypeError | PayloadTooLargeError
             )
@@ -573,12 +617,45 @@ class Worker:
                     payload,
                     f"activity {name!r} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay:.2f}s",
+                    breaker=failed,
                 )
                 return
-            await self._fail_activity(store, task, err, retryable=retryable)
+            await self._fail_activity(store, task, err, retryable=retryable, breaker=failed)
             return
         completed = {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt}
-        await self._complete(store, task, EventKind.ACTIVITY_COMPLETED, _with_usage(completed))
+        await self._complete(
+            store,
+            task,
+            EventKind.ACTIVITY_COMPLETED,
+            _with_usage(completed),
+            _breaker_result(name, policy, is_success=True),
+        )
+
+    async def _admitted(
+        self,
+        store: Store,
+        task: ClaimedTask,
+        name: str,
+        policy: CircuitBreaker,
+        timeout_ms: int,
+        own_timeout_ms: int | None,
+    ) -> bool:
+        """Whether the attempt runs now; a deferred one was handed back by the store, one
+        deferred past the call's own timeout fails here with CircuitOpenError."""
+        call = BreakerCall(name, policy, timeout_ms + PROBE_GRACE_MS, own_timeout_ms)
+        admission = await store.admit_attempt(task, call)
+        if admission.is_expired:
+            err = CircuitOpenError(name, admission.waited_ms)
+            await self._fail_activity(store, task, err, retryable=False)
+        elif not admission.is_admitted and admission.is_held:
+            logger.debug(
+                "activity %s: circuit breaker %s, attempt of %s deferred until %s",
+                name,
+                admission.state,
+                task.task_key,
+                admission.retry_at,
+            )
+        return admission.is_admitted
 
     def _override(self, spec: str) -> Activity[..., Any] | None:
         name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
@@ -592,6 +669,7 @@ class Worker:
         *,
         retryable: bool,
         extra: dict[str, JSON] | None = None,
+        breaker: BreakerResult | None = None,
     ) -> None:
         error_type = str(getattr(err, "error_type", type(err).__name__))
         error = encode_error(
@@ -613,6 +691,7 @@ class Worker:
                 "attempt": task.attempt,
                 **(extra or {}),
             },
+            breaker,
         )
 
     def _check_result(self, name: str, result: JSON) -> None:
@@ -641,6 +720,7 @@ class Worker:
                         backoff=activity.retry.backoff,
                         max_interval_ms=int(activity.retry.max_interval * 1000),
                     ),
+                    circuit_breaker=_breaker_policy(activity.circuit_breaker),
                 )
         return self._activity_registry
 
@@ -683,19 +763,27 @@ class Worker:
             return
         pin: dict[str, JSON] = {"version": activity.version, "sha256": activity.sha256}
         secrets = {s: os.environ[s] for s in activity.grants.secrets if s in os.environ}
+        policy = _manifest_breaker(activity)
+        if policy is not None:
+            timeout_ms = activity.limits.timeout_ms
+            if not await self._admitted(store, task, activity.name, policy, timeout_ms, None):
+                return
+        failed = _breaker_result(activity.name, policy, is_success=False)
         try:
             result = await registry.run(activity, payload["input"], secrets=secrets)
             self._check_result(activity.ref, result.output)
         except PayloadTooLargeError as err:
-            await self._fail_activity(store, task, err, retryable=False, extra={"pin": pin})
+            await self._fail_activity(
+                store, task, err, retryable=False, extra={"pin": pin}, breaker=failed
+            )
             return
         except (SandboxError, RegistryError) as err:
             retryable = bool(getattr(err, "retryable", False))
-            policy = activity.retry
-            if retryable and task.attempt < policy.max_attempts:
+            retry = activity.retry
+            if retryable and task.attempt < retry.max_attempts:
                 delay_ms = min(
-                    policy.initial_interval_ms * policy.backoff ** (task.attempt - 1),
-                    policy.max_interval_ms,
+                    retry.initial_interval_ms * retry.backoff ** (task.attempt - 1),
+                    retry.max_interval_ms,
                 ) * random.uniform(0.8, 1.2)
                 await store.retry_activity(
                     task,
@@ -703,9 +791,12 @@ class Worker:
                     {**payload, "pin": pin},
                     f"activity {activity.ref} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay_ms / 1000:.2f}s",
+                    breaker=failed,
                 )
                 return
-            await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})
+            await self._fail_activity(
+                store, task, err, retryable=retryable, extra={"pin": pin}, breaker=failed
+            )
             return
         completed = {
             "seq": payload["seq"],
@@ -715,7 +806,13 @@ class Worker:
             "pin": pin,
             "usage": result.usage.model_dump(),
         }
-        await self._complete(store, task, EventKind.ACTIVITY_COMPLETED, _with_usage(completed))
+        await self._complete(
+            store,
+            task,
+            EventKind.ACTIVITY_COMPLETED,
+            _with_usage(completed),
+            _breaker_result(activity.name, policy, is_success=True),
+        )
 
     async def _tool_definitions(self, specs: list[str]) -> list[dict[str, JSON]]:
         """The TOOLS_ACTIVITY: each spec's tool definition (name, description, input schema)
@@ -752,6 +849,30 @@ def _with_usage(completed: dict[str, JSON]) -> dict[str, JSON]:
     """A completion with the tokens (and cost) of the model call it records, if it is one."""
     record = llm_usage(completed["result"])
     return completed if record is None else {**completed, "llm_usage": record}
+
+
+def _breaker_result(
+    name: str, policy: CircuitBreaker | None, *, is_success: bool
+) -> BreakerResult | None:
+    return None if policy is None else BreakerResult(name, policy, is_success)
+
+
+def _breaker_policy(policy: CircuitBreaker | None) -> CircuitBreakerPolicy | None:
+    """A native activity's breaker as the registry lists it."""
+    if policy is None:
+        return None
+    return CircuitBreakerPolicy(
+        failures=policy.failures,
+        window_ms=policy.window_ms,
+        reset_after_ms=policy.reset_after_ms,
+    )
+
+
+def _manifest_breaker(activity: ActivityVersion) -> CircuitBreaker | None:
+    given = activity.circuit_breaker
+    if given is None:
+        return None
+    return CircuitBreaker.from_ms(given.failures, given.window_ms, given.reset_after_ms)
 
 
 def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:

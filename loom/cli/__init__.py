@@ -21,22 +21,77 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module in loom.cli, attribute, the short help `loom --help` shows)
-    "activity": ("activities", "activity", "Register, inspect, run and remove versioned activities."),
-    "cancel": ("workflows", "cancel", "Request cancellation of workflow ID; it stops at its next await."),
-    "doctor": ("doctor", "doctor", "Check the database: settings, schema version, expired leases and stuck workflows."),
+    "activity": (
+        "activities",
+        "activity",
+        "Register, inspect, run and remove versioned activities.",
+    ),
+    "cancel": (
+        "workflows",
+        "cancel",
+        "Request cancellation of workflow ID; it stops at its next await.",
+    ),
+    "doctor": (
+        "doctor",
+        "doctor",
+        "Check the database: settings, schema version, expired leases and stuck workflows.",
+    ),
     "history": ("history", "history_group", "Export workflow histories for replay tests."),
     "init": ("workflows", "init", "Create the database, or migrate it to the current schema."),
-    "inspect": ("workflows", "inspect", "Show one workflow: status, current step, state and history."),
+    "inspect": (
+        "workflows",
+        "inspect",
+        "Show one workflow: status, current step, state and history.",
+    ),
     "list": ("workflows", "list_", "List workflows, newest first."),
-    "logs": ("workflows", "logs", "Print the log lines workflow ID wrote (ctx.logger) and activity retries."),
-    "replay": ("replay", "replay", "Replay stored histories (or an exported FILE) against the current code and report non-determinism."),
-    "signal": ("workflows", "signal", "Send signal NAME to workflow ID (buffered until the workflow waits for it)."),
-    "start": ("workflows", "start", "Start workflow NAME (its @loom.workflow name, or a registered definition's NAME[@RANGE]); prints the workflow id."),
-    "stats": ("workflows", "stats", "Workflow counts by status and the task queue (due, scheduled, leased, expired)."),
-    "wdl": ("wdl", "wdl", "Declarative workflow definitions (JSON): validate, register, list, show, draw."),
-    "web": ("web", "web", "Serve the dashboard: live workflows, history, graphs, signals, stats, /metrics, /docs."),
-    "worker": ("workflows", "worker", "Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released)."),
-}  # fmt: skip
+    "logs": (
+        "workflows",
+        "logs",
+        "Print the log lines workflow ID wrote (ctx.logger) and activity retries.",
+    ),
+    "replay": (
+        "replay",
+        "replay",
+        "Replay stored histories (or an exported FILE) against the current code and report "
+        "non-determinism.",
+    ),
+    "schedule": (
+        "schedules",
+        "schedule_group",
+        "Start workflows on a cron schedule (fired by the running workers).",
+    ),
+    "signal": (
+        "workflows",
+        "signal",
+        "Send signal NAME to workflow ID (buffered until the workflow waits for it).",
+    ),
+    "start": (
+        "workflows",
+        "start",
+        "Start workflow NAME (its @loom.workflow name, or a registered definition's "
+        "NAME[@RANGE]); prints the workflow id.",
+    ),
+    "stats": (
+        "workflows",
+        "stats",
+        "Workflow counts by status and the task queue (due, scheduled, leased, expired).",
+    ),
+    "wdl": (
+        "wdl",
+        "wdl",
+        "Declarative workflow definitions (JSON): validate, register, list, show, draw.",
+    ),
+    "web": (
+        "web",
+        "web",
+        "Serve the dashboard: live workflows, history, graphs, signals, stats, /metrics, /docs.",
+    ),
+    "worker": (
+        "workflows",
+        "worker",
+        "Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released).",
+    ),
+}
 
 
 class _Commands(click.Group):
@@ -72,7 +127,7 @@ class _Commands(click.Group):
 def _shorten(text: str, limit: int) -> str:
     """As click shortens a command's help for the listing (the first sentence, cut at a
     word with '...' when longer than `limit`)."""
-    return click.utils.make_default_short_help(text, max(limit, 45))
+    return click.Command(None, help=text).get_short_help_str(max(limit, 45))
 
 
 @click.group(cls=_Commands)

@@ -32,9 +32,11 @@ from activity_registry.version_range import parse_version
 from loom.cli.options import (
     DatabaseNotFoundError,
     database_option,
+    open_store,
     render_error,
     require_database,
 )
+from loom.exceptions import BreakerNotFoundError
 from wasm_activities import RunResult, SandboxError
 
 __all__ = ["activity"]
@@ -178,8 +180,9 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
     Includes its schemas, limits, grants and retry policy.
     """
     item = _execute(ctx, database, lambda registry: registry.resolve(spec))
+    breaker = asyncio.run(_breaker_of(database, item.name))
     if as_json:
-        _echo_json(_record(item))
+        _echo_json({**_record(item), "circuit_breaker_state": breaker})
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -192,9 +195,28 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
     grid.add_row("limits", _pairs(item.limits.model_dump()))
     grid.add_row("grants", _grants(item))
     grid.add_row("retry", _pairs(item.retry.model_dump()))
+    if item.circuit_breaker is not None or breaker is not None:
+        policy = item.circuit_breaker.model_dump() if item.circuit_breaker else {}
+        grid.add_row("circuit breaker", _breaker_line(policy, breaker))
     grid.add_row("input schema", RichJSON(json.dumps(item.input_schema)))
     grid.add_row("output schema", RichJSON(json.dumps(item.output_schema)))
     Console().print(grid)
+
+
+async def _breaker_of(database: str, name: str) -> dict[str, Any] | None:
+    """The breaker's shared state in the engine's tables (None: it never failed)."""
+    found = [b for b in await open_store(database).list_breakers() if b.activity_name == name]
+    return found[0].to_json() if found else None
+
+
+def _breaker_line(policy: dict[str, Any], state: dict[str, Any] | None) -> str:
+    if state is None:
+        return f"closed (no failure recorded); {_pairs(policy)}"
+    line = f"{state['state']}, {state['recent_failures']} recent failure(s), "
+    line += f"opened {state['times_opened']} time(s)"
+    if state["half_open_at"] is not None:
+        line += f", half-open at {_when(state['half_open_at'])} UTC"
+    return f"{line}; {_pairs(policy)}" if policy else line
 
 
 def _pairs(values: dict[str, Any]) -> str:
@@ -289,3 +311,29 @@ def remove(ctx: click.Context, ref: tuple[str, str], database: str) -> None:
     name, version = ref
     _execute(ctx, database, lambda registry: registry.remove(name, version))
     click.echo(f"removed {name}@{version}")
+
+
+@activity.command(name="reset-breaker")
+@click.argument("name")
+@database_option
+@click.pass_context
+def reset_breaker(ctx: click.Context, name: str, database: str) -> None:
+    """Close the circuit breaker of activity NAME by hand, for every worker.
+
+    Calls it deferred run at once. An unknown name is an error (exit 1).
+    """
+
+    async def operation(registry: Registry) -> bool:
+        store = open_store(database)
+        if await store.reset_breaker(name):
+            return True
+        known = sorted({b.activity_name for b in await store.list_breakers()})
+        declared = [a for a in await registry.list() if a.name == name and a.circuit_breaker]
+        if not declared:
+            raise BreakerNotFoundError(name, known)
+        return False
+
+    if _execute(ctx, database, operation):
+        click.echo(f"circuit breaker of {name} closed; deferred calls run now")
+    else:
+        click.echo(f"circuit breaker of {name} is closed (no failure recorded); nothing to reset")

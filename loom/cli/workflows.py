@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from loom.breaker import Breaker
 from loom.cli.options import (
     DEFAULT_LIST_LIMIT,
     STOP_SIGNALS,
@@ -360,16 +361,32 @@ def cancel(workflow_id: str, reason: str | None, database: str) -> None:
 def stats(as_json: bool, database: str) -> None:
     """Workflow counts by status and the task queue (due, scheduled, leased, expired)."""
 
-    async def operation() -> StoreStats:
-        return await open_store(database).collect_stats()
+    async def operation() -> tuple[StoreStats, list[Breaker]]:
+        store = open_store(database)
+        return await store.collect_stats(), await store.list_breakers()
 
-    result = run(operation)
+    result, breakers = run(operation)
     if as_json:
-        echo_json({"workflows": result.workflows, "tasks": result.tasks})
+        echo_json(
+            {
+                "workflows": result.workflows,
+                "tasks": result.tasks,
+                "circuit_breakers": [b.to_json() for b in breakers],
+            }
+        )
         return
     print_table(("WORKFLOWS", "COUNT"), [(k, str(v)) for k, v in result.workflows.items()])
     click.echo()
     print_table(("TASKS", "COUNT"), [(k, str(v)) for k, v in result.tasks.items()])
+    if breakers:
+        click.echo()
+        print_table(
+            ("CIRCUIT BREAKER", "STATE", "RECENT FAILURES", "TIMES OPENED"),
+            [
+                (b.activity_name, b.state.value, str(len(b.failure_times)), str(b.times_opened))
+                for b in breakers
+            ],
+        )
 
 
 @click.command()

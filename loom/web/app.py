@@ -261,7 +261,11 @@ class Dashboard:
         return list(shown.values())
 
     async def stats_context(self) -> dict[str, Any]:
-        return {"stats": await self.store.collect_stats(), "tasks": await self.store.count_tasks()}
+        return {
+            "stats": await self.store.collect_stats(),
+            "tasks": await self.store.count_tasks(),
+            "breakers": await self.store.list_breakers(),
+        }
 
     async def registered_activities(self) -> tuple[list[dict[str, JSON]], str | None]:
         from activity_registry import Registry
@@ -304,6 +308,7 @@ class Dashboard:
             problem=problem,
             usage=usage,
             sample=views.USAGE_SAMPLE,
+            breakers=[b.to_json() for b in await self.store.list_breakers()],
         )
 
     async def queue_page(self, request: Request) -> HTMLResponse:
@@ -445,13 +450,14 @@ class Dashboard:
     async def api_activities(self) -> dict[str, JSON]:
         """Registered activity versions (abi, sha256, schemas, limits, grants: secret names
         only, values never reach the registry) and call counts, failures and latency over
-        the newest workflows' histories."""
+        the newest workflows' histories, and each circuit breaker's shared state."""
         activities, problem = await self.registered_activities()
         usage = await self.usage.get(self.store)
         return {
             "activities": activities,
             "usage": {name: views.usage_json(u) for name, u in usage.items()},
             "usage_sample_workflows": views.USAGE_SAMPLE,
+            "circuit_breakers": [b.to_json() for b in await self.store.list_breakers()],
             "error": problem,
         }
 
@@ -464,7 +470,12 @@ class Dashboard:
         """Workflow counts by status and the task queue."""
         context = await self.stats_context()
         stats = context["stats"]
-        return {"workflows": stats.workflows, "tasks": stats.tasks, "task_counts": context["tasks"]}
+        return {
+            "workflows": stats.workflows,
+            "tasks": stats.tasks,
+            "task_counts": context["tasks"],
+            "circuit_breakers": [b.to_json() for b in context["breakers"]],
+        }
 
     async def api_progress_stream(self, request: Request, owner: str) -> EventSourceResponse:
         """`text/event-stream`: each event's data is the JSON list `loom.stream_progress`
@@ -494,7 +505,7 @@ class Dashboard:
         context = await self.stats_context()
         tokens = await self.store.llm_token_totals()
         return PlainTextResponse(
-            views.prometheus_text(context["stats"], context["tasks"], tokens),
+            views.prometheus_text(context["stats"], context["tasks"], tokens, context["breakers"]),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loom._json import JSON
+from loom.breaker import Breaker, BreakerState
 from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.history import Event, EventKind, WorkflowStatus
 from loom.progress import progress_message
@@ -306,10 +307,14 @@ def step_states(record: WorkflowRecord, steps: Sequence[str]) -> list[tuple[str,
 
 
 def prometheus_text(
-    stats: StoreStats, tasks: dict[str, int], tokens: dict[str, dict[str, int]] | None = None
+    stats: StoreStats,
+    tasks: dict[str, int],
+    tokens: dict[str, dict[str, int]] | None = None,
+    breakers: Sequence[Breaker] = (),
 ) -> str:
-    """The store's counts as Prometheus gauges (no workflow ids in labels), and the tokens
-    of every recorded model call as counters by model and kind (prompt, completion)."""
+    """The store's counts as Prometheus gauges (no workflow ids in labels), the tokens of
+    every recorded model call as counters by model and kind (prompt, completion), and each
+    activity's circuit breaker."""
     out = [
         "# HELP loom_workflows Workflows in the database by status.",
         "# TYPE loom_workflows gauge",
@@ -330,6 +335,22 @@ def prometheus_text(
         for kind, count in sorted(kinds.items()):
             labels = f'model="{_metric_label(model)}",kind="{kind}"'
             out.append(f"loom_llm_tokens_total{{{labels}}} {count}")
+    out += [
+        "# HELP loom_circuit_breaker_state 1 for the state each activity's breaker is in.",
+        "# TYPE loom_circuit_breaker_state gauge",
+    ]
+    for breaker in breakers:
+        name = _metric_label(breaker.activity_name)
+        for state in BreakerState:
+            is_in = int(breaker.state is state)
+            out.append(f'loom_circuit_breaker_state{{activity="{name}",state="{state}"}} {is_in}')
+    out += [
+        "# HELP loom_circuit_breaker_opened_total Times each activity's breaker opened.",
+        "# TYPE loom_circuit_breaker_opened_total counter",
+    ]
+    for breaker in breakers:
+        name = _metric_label(breaker.activity_name)
+        out.append(f'loom_circuit_breaker_opened_total{{activity="{name}"}} {breaker.times_opened}')
     out += [
         "# HELP loom_web_up The dashboard answers.",
         "# TYPE loom_web_up gauge",

@@ -15,8 +15,10 @@ import wasmtime
 from activity_registry import (
     ActivityNotFoundError,
     ActivityVersion,
+    CircuitBreakerPolicy,
     CorruptModuleError,
     GrantsWidenedError,
+    Manifest,
     ManifestError,
     Registry,
     RetryPolicy,
@@ -68,6 +70,7 @@ async def test_register_stores_version_and_bytes(
     assert [(component, version) for component, version, _ in migrations] == [
         ("activity_registry", 1),
         ("activity_registry", 2),
+        ("activity_registry", 3),
     ]
 
 
@@ -433,7 +436,12 @@ async def test_shares_schema_migrations_with_the_engine(
         async with Registry(db_path) as registry:
             await registry.register(make_activity())
     rows = sorted((c, v) for c, v, _ in table_rows(db_path, "schema_migrations"))
-    assert rows == [("activity_registry", 1), ("activity_registry", 2), ("loom", 1)]
+    assert rows == [
+        ("activity_registry", 1),
+        ("activity_registry", 2),
+        ("activity_registry", 3),
+        ("loom", 1),
+    ]
     if is_postgres(db_path):
         return
     with sqlite3.connect(db_path) as db:
@@ -494,3 +502,24 @@ async def test_oversized_module_is_refused(
     async with Registry(db_path) as default:
         assert default.max_module_bytes == 64 * 1024 * 1024
         assert (await default.register(manifest)).created is True
+
+
+async def test_circuit_breaker_section_is_parsed_and_stored(db_path, make_activity) -> None:
+    path = make_activity(
+        extra="[circuit_breaker]\nfailures = 4\nwindow_ms = 10000\nreset_after_ms = 2500"
+    )
+    async with Registry(db_path) as registry:
+        await registry.register(path)
+        stored = await registry.get("echo", "1.0.0")
+    assert stored.circuit_breaker == CircuitBreakerPolicy(
+        failures=4, window_ms=10_000, reset_after_ms=2_500
+    )
+
+
+def test_circuit_breaker_section_rejects_bad_values(make_activity) -> None:
+    bad = make_activity(extra="[circuit_breaker]\nfailures = 0")
+    with pytest.raises(ManifestError, match="failures"):
+        Manifest.load(bad)
+    typo = make_activity(version="1.0.1", extra="[circuit_breaker]\nfailure = 3")
+    with pytest.raises(ManifestError, match="failure"):
+        Manifest.load(typo)

@@ -9,6 +9,7 @@ def test_public_names() -> None:
     assert sorted(activity_registry.__all__) == [
         "ActivityNotFoundError",
         "ActivityVersion",
+        "CircuitBreakerPolicy",
         "CorruptModuleError",
         "GrantsWidenedError",
         "Manifest",

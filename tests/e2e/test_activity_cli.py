@@ -267,6 +267,8 @@ def test_list_and_show_render_for_people(tmp_path: Path) -> None:
     record = json.loads(out)
     assert sorted(record) == [
         "abi",
+        "circuit_breaker",
+        "circuit_breaker_state",
         "description",
         "grants",
         "input_schema",

@@ -363,3 +363,30 @@ async def test_registered_definitions_and_their_runs_show_their_steps(
         assert "stored-review" in page and "<b>go</b>" not in page
         run = (await client.get("/workflows/wf-stored")).text
         assert "rest" in run  # its steps from the registered version, before any ran
+
+
+async def test_circuit_breakers_on_the_api_the_page_and_metrics(dashboard: Any) -> None:
+    from tests.loom.test_breaker import execute
+
+    client, _, db = dashboard
+    execute(
+        db,
+        "INSERT INTO circuit_breakers (activity_name, state, failure_times, opened_at, "
+        "times_opened, failures, window_ms, reset_after_ms, updated_at) "
+        "VALUES ('<b>flaky</b>', 'open', '[]', 1000, 2, 5, 60000, 30000, 1000)",
+    )
+    [breaker] = (await client.get("/api/activities")).json()["circuit_breakers"]
+    assert breaker["activity_name"] == "<b>flaky</b>"
+    assert (breaker["state"], breaker["times_opened"], breaker["half_open_at"]) == (
+        "open",
+        2,
+        31000,
+    )
+    stats = (await client.get("/api/stats")).json()
+    assert [b["state"] for b in stats["circuit_breakers"]] == ["open"]
+    metrics = (await client.get("/metrics")).text
+    assert 'loom_circuit_breaker_state{activity="<b>flaky</b>",state="open"} 1' in metrics
+    assert 'loom_circuit_breaker_state{activity="<b>flaky</b>",state="closed"} 0' in metrics
+    assert 'loom_circuit_breaker_opened_total{activity="<b>flaky</b>"} 2' in metrics
+    page = (await client.get("/activities")).text
+    assert "&lt;b&gt;flaky&lt;/b&gt;" in page and "<b>flaky</b>" not in page

@@ -32,6 +32,8 @@ class EventKind(StrEnum):
     WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
     WORKFLOW_FAILED = "WORKFLOW_FAILED"
     WORKFLOW_CANCELED = "WORKFLOW_CANCELED"
+    WORKFLOW_SUSPENDED = "WORKFLOW_SUSPENDED"
+    WORKFLOW_RESUMED = "WORKFLOW_RESUMED"
 
 
 COMMAND_KINDS = frozenset(
@@ -60,6 +62,9 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
+    SUSPENDED = "SUSPENDED"
+    """Open but parked: nothing of it runs until `resume` (a deploy-fixable error or an
+    operator's `suspend`); `result()` keeps waiting, signals and timers are kept."""
 
     @classmethod
     def _missing_(cls, value: object) -> WorkflowStatus | None:

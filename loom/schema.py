@@ -79,6 +79,12 @@ _MIGRATIONS = [
         wall_ms BIGINT NOT NULL
     );
     """,
+    # Suspend/resume (issue 15): `recoveries` counts the claims of a task that found its
+    # previous lease expired, in a row (a worker died running it); a retry or a resume
+    # resets it. At `max_recoveries` the worker suspends the workflow (a poison pill).
+    """
+    ALTER TABLE tasks ADD COLUMN recoveries BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 

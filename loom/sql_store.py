@@ -207,6 +207,36 @@ class SQLStore(Store):
         )
         self.wakeups.tasks_ready()
 
+    async def suspend_workflow(
+        self, workflow_id: str, error: dict[str, JSON], task: ClaimedTask | None = None
+    ) -> bool:
+        suspended = await self._run(
+            Mode.TRANSACTION, ops.suspend_workflow, workflow_id, error, task, self.now_ms()
+        )
+        self.wakeups.progress_changed()
+        return suspended
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        resumed = await self._run(Mode.TRANSACTION, ops.resume_workflow, workflow_id, self.now_ms())
+        if resumed:
+            self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return resumed
+
+    async def fork_workflow(
+        self, workflow_id: str, new_id: str, at: int | None = None
+    ) -> WorkflowRecord:
+        record = await self._run(
+            Mode.TRANSACTION, ops.fork_workflow, workflow_id, new_id, at, self.now_ms()
+        )
+        self.wakeups.tasks_ready()
+        self.wakeups.progress_changed()
+        return record
+
+    async def release_claims(self, tasks: Sequence[ClaimedTask]) -> None:
+        await self._run(Mode.TRANSACTION, ops.release_claims, list(tasks), self.now_ms())
+        self.wakeups.tasks_ready()
+
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
         await self._run(Mode.STATEMENTS, ops.extend_leases, owner, lease_ms, self.now_ms())
 

@@ -10,7 +10,7 @@ import os
 
 import click
 
-from loom.cli import activities, doctor, history, replay, wdl, web, workflows
+from loom.cli import activities, doctor, history, recovery, replay, wdl, web, workflows
 from loom.cli.options import LoomGroup
 
 __all__ = ["main"]
@@ -33,6 +33,9 @@ for command in (
     workflows.inspect,
     workflows.signal,
     workflows.cancel,
+    recovery.suspend,
+    recovery.resume,
+    recovery.fork,
     workflows.stats,
     workflows.logs,
     replay.replay,

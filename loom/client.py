@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from loom._json import JSON, is_json
 from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
-from loom.history import WorkflowStatus
+from loom.history import OPERATOR_SUSPENSION, WorkflowStatus
 from loom.limits import Limits, clip
 from loom.replay import decode_error
 from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
@@ -268,7 +268,7 @@ class WorkflowHandle(Generic[StateT]):
         """
         message = "suspended by an operator" + (f": {reason}" if reason else "")
         error: dict[str, JSON] = {
-            "type": "SuspendedByOperator",
+            "type": OPERATOR_SUSPENSION,
             "message": clip(message, client_limits().max_error_chars),
             "details": {"reason": reason},
         }

@@ -49,6 +49,9 @@ COMMAND_KINDS = frozenset(
 )
 """Events written by workflow code itself; replay matches them, the rest are delivered."""
 
+OPERATOR_SUSPENSION = "SuspendedByOperator"
+"""The error type `handle.suspend()` keeps (a worker's suspension keeps the error it hit)."""
+
 CLOSING_KINDS = frozenset(
     {EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_CANCELED}
 )

@@ -32,7 +32,15 @@ from loom.exceptions import (
     WorkflowClosedError,
     WorkflowNotFoundError,
 )
-from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
+from loom.history import (
+    CLOSING_KINDS,
+    COMMAND_KINDS,
+    OPERATOR_SUSPENSION,
+    Event,
+    EventKind,
+    NewEvent,
+    WorkflowStatus,
+)
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
     WAIT_KINDS,
@@ -961,6 +969,13 @@ _NOT_COPIED = frozenset(
 )
 
 
+def _is_failure(event: Event) -> bool:
+    """An operator's suspension is no failure: the code had not gone wrong there."""
+    if event.kind is EventKind.WORKFLOW_SUSPENDED:
+        return event.payload.get("type") != OPERATOR_SUSPENSION
+    return event.kind in FAILURE_KINDS
+
+
 def fork_history(
     events: Sequence[Event], at: int | None
 ) -> tuple[list[NewEvent], list[tuple[str, str, dict[str, JSON], int]]]:
@@ -972,7 +987,7 @@ def fork_history(
     shared by two parents, so the copy ends before it and the fork starts its own.
     """
     if at is None:
-        at = next((e.sequence for e in events if e.kind in FAILURE_KINDS), len(events) + 1)
+        at = next((e.sequence for e in events if _is_failure(e)), len(events) + 1)
     copied = [e for e in events if e.sequence < at and e.kind not in _NOT_COPIED]
     while True:
         results = {

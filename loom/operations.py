@@ -29,6 +29,7 @@ from loom.activation import (
 from loom.dialect import Connection, Rollback
 from loom.exceptions import (
     WorkflowAlreadyExistsError,
+    WorkflowCancelledError,
     WorkflowClosedError,
     WorkflowNotFoundError,
 )
@@ -40,6 +41,7 @@ from loom.history import (
     EventKind,
     NewEvent,
     WorkflowStatus,
+    encode_error,
 )
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
@@ -826,8 +828,9 @@ async def retry_activity(
 
 async def append_external(
     conn: Connection, workflow_id: str, event: NewEvent, action: str, now: int
-) -> None:
-    """A signal or cancel request from outside: refused for a missing or closed workflow."""
+) -> bool:
+    """A signal or cancel request from outside: refused for a missing or closed workflow.
+    True when it closed the workflow (a cancel of a SUSPENDED one)."""
     status = await conn.fetchval(
         f"SELECT status FROM workflows WHERE workflow_id = $1{conn.dialect.for_update}",
         workflow_id,
@@ -836,8 +839,29 @@ async def append_external(
         raise WorkflowNotFoundError(workflow_id)
     if WorkflowStatus(status).is_closed:
         raise WorkflowClosedError(workflow_id, status, action)
+    if status == WorkflowStatus.SUSPENDED and event.kind is EventKind.CANCEL_REQUESTED:
+        await _cancel_suspended(conn, workflow_id, event, now)
+        return True
     await _append_events(conn, workflow_id, [event], now)
     await _ensure_workflow_task(conn, workflow_id, now)
+    return False
+
+
+async def _cancel_suspended(conn: Connection, workflow_id: str, event: NewEvent, now: int) -> None:
+    """Cancel a SUSPENDED workflow at once, without running its code: that code may be
+    what is broken (a replay that diverges), and a cancel must not wait for a fix."""
+    reason = event.payload.get("reason")
+    error = encode_error(WorkflowCancelledError(None if reason is None else str(reason)))
+    closing = NewEvent(EventKind.WORKFLOW_CANCELED, {"error": error})
+    await _append_events(conn, workflow_id, [event, closing], now)
+    row = await conn.fetchrow(
+        "UPDATE workflows SET status = 'CANCELED', error = $1, epoch = epoch + 1 "
+        "WHERE workflow_id = $2 RETURNING parent_id, parent_seq, state",
+        dumps(error),
+        workflow_id,
+    )
+    activation = Activation(status=WorkflowStatus.CANCELED, state=loads(row[2]), error=error)
+    await _close_workflow(conn, workflow_id, row[0], row[1], activation, now)
 
 
 async def release_claims(conn: Connection, tasks: Sequence[ClaimedTask], now: int) -> None:

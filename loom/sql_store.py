@@ -196,16 +196,20 @@ class SQLStore(Store):
     async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
         event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
         try:
-            await self._append_external(workflow_id, event, "be cancelled")
+            closed = await self._append_external(workflow_id, event, "be cancelled")
         except WorkflowClosedError:
             return False
+        if closed:  # a SUSPENDED workflow closed in that transaction: wake its waiters
+            self.wakeups.workflow_closed(workflow_id)
+            self.wakeups.progress_changed()
         return True
 
-    async def _append_external(self, workflow_id: str, event: NewEvent, action: str) -> None:
-        await self._run(
+    async def _append_external(self, workflow_id: str, event: NewEvent, action: str) -> bool:
+        closed = await self._run(
             Mode.TRANSACTION, ops.append_external, workflow_id, event, action, self.now_ms()
         )
         self.wakeups.tasks_ready()
+        return closed
 
     async def suspend_workflow(
         self, workflow_id: str, error: dict[str, JSON], task: ClaimedTask | None = None

@@ -186,6 +186,26 @@ async def test_fork_at_a_sequence_copies_only_what_came_before(
     assert CALLS == {"reserve": 2, "charge": 2}
 
 
+async def test_cancel_of_a_suspended_workflow_closes_it_without_running_its_code(
+    store: Store, make_worker: Any
+) -> None:
+    """Its code may be what is broken: the cancel must not wait for a resume."""
+    async with make_worker([Approval], [reserve]):
+        handle = await Approval.start({}, workflow_id="doomed")
+        await _until(handle, _waits_for_signal)
+        await handle.suspend()
+        waiting = asyncio.ensure_future(handle.result(timeout=30))
+        await handle.signal("approve", True)
+        await handle.cancel("not needed any more")
+        with pytest.raises(loom.CancelledWorkflowError, match="not needed any more"):
+            await waiting
+    assert await handle.status() is loom.WorkflowStatus.CANCELED
+    assert CALLS == {}
+    assert await store.count_tasks() == {"leased": 0, "expired": 0, "queued": 0}
+    kinds = [e.kind for e in await store.list_events("doomed")]
+    assert kinds[-2:] == [EventKind.CANCEL_REQUESTED, EventKind.WORKFLOW_CANCELED]
+
+
 async def test_suspend_and_resume_refuse_finished_or_unknown_workflows(
     store: Store, make_worker: Any
 ) -> None:

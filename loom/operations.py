@@ -734,12 +734,16 @@ async def _close_workflow(
         await _append_to_open(conn, parent_id, event, now)
     if activation.status is WorkflowStatus.CANCELED:
         children = await conn.fetch(
-            f"SELECT workflow_id FROM workflows WHERE parent_id = $1 AND {_NOT_CLOSED}",
+            f"SELECT workflow_id, status FROM workflows WHERE parent_id = $1 AND {_NOT_CLOSED}",
             workflow_id,
         )
         reason = {"reason": f"parent workflow {workflow_id!r} was cancelled"}
-        for (child_id,) in children:
-            await _append_to_open(conn, child_id, NewEvent(EventKind.CANCEL_REQUESTED, reason), now)
+        for child_id, status in children:
+            request = NewEvent(EventKind.CANCEL_REQUESTED, reason)
+            if status == WorkflowStatus.SUSPENDED:
+                await _cancel_suspended(conn, child_id, request, now)
+            else:
+                await _append_to_open(conn, child_id, request, now)
     if parent_id or activation.status is WorkflowStatus.CANCELED:
         # Delivered at commit: workers in other processes pick up the woken workflows.
         await conn.notify_tasks()

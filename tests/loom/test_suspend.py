@@ -87,9 +87,12 @@ async def test_suspended_workflow_keeps_signals_and_timers_until_resumed(
     store: Store, make_worker: Any
 ) -> None:
     async with make_worker([Approval], [reserve]):
-        handle = await Approval.start({"nap": 0.2}, workflow_id="approval-1")
+        handle = await Approval.start({"nap": 0.2}, workflow_id="approval-1", owner="ann")
         await _until(handle, _waits_for_signal)
         assert await handle.suspend("waiting for the auditors") is True
+        (progress,) = (await loom.get_progress("ann"))["workflows"]
+        assert progress["status"] == "SUSPENDED"
+        assert progress["message"] == "Paused until an operator resumes it"
         assert await handle.suspend() is False  # already suspended: nothing changes
         await handle.signal("approve", {"by": "ada"})
         assert await handle.status() is loom.WorkflowStatus.SUSPENDED
@@ -204,6 +207,32 @@ async def test_cancel_of_a_suspended_workflow_closes_it_without_running_its_code
     assert await store.count_tasks() == {"leased": 0, "expired": 0, "queued": 0}
     kinds = [e.kind for e in await store.list_events("doomed")]
     assert kinds[-2:] == [EventKind.CANCEL_REQUESTED, EventKind.WORKFLOW_CANCELED]
+
+
+@loom.workflow(name="Parent")
+class Parent(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.child = await ctx.start_workflow(Approval, {})
+
+
+async def test_cancelling_a_parent_closes_its_suspended_child(
+    store: Store, make_worker: Any
+) -> None:
+    async with make_worker([Parent, Approval], [reserve]):
+        parent = await Parent.start({}, workflow_id="parent")
+        for _ in range(600):
+            children = [r for r in await store.list_workflows() if r.parent_id == "parent"]
+            if children and await _waits_for_signal(loom.get_handle(children[0].workflow_id)):
+                break
+            await asyncio.sleep(0.02)
+        child = loom.get_handle(children[0].workflow_id)
+        await child.suspend()
+        await parent.cancel("stop everything")
+        with pytest.raises(loom.CancelledWorkflowError):
+            await parent.result(timeout=30)
+        with pytest.raises(loom.CancelledWorkflowError, match="parent workflow 'parent'"):
+            await child.result(timeout=30)
 
 
 async def test_suspend_and_resume_refuse_finished_or_unknown_workflows(

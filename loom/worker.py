@@ -66,6 +66,8 @@ STORE_BACKOFF_SECONDS = (0.1, 5.0)
 restart): the worker waits it out and resumes instead of exiting."""
 DEPLOY_RETRY_DELAY_MS = (500, 60_000)
 """Backoff of a workflow task this worker's code cannot replay (another version started it)."""
+ISOLATION_SECONDS = 10.0
+"""At most this long a suspect waits for the tasks in flight, then runs with nothing beside."""
 MAX_AVOIDED = 500
 """At most this many task keys excluded from one claim (the rest wait for the next)."""
 GIVE_BACK_DELAY_MS = (500, 30_000)
@@ -154,6 +156,7 @@ class Worker:
         # A suspect (a task whose last worker died running it) runs alone: see _isolate.
         self._suspect: ClaimedTask | None = None
         self._isolated: asyncio.Task[None] | None = None
+        self._suspect_since = self._isolated_since = 0.0
         self._deferred: list[str] = []
 
     # -- lifecycle --------------------------------------------------------------------
@@ -290,6 +293,7 @@ class Worker:
                 ordinary.append(task)  # poison is suspended at once, without running it
             elif self._suspect is None and self._isolated is None:
                 self._suspect = task
+                self._suspect_since = time.monotonic()
             else:
                 given_back.append(task)
         if given_back:
@@ -300,20 +304,29 @@ class Worker:
         return ordinary
 
     def _isolate(self) -> int:
-        """Claim capacity while a suspect waits for the tasks in flight, then runs: none."""
+        """Claim capacity while a suspect waits for the tasks in flight, then runs: none.
+
+        Both waits are bounded by ISOLATION_SECONDS: a killer strikes soon after it starts,
+        and a long innocent task (a slow LLM call caught in a crash) must not stall this
+        worker for its whole duration."""
+        now = time.monotonic()
         if self._isolated is not None:
-            if not self._isolated.done():
+            if self._isolated.done():
+                self._isolated = None
+                for key in self._deferred:
+                    self._avoid.pop(key, None)
+                self._deferred.clear()
+            elif now - self._isolated_since < ISOLATION_SECONDS:
                 return 0
-            self._isolated = None
-            for key in self._deferred:
-                self._avoid.pop(key, None)
-            self._deferred.clear()
             return self.concurrency - len(self._inflight)
-        if self._inflight:
+        if self._suspect is None:
+            return self.concurrency - len(self._inflight)
+        if self._inflight and now - self._suspect_since < ISOLATION_SECONDS:
             return 0
-        assert self._store is not None and self._suspect is not None
+        assert self._store is not None
         suspect, self._suspect = self._suspect, None
         self._isolated = asyncio.create_task(self._process(self._store, suspect))
+        self._isolated_since = now
         self._inflight.add(self._isolated)
         self._isolated.add_done_callback(self._reap)
         return 0

@@ -769,9 +769,17 @@ class Worker:
             # The workflow's clock is the store's; the registry stamps its reads with this
             # process's wall clock, which may have stepped away from it.
             as_of += wall_ms() - store.now_ms()
-        activity = await registry.resolve(
-            str(task.payload["name"]), as_of_ms=as_of if isinstance(as_of, int) else None
-        )
+        spec = str(task.payload["name"])
+        try:
+            activity = await registry.resolve(
+                spec, as_of_ms=as_of if isinstance(as_of, int) else None
+            )
+        except ActivityNotFoundError:
+            if not isinstance(as_of, int):
+                raise
+            # The cached listing may predate a registration made to fix this (then a
+            # resume): not finding it is rare enough to read the registry again.
+            activity = await registry.resolve(spec)
         if activity.is_native:
             raise ActivityNotFoundError(
                 str(task.payload["name"]),

@@ -254,6 +254,9 @@ async def test_metrics_openapi_and_docs_from_local_assets(dashboard: Any) -> Non
         "/api/workflows/{workflow_id}/events",
         "/api/workflows/{workflow_id}/signals/{name}",
         "/api/workflows/{workflow_id}/cancel",
+        "/api/workflows/{workflow_id}/suspend",
+        "/api/workflows/{workflow_id}/resume",
+        "/api/workflows/{workflow_id}/fork",
         "/api/activities",
         "/api/stats",
         "/api/progress/{owner}",
@@ -261,7 +264,6 @@ async def test_metrics_openapi_and_docs_from_local_assets(dashboard: Any) -> Non
         "/metrics",
     ):
         assert path in spec["paths"], path
-    assert not any(p.endswith(("/resume", "/suspend", "/fork")) for p in spec["paths"])
 
     sums = dict(
         reversed(line.split(maxsplit=1))

@@ -3,13 +3,17 @@ committed golden histories still replay against the current code."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import loom
 from examples.order import OrderWorkflow
 from loom._export import read_history
+from loom.cli import main
 from loom.client import get_store
 from loom.history import Event, EventKind
 from loom.replay import WorkflowRun
@@ -62,6 +66,13 @@ async def test_changed_code_suspends_naming_both_then_resumes_on_old_code(
     assert "ACTIVITY_SCHEDULED reserve(args" in record.error["details"]["expected"]
     assert "ACTIVITY_SCHEDULED release(args" in record.error["details"]["actual"]
     assert "reserve" in record.error["message"] and "release" in record.error["message"]
+    inspected = await asyncio.to_thread(
+        CliRunner().invoke, main, ["inspect", "ship-1", "--db", str(db_path)]
+    )
+    assert "SUSPENDED" in inspected.output and "NonDeterministicWorkflowError" in inspected.output
+    assert re.search(r"expected:?\s+ACTIVITY_SCHEDULED reserve", inspected.output), inspected.output
+    assert re.search(r"code issued:?\s+ACTIVITY_SCHEDULED release", inspected.output)
+    assert re.search(r"attempt:?\s+\d", inspected.output)
     async with make_worker([original], [reserve, release]):
         assert await handle.resume() is True
         assert await handle.result(timeout=30) == {

@@ -23,13 +23,13 @@ CALLS: dict[str, int] = {}
 BROKEN = {"charge": True}
 
 
-@loom.activity(retry=1, timeout=5)
+@loom.activity(name="suspend-test-reserve", retry=1, timeout=5)
 async def reserve(item: str) -> str:
     CALLS["reserve"] = CALLS.get("reserve", 0) + 1
     return f"reserved {item}"
 
 
-@loom.activity(retry=1, timeout=5)
+@loom.activity(name="suspend-test-charge", retry=1, timeout=5)
 async def charge(item: str) -> str:
     CALLS["charge"] = CALLS.get("charge", 0) + 1
     if BROKEN["charge"]:
@@ -37,7 +37,7 @@ async def charge(item: str) -> str:
     return f"charged {item}"
 
 
-@loom.workflow(name="Checkout")
+@loom.workflow(name="SuspendTestCheckout")
 class Checkout(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
     @loom.step
     async def run(self, ctx):  # type: ignore[no-untyped-def]
@@ -45,7 +45,7 @@ class Checkout(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
         ctx.state.charged = await ctx.activity(charge, ctx.input["item"])
 
 
-@loom.workflow(name="Approval")
+@loom.workflow(name="SuspendTestApproval")
 class Approval(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
     @loom.step
     async def run(self, ctx):  # type: ignore[no-untyped-def]
@@ -209,7 +209,7 @@ async def test_cancel_of_a_suspended_workflow_closes_it_without_running_its_code
     assert kinds[-2:] == [EventKind.CANCEL_REQUESTED, EventKind.WORKFLOW_CANCELED]
 
 
-@loom.workflow(name="Parent")
+@loom.workflow(name="SuspendTestParent")
 class Parent(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
     @loom.step
     async def run(self, ctx):  # type: ignore[no-untyped-def]

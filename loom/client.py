@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from loom._json import JSON, is_json
 from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
-from loom.history import WorkflowStatus
+from loom.history import OPERATOR_SUSPENSION, WorkflowStatus
 from loom.limits import Limits, clip
 from loom.replay import decode_error
 from loom.store import NewWorkflow, Outcome, Store, WorkflowRecord
@@ -173,7 +173,7 @@ class WorkflowHandle(Generic[StateT]):
         return record
 
     async def status(self) -> WorkflowStatus:
-        """Current status (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)."""
+        """Current status (PENDING, RUNNING, SUSPENDED, COMPLETED, FAILED, CANCELED)."""
         return (await self._record()).status
 
     async def info(self) -> dict[str, JSON]:
@@ -196,6 +196,8 @@ class WorkflowHandle(Generic[StateT]):
     async def result(self, timeout: float | None = None) -> StateT:
         """Wait for the workflow to finish and return its typed final State.
 
+        A SUSPENDED workflow is not finished: this keeps waiting through it (until a
+        `resume()` lets it finish, or `timeout`).
         Raises the workflow's error (ActivityFailedError, WorkflowExecutionError,
         NonDeterministicWorkflowError, WorkflowCancelledError) or WorkflowStillRunningError
         when `timeout` seconds pass first.
@@ -256,6 +258,40 @@ class WorkflowHandle(Generic[StateT]):
             reason = clip(reason, client_limits().max_error_chars)
         if not await self._store.cancel_workflow(self.workflow_id, reason):
             await self._record()  # raises WorkflowNotFoundError for unknown ids
+
+    async def suspend(self, reason: str | None = None) -> bool:
+        """Park the workflow: none of its code runs until `resume()`.
+
+        Signals and timers that arrive meanwhile are kept and acted on after the resume;
+        an activity already running finishes and its result is kept. Returns False when it
+        was suspended already. Raises WorkflowClosedError when it has finished.
+        """
+        message = "suspended by an operator" + (f": {reason}" if reason else "")
+        error: dict[str, JSON] = {
+            "type": OPERATOR_SUSPENSION,
+            "message": clip(message, client_limits().max_error_chars),
+            "details": {"reason": reason},
+        }
+        return await self._store.suspend_workflow(self.workflow_id, error)
+
+    async def resume(self) -> bool:
+        """Run a SUSPENDED workflow again with the code the workers run now.
+
+        Its whole history is replayed; if it is still broken it suspends again, with the
+        new error. Returns False when it was not suspended (nothing to do).
+        """
+        return await self._store.resume_workflow(self.workflow_id)
+
+    async def fork(
+        self, at: int | None = None, workflow_id: str | None = None
+    ) -> WorkflowHandle[StateT]:
+        """Start a new workflow whose history is a copy of this one's before sequence `at`
+        (default: before its first failure), so completed activities do not run again; it
+        continues with current code. `workflow_id` defaults to `<id>-fork-<8 hex>`.
+        """
+        new_id = workflow_id or f"{self.workflow_id}-fork-{uuid.uuid4().hex[:8]}"
+        record = await self._store.fork_workflow(self.workflow_id, new_id, at)
+        return WorkflowHandle(record.workflow_id, self._store, self._compiled)
 
 
 _INFO_FIELDS = (

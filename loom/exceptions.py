@@ -41,9 +41,12 @@ class WorkflowStillRunningError(LoomError):
     def __init__(self, workflow_id: str, status: str) -> None:
         self.workflow_id = workflow_id
         self.status = status
-        super().__init__(
-            f"workflow {workflow_id!r} is still {status}; wait longer or check that a worker runs"
-        )
+        hint = "wait longer or check that a worker runs"
+        if status == "SUSPENDED":
+            hint = (
+                f"`loom inspect {workflow_id}` shows why; fix it, then `loom resume {workflow_id}`"
+            )
+        super().__init__(f"workflow {workflow_id!r} is still {status}; {hint}")
 
 
 class WorkflowExecutionError(LoomError):
@@ -306,3 +309,34 @@ class ScheduleNotFoundError(LoomError):
 
 class ScheduleError(LoomError, ValueError):
     """A schedule definition is invalid: a bad cron expression, time zone or policy."""
+
+
+class UnknownWorkflowError(LoomError):
+    """No worker serving this database knows the workflow's name (the workflow suspends)."""
+
+    def __init__(self, workflow_id: str, workflow_name: str, worker_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.workflow_name = workflow_name
+        super().__init__(
+            f"workflow {workflow_id!r} is a {workflow_name!r}, which worker {worker_id} does "
+            f"not know (nor did another worker take it); deploy a worker with it in "
+            f"workflows=[...], then `loom resume {workflow_id}`"
+        )
+
+
+class PoisonPillError(LoomError):
+    """A task whose worker died `max_recoveries` times in a row while running it.
+
+    The workflow suspends instead of crashing worker after worker: an activity that
+    segfaults, runs out of memory or calls `os._exit` must not take the fleet down.
+    """
+
+    def __init__(self, workflow_id: str, task_key: str, what: str, recoveries: int) -> None:
+        self.workflow_id = workflow_id
+        self.task_key = task_key
+        self.recoveries = recoveries
+        super().__init__(
+            f"{what} (task {task_key}) was running on a worker that died {recoveries} times "
+            f"in a row (its lease expired each time); fix what kills the worker, then "
+            f"`loom resume {workflow_id}`"
+        )

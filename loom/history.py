@@ -32,6 +32,8 @@ class EventKind(StrEnum):
     WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
     WORKFLOW_FAILED = "WORKFLOW_FAILED"
     WORKFLOW_CANCELED = "WORKFLOW_CANCELED"
+    WORKFLOW_SUSPENDED = "WORKFLOW_SUSPENDED"
+    WORKFLOW_RESUMED = "WORKFLOW_RESUMED"
 
 
 COMMAND_KINDS = frozenset(
@@ -47,6 +49,9 @@ COMMAND_KINDS = frozenset(
 )
 """Events written by workflow code itself; replay matches them, the rest are delivered."""
 
+OPERATOR_SUSPENSION = "SuspendedByOperator"
+"""The error type `handle.suspend()` keeps (a worker's suspension keeps the error it hit)."""
+
 CLOSING_KINDS = frozenset(
     {EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_CANCELED}
 )
@@ -60,6 +65,9 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
+    SUSPENDED = "SUSPENDED"
+    """Open but parked: nothing of it runs until `resume` (a deploy-fixable error or an
+    operator's `suspend`); `result()` keeps waiting, signals and timers are kept."""
 
     @classmethod
     def _missing_(cls, value: object) -> WorkflowStatus | None:

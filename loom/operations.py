@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from loom._json import JSON, dumps, loads
-from loom.activation import ACTIVITY_TASK, WORKFLOW_TASK, Activation, ChildStart, workflow_task_key
+from loom.activation import (
+    ACTIVITY_TASK,
+    TIMER_TASK,
+    WORKFLOW_TASK,
+    Activation,
+    ChildStart,
+    workflow_task_key,
+)
 from loom.breaker import Breaker, BreakerCall, BreakerResult, BreakerState, CircuitBreaker
 from loom.cron import Catchup, Overlap, Schedule
 from loom.dialect import Connection, Dialect, Rollback
@@ -27,10 +34,20 @@ from loom.exceptions import (
     DefinitionConflictError,
     ScheduleNotFoundError,
     WorkflowAlreadyExistsError,
+    WorkflowCancelledError,
     WorkflowClosedError,
     WorkflowNotFoundError,
 )
-from loom.history import CLOSING_KINDS, COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus
+from loom.history import (
+    CLOSING_KINDS,
+    COMMAND_KINDS,
+    OPERATOR_SUSPENSION,
+    Event,
+    EventKind,
+    NewEvent,
+    WorkflowStatus,
+    encode_error,
+)
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
     WAIT_KINDS,
@@ -59,6 +76,9 @@ DEFERRED_SINCE = "deferred_since"
 """Task payload key: when an open circuit breaker first deferred this call."""
 DEFERRALS = "deferrals"
 """Task payload key: how often a breaker deferred this call (none of them was an attempt)."""
+_NOT_CLOSED = "status IN ('PENDING', 'RUNNING', 'SUSPENDED')"
+"""Open for results and requests: a suspended workflow keeps what arrives for its resume."""
+_NOT_SUSPENDED = "workflow_id NOT IN (SELECT workflow_id FROM workflows WHERE status = 'SUSPENDED')"
 
 
 def _record(row: Any) -> WorkflowRecord:
@@ -305,12 +325,19 @@ async def claim_tasks(
     # A leased task's run_at is its lease expiry, so one index finds due and expired tasks;
     # SKIP LOCKED lets concurrent claimers take disjoint batches without waiting.
     skip = f"AND {conn.dialect.none_of('task_key', 5)} " if avoid else ""
+    # Tasks of a SUSPENDED workflow stay where they are (due times kept) until its resume.
+    # A claim that finds another worker's lease still set (expired) finds a worker that
+    # died running the task: `recoveries` counts those in a row (see the migration). Our
+    # own expired lease is no death: this worker is alive, it only stalled.
     rows = await conn.fetch(
         "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
-        "attempts = attempts + 1 WHERE task_id IN "
-        f"(SELECT task_id FROM tasks WHERE run_at <= $3 {skip}ORDER BY run_at LIMIT $4"
-        f"{conn.dialect.skip_locked}) "
-        "RETURNING task_id, task_key, kind, workflow_id, payload, attempts",
+        "attempts = attempts + 1, "
+        "recoveries = recoveries + CASE WHEN lease_owner IS NULL OR lease_owner = $1 "
+        "THEN 0 ELSE 1 END "
+        "WHERE task_id IN "
+        f"(SELECT task_id FROM tasks WHERE run_at <= $3 {skip}AND {_NOT_SUSPENDED} "
+        f"ORDER BY run_at LIMIT $4{conn.dialect.skip_locked}) "
+        "RETURNING task_id, task_key, kind, workflow_id, payload, attempts, recoveries",
         owner,
         now + lease_ms,
         now,
@@ -318,8 +345,10 @@ async def claim_tasks(
         *([list(avoid)] if avoid else []),
     )
     claimed = [
-        ClaimedTask(task_id, key, kind, workflow_id, loads(payload), attempts, owner)
-        for task_id, key, kind, workflow_id, payload, attempts in rows
+        ClaimedTask(
+            task_id, key, kind, workflow_id, loads(payload), attempts, owner, recoveries=recoveries
+        )
+        for task_id, key, kind, workflow_id, payload, attempts, recoveries in rows
     ]
     workflow_tasks = [task for task in claimed if task.kind == WORKFLOW_TASK]
     if not workflow_tasks:
@@ -399,7 +428,7 @@ async def _append_events(
 
     Returns the workflow's task view, so callers continuing it need no extra read.
     """
-    guard = f" AND {_OPEN}" if open_only else ""
+    guard = f" AND {_NOT_CLOSED}" if open_only else ""
     row = await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, updated_at = $2 "
         f"WHERE workflow_id = $3{guard} "
@@ -483,12 +512,12 @@ async def _update_workflow(
     task exists; None otherwise. Whoever creates a workflow task also bumps last_sequence or
     epoch in that transaction, so the re-checked row catches one committed while we waited.
     """
-    guard = "" if expected is None else _OPEN_GUARD
+    guard = " AND status <> 'SUSPENDED'" if expected is None else _OPEN_GUARD
     extra: tuple[object, ...] = ()
     if expected is not None:
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
-        guard, extra = " AND epoch = $12", (epoch,)
+        guard, extra = f"{guard} AND epoch = $12", (epoch,)
     return await conn.fetchrow(
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
@@ -725,11 +754,16 @@ async def _close_workflow(
         await _append_to_open(conn, parent_id, event, now)
     if activation.status is WorkflowStatus.CANCELED:
         children = await conn.fetch(
-            f"SELECT workflow_id FROM workflows WHERE parent_id = $1 AND {_OPEN}", workflow_id
+            f"SELECT workflow_id, status FROM workflows WHERE parent_id = $1 AND {_NOT_CLOSED}",
+            workflow_id,
         )
         reason = {"reason": f"parent workflow {workflow_id!r} was cancelled"}
-        for (child_id,) in children:
-            await _append_to_open(conn, child_id, NewEvent(EventKind.CANCEL_REQUESTED, reason), now)
+        for child_id, status in children:
+            request = NewEvent(EventKind.CANCEL_REQUESTED, reason)
+            if status == WorkflowStatus.SUSPENDED:
+                await _cancel_suspended(conn, child_id, request, now)
+            else:
+                await _append_to_open(conn, child_id, request, now)
     if parent_id or activation.status is WorkflowStatus.CANCELED:
         # Delivered at commit: workers in other processes pick up the woken workflows.
         await conn.notify_tasks()
@@ -800,8 +834,8 @@ async def retry_activity(
     breaker: BreakerResult | None = None,
 ) -> bool:
     released = await conn.fetchval(
-        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1, payload = $2 "
-        "WHERE task_id = $3 AND lease_owner = $4 AND attempts = $5 RETURNING 1",
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1, payload = $2, "
+        "recoveries = 0 WHERE task_id = $3 AND lease_owner = $4 AND attempts = $5 RETURNING 1",
         run_at,
         dumps(payload),
         task.task_id,
@@ -822,8 +856,9 @@ async def retry_activity(
 
 async def append_external(
     conn: Connection, workflow_id: str, event: NewEvent, action: str, now: int
-) -> None:
-    """A signal or cancel request from outside: refused for a missing or closed workflow."""
+) -> bool:
+    """A signal or cancel request from outside: refused for a missing or closed workflow.
+    True when it closed the workflow (a cancel of a SUSPENDED one)."""
     status = await conn.fetchval(
         f"SELECT status FROM workflows WHERE workflow_id = $1{conn.dialect.for_update}",
         workflow_id,
@@ -832,8 +867,42 @@ async def append_external(
         raise WorkflowNotFoundError(workflow_id)
     if WorkflowStatus(status).is_closed:
         raise WorkflowClosedError(workflow_id, status, action)
+    if status == WorkflowStatus.SUSPENDED and event.kind is EventKind.CANCEL_REQUESTED:
+        await _cancel_suspended(conn, workflow_id, event, now)
+        return True
     await _append_events(conn, workflow_id, [event], now)
     await _ensure_workflow_task(conn, workflow_id, now)
+    return False
+
+
+async def _cancel_suspended(conn: Connection, workflow_id: str, event: NewEvent, now: int) -> None:
+    """Cancel a SUSPENDED workflow at once, without running its code: that code may be
+    what is broken (a replay that diverges), and a cancel must not wait for a fix."""
+    reason = event.payload.get("reason")
+    error = encode_error(WorkflowCancelledError(None if reason is None else str(reason)))
+    closing = NewEvent(EventKind.WORKFLOW_CANCELED, {"error": error})
+    await _append_events(conn, workflow_id, [event, closing], now)
+    row = await conn.fetchrow(
+        "UPDATE workflows SET status = 'CANCELED', error = $1, epoch = epoch + 1 "
+        "WHERE workflow_id = $2 RETURNING parent_id, parent_seq, state",
+        dumps(error),
+        workflow_id,
+    )
+    activation = Activation(status=WorkflowStatus.CANCELED, state=loads(row[2]), error=error)
+    await _close_workflow(conn, workflow_id, row[0], row[1], activation, now)
+
+
+async def release_claims(conn: Connection, tasks: Sequence[ClaimedTask], now: int) -> None:
+    """Give back claims not started, due again at once, crash counts kept."""
+    for task in tasks:
+        await conn.execute(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
+            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4",
+            now,
+            task.task_id,
+            task.owner,
+            task.attempt,
+        )
 
 
 async def extend_leases(conn: Connection, owner: str, lease_ms: int, now: int) -> None:
@@ -854,6 +923,217 @@ async def release_tasks(conn: Connection, owner: str, now: int) -> None:
         now,
         owner,
     )
+
+
+# -- suspend, resume, fork -----------------------------------------------------------------
+
+
+async def _lock_status(conn: Connection, workflow_id: str) -> WorkflowStatus:
+    status = await conn.fetchval(
+        f"SELECT status FROM workflows WHERE workflow_id = $1{conn.dialect.for_update}",
+        workflow_id,
+    )
+    if status is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return WorkflowStatus(status)
+
+
+async def suspend_workflow(
+    conn: Connection,
+    workflow_id: str,
+    error: dict[str, JSON],
+    task: ClaimedTask | None,
+    now: int,
+) -> bool:
+    """Park a workflow: SUSPENDED with `error` kept, a WORKFLOW_SUSPENDED event, epoch bumped.
+
+    The epoch bump refuses any activation computed before (a task in flight when an operator
+    suspends). A worker suspending from `task` releases it in the same transaction, under its
+    lease, and leaves it (and every other task) in place for the resume. False when it was
+    already suspended (or, for a worker, the lease was lost: nothing is written then).
+    """
+    status = await _lock_status(conn, workflow_id)
+    if status.is_closed:
+        if task is not None:
+            raise Rollback(False)
+        raise WorkflowClosedError(workflow_id, status.value, "be suspended")
+    if task is not None:
+        released = await conn.fetchval(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
+            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4 RETURNING 1",
+            now,
+            task.task_id,
+            task.owner,
+            task.attempt,
+        )
+        if released is None:
+            raise Rollback(False)
+    if status is WorkflowStatus.SUSPENDED:
+        return False
+    await _append_events(conn, workflow_id, [NewEvent(EventKind.WORKFLOW_SUSPENDED, error)], now)
+    await conn.execute(
+        "UPDATE workflows SET status = 'SUSPENDED', error = $1, epoch = epoch + 1 "
+        "WHERE workflow_id = $2",
+        dumps(error),
+        workflow_id,
+    )
+    return True
+
+
+async def resume_workflow(conn: Connection, workflow_id: str, now: int) -> bool:
+    """Run a SUSPENDED workflow again with whatever code the workers have now.
+
+    A fresh epoch makes every worker replay its whole history; crash streaks start over.
+    False (nothing written) when it was not suspended.
+    """
+    status = await _lock_status(conn, workflow_id)
+    if status.is_closed:
+        raise WorkflowClosedError(workflow_id, status.value, "be resumed")
+    if status is not WorkflowStatus.SUSPENDED:
+        return False
+    await _append_events(conn, workflow_id, [NewEvent(EventKind.WORKFLOW_RESUMED, {})], now)
+    await conn.execute(
+        "UPDATE workflows SET status = 'RUNNING', error = NULL, epoch = epoch + 1 "
+        "WHERE workflow_id = $1",
+        workflow_id,
+    )
+    await conn.execute("UPDATE tasks SET recoveries = 0 WHERE workflow_id = $1", workflow_id)
+    await _ensure_workflow_task(conn, workflow_id, now)
+    await conn.notify_tasks()
+    return True
+
+
+FAILURE_KINDS = (
+    EventKind.ACTIVITY_FAILED,
+    EventKind.CHILD_FAILED,
+    EventKind.WORKFLOW_SUSPENDED,
+    EventKind.WORKFLOW_FAILED,
+    EventKind.WORKFLOW_CANCELED,
+)
+"""What `fork` cuts before by default: the first of these in the history."""
+_NOT_COPIED = frozenset(
+    {
+        *CLOSING_KINDS,
+        EventKind.CANCEL_REQUESTED,
+        EventKind.WORKFLOW_SUSPENDED,
+        EventKind.WORKFLOW_RESUMED,
+    }
+)
+
+
+def _is_failure(event: Event) -> bool:
+    """An operator's suspension is no failure: the code had not gone wrong there."""
+    if event.kind is EventKind.WORKFLOW_SUSPENDED:
+        return event.payload.get("type") != OPERATOR_SUSPENSION
+    return event.kind in FAILURE_KINDS
+
+
+def fork_history(
+    events: Sequence[Event], at: int | None
+) -> tuple[list[NewEvent], list[tuple[str, str, dict[str, JSON], int]]]:
+    """The events a fork copies (before `at`, default the first failure) and the tasks its
+    open commands need: (events, [(key suffix, kind, payload, run_at)]).
+
+    An activity scheduled but without a result gets a fresh task (it runs again, as of
+    now); a timer its task at the recorded time. A child without a result cannot be
+    shared by two parents, so the copy ends before it and the fork starts its own.
+    """
+    if at is None:
+        at = next((e.sequence for e in events if _is_failure(e)), len(events) + 1)
+    copied = [e for e in events if e.sequence < at and e.kind not in _NOT_COPIED]
+    while True:
+        results = {
+            int(e.payload["seq"])
+            for e in copied
+            if e.kind
+            in (
+                EventKind.ACTIVITY_COMPLETED,
+                EventKind.ACTIVITY_FAILED,
+                EventKind.TIMER_FIRED,
+                EventKind.CHILD_COMPLETED,
+                EventKind.CHILD_FAILED,
+            )
+        }
+        child = next(
+            (
+                i
+                for i, e in enumerate(copied)
+                if e.kind is EventKind.CHILD_STARTED and int(e.payload["seq"]) not in results
+            ),
+            None,
+        )
+        if child is None:
+            break
+        copied = copied[:child]
+    tasks: list[tuple[str, str, dict[str, JSON], int]] = []
+    for e in copied:
+        seq = int(e.payload.get("seq", 0) or 0)
+        if seq in results:
+            continue
+        if e.kind is EventKind.ACTIVITY_SCHEDULED:
+            payload = {"seq": seq, "name": e.payload["name"], "input": e.payload["input"]}
+            tasks.append((f"a:{{id}}:{seq}", ACTIVITY_TASK, payload, 0))
+        elif e.kind is EventKind.TIMER_STARTED or (
+            e.kind is EventKind.SIGNAL_WAIT_STARTED and "fire_at" in e.payload
+        ):
+            tasks.append((f"t:{{id}}:{seq}", TIMER_TASK, {"seq": seq}, int(e.payload["fire_at"])))
+    return [NewEvent(e.kind, e.payload) for e in copied], tasks
+
+
+async def fork_workflow(
+    conn: Connection, workflow_id: str, new_id: str, at: int | None, now: int
+) -> WorkflowRecord:
+    """A new workflow whose history is a copy of `workflow_id`'s before `at` (see
+    `fork_history`); it continues with current code from where the copy ends."""
+    source = await get_workflow(conn, workflow_id)
+    if source is None:
+        raise WorkflowNotFoundError(workflow_id)
+    if at is not None and not 2 <= at <= source.last_sequence + 1:
+        raise ValueError(
+            f"fork at sequence {at}: workflow {workflow_id!r} has events 1..{source.last_sequence}"
+            f"; give a sequence from 2 (copy only its start) to {source.last_sequence + 1} (all)"
+        )
+    existing = await conn.fetchval("SELECT 1 FROM workflows WHERE workflow_id = $1", new_id)
+    if existing is not None:
+        raise ValueError(f"workflow id {new_id!r} is taken; fork with another id (--id)")
+    events, tasks = fork_history(await load_events(conn, workflow_id, 0), at)
+    started = dict(events[0].payload)
+    started["forked_from"] = {"workflow_id": workflow_id, "before_sequence": at}
+    events[0] = NewEvent(EventKind.WORKFLOW_STARTED, started)
+    source_hash = await conn.fetchval(
+        "SELECT source_hash FROM workflows WHERE workflow_id = $1", workflow_id
+    )
+    await conn.execute(
+        "INSERT INTO workflows (workflow_id, workflow_name, workflow_version, status, input, "
+        "state, owner, agent, source_hash, total_steps, last_sequence, created_at, updated_at) "
+        "VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, 0, $10, $10)",
+        new_id,
+        source.workflow_name,
+        source.workflow_version,
+        dumps(source.input),
+        dumps(source.state),
+        source.owner,
+        source.agent,
+        source_hash,
+        source.total_steps,
+        now,
+    )
+    await _append_events(conn, new_id, events, now)
+    for key, kind, payload, run_at in tasks:
+        await conn.execute(
+            "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            key.replace("{id}", new_id),
+            new_id,
+            kind,
+            dumps({"workflow_id": new_id, **payload} if kind == ACTIVITY_TASK else payload),
+            run_at or now,
+        )
+    await _ensure_workflow_task(conn, new_id, now)
+    await conn.notify_tasks()
+    record = await get_workflow(conn, new_id)
+    assert record is not None  # inserted above, in this transaction
+    return record
 
 
 # -- operator views (read-only) ------------------------------------------------------------
@@ -936,6 +1216,12 @@ async def diagnose(conn: Connection, now: int) -> Diagnosis:
     idle, lost = split_idle(
         candidates, ((str(r[0]), _event(r, 1)) for r in waits if str(r[0]) not in stuck_ids)
     )
+    suspended_count = await conn.fetchval(
+        "SELECT COUNT(*) FROM workflows WHERE status = 'SUSPENDED'"
+    )
+    suspended = await conn.fetch(
+        "SELECT workflow_id FROM workflows WHERE status = 'SUSPENDED' ORDER BY updated_at LIMIT 20"
+    )
     return Diagnosis(
         backend=d.name,
         settings=await conn.settings(),
@@ -945,6 +1231,8 @@ async def diagnose(conn: Connection, now: int) -> Diagnosis:
         stuck=[str(r[0]) for r in stuck],
         idle=idle,
         lost=lost,
+        suspended=int(suspended_count),
+        suspended_ids=[str(r[0]) for r in suspended],
     )
 
 

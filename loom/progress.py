@@ -19,7 +19,7 @@ POLL_INTERVAL = 0.5
 """Seconds between reads when no in-process wakeup came (another process runs the worker)."""
 
 MAX_WORKFLOWS = 1000
-_OPEN = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
+_OPEN = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING, WorkflowStatus.SUSPENDED)
 _CLOSED = {
     WorkflowStatus.COMPLETED: "done",
     WorkflowStatus.FAILED: "stopped by an error",
@@ -43,7 +43,7 @@ class Progress(TypedDict):
 
 
 async def get_progress(owner: str, *, database: str | None = None) -> Progress:
-    """What the owner's RUNNING and PENDING workflows are doing, oldest first.
+    """What the owner's open (RUNNING, PENDING, SUSPENDED) workflows are doing, oldest first.
 
     Each entry has `workflow_id`, `workflow_name`, `agent`, `message` (e.g. "Robin is grading
     your answers"), `current_step` (1-based), `total_steps` and `status`.
@@ -106,6 +106,8 @@ def progress_message(record: WorkflowRecord) -> str:
     agent = record.agent
     if record.status.is_closed:
         activity = _CLOSED[record.status]
+    elif record.status is WorkflowStatus.SUSPENDED:
+        activity = "paused until an operator resumes it"
     elif record.status is WorkflowStatus.PENDING and not record.current_step:
         activity = "getting started"
     elif record.step_description:

@@ -129,6 +129,12 @@ _MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS schedules_by_next_fire ON schedules (next_fire_at);
     """,
+    # Suspend/resume (issue 15): `recoveries` counts the claims of a task that found its
+    # previous lease expired, in a row (a worker died running it); a retry or a resume
+    # resets it. At `max_recoveries` the worker suspends the workflow (a poison pill).
+    """
+    ALTER TABLE tasks ADD COLUMN recoveries BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -286,15 +286,49 @@ class SQLStore(Store):
     async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
         event = NewEvent(EventKind.CANCEL_REQUESTED, {"reason": reason})
         try:
-            await self._append_external(workflow_id, event, "be cancelled")
+            closed = await self._append_external(workflow_id, event, "be cancelled")
         except WorkflowClosedError:
             return False
+        if closed:  # a SUSPENDED workflow closed in that transaction: wake its waiters
+            self.wakeups.workflow_closed(workflow_id)
+            self.wakeups.progress_changed()
         return True
 
-    async def _append_external(self, workflow_id: str, event: NewEvent, action: str) -> None:
-        await self._run(
+    async def _append_external(self, workflow_id: str, event: NewEvent, action: str) -> bool:
+        closed = await self._run(
             Mode.TRANSACTION, ops.append_external, workflow_id, event, action, self.now_ms()
         )
+        self.wakeups.tasks_ready()
+        return closed
+
+    async def suspend_workflow(
+        self, workflow_id: str, error: dict[str, JSON], task: ClaimedTask | None = None
+    ) -> bool:
+        suspended = await self._run(
+            Mode.TRANSACTION, ops.suspend_workflow, workflow_id, error, task, self.now_ms()
+        )
+        self.wakeups.progress_changed()
+        return suspended
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        resumed = await self._run(Mode.TRANSACTION, ops.resume_workflow, workflow_id, self.now_ms())
+        if resumed:
+            self.wakeups.tasks_ready()
+            self.wakeups.progress_changed()
+        return resumed
+
+    async def fork_workflow(
+        self, workflow_id: str, new_id: str, at: int | None = None
+    ) -> WorkflowRecord:
+        record = await self._run(
+            Mode.TRANSACTION, ops.fork_workflow, workflow_id, new_id, at, self.now_ms()
+        )
+        self.wakeups.tasks_ready()
+        self.wakeups.progress_changed()
+        return record
+
+    async def release_claims(self, tasks: Sequence[ClaimedTask]) -> None:
+        await self._run(Mode.TRANSACTION, ops.release_claims, list(tasks), self.now_ms())
         self.wakeups.tasks_ready()
 
     async def extend_leases(self, owner: str, lease_ms: int) -> None:

@@ -101,6 +101,8 @@ class ClaimedTask:
     owner: str
     workflow: TaskWorkflow | None = None
     events: list[Event] | None = None
+    recoveries: int = 0
+    """Claims in a row, this one included, that found a worker had died holding the task."""
     history_after: int = 0
     """`events` start after this sequence: the cached run's cursor the claim saw (0 = all).
     The worker continues its cached run with them only if that run is still at this cursor."""
@@ -178,6 +180,10 @@ class Diagnosis:
     stuck: list[str]
     idle: int
     lost: list[str] = field(default_factory=list)
+    suspended: int = 0
+    """SUSPENDED workflows: parked until an operator resumes them (not a store defect)."""
+    suspended_ids: list[str] = field(default_factory=list)
+    """The longest-suspended of them (at most 20), oldest first."""
 
 
 WAIT_KINDS = (
@@ -407,6 +413,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def cancel_workflow(self, workflow_id: str, reason: str | None) -> bool:
         """Request cancellation; False when the workflow had already finished."""
+
+    @abc.abstractmethod
+    async def suspend_workflow(
+        self, workflow_id: str, error: dict[str, JSON], task: ClaimedTask | None = None
+    ) -> bool:
+        """Park an open workflow (SUSPENDED, `error` kept) until `resume_workflow`.
+
+        A worker passes the `task` it suspends from: released under its lease, kept for the
+        resume. False when it was suspended already or the worker's lease was lost.
+        Raises WorkflowNotFoundError, or WorkflowClosedError for a finished workflow.
+        """
+
+    @abc.abstractmethod
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        """Make a SUSPENDED workflow run again (full replay with current code); False when
+        it was not suspended. Raises WorkflowNotFoundError / WorkflowClosedError."""
+
+    @abc.abstractmethod
+    async def fork_workflow(
+        self, workflow_id: str, new_id: str, at: int | None = None
+    ) -> WorkflowRecord:
+        """Start `new_id` with a copy of `workflow_id`'s history before sequence `at`
+        (default: before its first failure); it continues with current code."""
+
+    @abc.abstractmethod
+    async def release_claims(self, tasks: Sequence[ClaimedTask]) -> None:
+        """Give back claimed tasks not started, due at once; `recoveries` kept."""
 
     @abc.abstractmethod
     async def extend_leases(self, owner: str, lease_ms: int) -> None:

@@ -146,6 +146,7 @@ class WorkflowEnvironment:
             poll_interval=WORKER_POLL_SECONDS,
             tune_gc=False,
             overrides=self._doubles,
+            handbacks=0,  # the only worker: a name it lacks suspends at once, no waiting
         )
         await self._worker.__aenter__()
 

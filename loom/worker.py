@@ -39,7 +39,13 @@ from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBrea
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
 from loom.definition import WorkflowDefinition
-from loom.exceptions import CircuitOpenError, NonDeterministicWorkflowError, PayloadTooLargeError
+from loom.exceptions import (
+    CircuitOpenError,
+    NonDeterministicWorkflowError,
+    PayloadTooLargeError,
+    PoisonPillError,
+    UnknownWorkflowError,
+)
 from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.limits import Limits, clip
 from loom.llm import TOOLS_ACTIVITY
@@ -61,18 +67,25 @@ GC_GEN0_THRESHOLD = 50_000
 with CPython's default gen-0 threshold of 700 the collector runs every few workflows and
 scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
 CLAIM_BATCH = 256
-UNKNOWN_WORKFLOW_DELAY_MS = 5_000
 STORE_BACKOFF_SECONDS = (0.1, 5.0)
 """First and longest pause of the claim loop while the store fails (a full disk, a database
 restart): the worker waits it out and resumes instead of exiting."""
 DEPLOY_RETRY_DELAY_MS = (500, 60_000)
 """Backoff of a workflow task this worker's code cannot replay (another version started it)."""
+ISOLATION_SECONDS = 10.0
+"""At most this long a suspect waits for the tasks in flight, then runs with nothing beside."""
 MAX_AVOIDED = 500
 """At most this many task keys excluded from one claim (the rest wait for the next)."""
 GIVE_BACK_DELAY_MS = (500, 30_000)
 """Backoff before a task whose processing failed in the worker is claimable again."""
 DEFAULT_SCHEDULE_INTERVAL = 1.0
 """Seconds between two looks at due schedules (a tick starts at most this late)."""
+DEFAULT_MAX_RECOVERIES = 5
+"""A task whose worker died this many times in a row running it suspends its workflow."""
+DEFAULT_HANDBACKS = 4
+"""Hand-backs (0.5 s, 1 s, 2 s, 4 s apart) of a task this worker cannot run (other code, an
+unknown workflow or activity) before it suspends the workflow: long enough for a worker
+that can to take it during a rolling deploy, short enough that a broken deploy shows."""
 
 
 class Worker:
@@ -103,12 +116,20 @@ class Worker:
         limits: Limits | None = None,
         overrides: Mapping[str, Activity[..., Any]] | None = None,
         schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        handbacks: int = DEFAULT_HANDBACKS,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0 or schedule_interval <= 0:
             raise ValueError("lease_seconds, poll_interval and schedule_interval must be > 0")
+        if max_recoveries < 1 or handbacks < 0:
+            raise ValueError(
+                f"max_recoveries must be >= 1 and handbacks >= 0, got {max_recoveries}, {handbacks}"
+            )
         self.schedule_interval = schedule_interval
+        self.max_recoveries = max_recoveries
+        self.handbacks = handbacks
         self._workflows: dict[str, WorkflowDefinition[Any, Any]] = {}
         for wf in workflows:
             compiled = wf if isinstance(wf, WorkflowDefinition) else wf.compile()
@@ -140,9 +161,15 @@ class Worker:
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
-        self._diverged: dict[str, tuple[str, int, str]] = {}
+        self._diverged: dict[str, tuple[str, int, NonDeterministicWorkflowError]] = {}
         self._definitions: dict[tuple[str, str], WorkflowDefinition[Any, Any]] = {}
+        self._handed_back: dict[str, int] = {}  # task key -> our hand-backs (unknown names)
         self._avoid: dict[str, float] = {}  # task key -> monotonic time to claim it again
+        # A suspect (a task whose last worker died running it) runs alone: see _isolate.
+        self._suspect: ClaimedTask | None = None
+        self._isolated: asyncio.Task[None] | None = None
+        self._suspect_since = self._isolated_since = 0.0
+        self._deferred: list[str] = []
         self._tools_activity = Activity(
             fn=self._tool_definitions,
             name=TOOLS_ACTIVITY,
@@ -251,6 +278,8 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._inflight)
+            if self._suspect is not None or self._isolated is not None:
+                free = self._isolate()
             claimed: list[ClaimedTask] = []
             if free > 0:
                 limit = min(free, CLAIM_BATCH)
@@ -264,6 +293,7 @@ class Worker:
                     await self._pause(outage.failed(err))
                     continue
                 outage.recovered()
+                claimed = await self._set_suspects_apart(store, claimed)
                 for task in claimed:
                     self._spawn(self._process(store, task))
                 if len(claimed) == limit:
@@ -272,6 +302,57 @@ class Worker:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _set_suspects_apart(
+        self, store: Store, claimed: list[ClaimedTask]
+    ) -> list[ClaimedTask]:
+        """Keep one suspect to run alone and give the other suspects back (their crash
+        count kept, not counted again if this worker dies): a worker killed by one task
+        must not count as a death against the innocent tasks that ran beside it."""
+        ordinary = []
+        given_back = []
+        for task in sorted(claimed, key=lambda t: t.recoveries):
+            if not task.recoveries or task.recoveries >= self.max_recoveries:
+                ordinary.append(task)  # poison is suspended at once, without running it
+            elif self._suspect is None and self._isolated is None:
+                self._suspect = task
+                self._suspect_since = time.monotonic()
+            else:
+                given_back.append(task)
+        if given_back:
+            for task in given_back:
+                self._avoid[task.task_key] = math.inf  # until the suspect is done
+                self._deferred.append(task.task_key)
+            await store.release_claims(given_back)
+        return ordinary
+
+    def _isolate(self) -> int:
+        """Claim capacity while a suspect waits for the tasks in flight, then runs: none.
+
+        Both waits are bounded by ISOLATION_SECONDS: a killer strikes soon after it starts,
+        and a long innocent task (a slow LLM call caught in a crash) must not stall this
+        worker for its whole duration."""
+        now = time.monotonic()
+        if self._isolated is not None:
+            if self._isolated.done():
+                self._isolated = None
+                for key in self._deferred:
+                    self._avoid.pop(key, None)
+                self._deferred.clear()
+            elif now - self._isolated_since < ISOLATION_SECONDS:
+                return 0
+            return self.concurrency - len(self._inflight)
+        if self._suspect is None:
+            return self.concurrency - len(self._inflight)
+        if self._inflight and now - self._suspect_since < ISOLATION_SECONDS:
+            return 0
+        assert self._store is not None
+        suspect, self._suspect = self._suspect, None
+        self._isolated = asyncio.create_task(self._process(self._store, suspect))
+        self._isolated_since = now
+        self._inflight.add(self._isolated)
+        self._isolated.add_done_callback(self._reap)
+        return 0
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once for `stop()`."""
@@ -359,7 +440,9 @@ class Worker:
 
     async def _process(self, store: Store, task: ClaimedTask) -> None:
         try:
-            if task.kind == ACTIVITY_TASK:
+            if task.recoveries >= self.max_recoveries:
+                await self._suspend(store, task, self._poison(task))
+            elif task.kind == ACTIVITY_TASK:
                 await self._run_activity(store, task)
             elif task.kind == TIMER_TASK:
                 done = await store.fire_timer(
@@ -393,17 +476,8 @@ class Worker:
             store, record.workflow_name, record.source_hash
         )
         if compiled is None:
-            logger.warning(
-                "workflow %s is a %r, which this worker does not know; leaving it for others",
-                task.workflow_id,
-                record.workflow_name,
-            )
-            await store.retry_activity(
-                task,
-                store.now_ms() + UNKNOWN_WORKFLOW_DELAY_MS,
-                task.payload,
-                f"worker {self.worker_id} does not know workflow {record.workflow_name!r}",
-            )
+            unknown = UnknownWorkflowError(task.workflow_id, record.workflow_name, self.worker_id)
+            await self._hand_back(store, task, unknown)
             return
         known = self._diverged.get(task.workflow_id)
         if known is not None and known[0] == record.source_hash:
@@ -433,10 +507,15 @@ class Worker:
                 limits=self.limits,
             )
             run.apply(events)
-        code = _foreign_code(run, compiled, record.source_hash)
-        if code is not None:
+        failure = run.failure
+        if isinstance(failure, NonDeterministicWorkflowError):
+            # Replay diverged: a deploy (or rollback) can fix it, so it must not fail.
             run.close()
-            await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
+            code = _foreign_code(run, compiled, record.source_hash)
+            if code is not None:
+                await self._leave_for_its_code(store, task, code, compiled, failure)
+            else:
+                await self._suspend(store, task, failure)
             return
         self._diverged.pop(task.workflow_id, None)
         activation = run.take_activation()
@@ -471,7 +550,7 @@ class Worker:
         task: ClaimedTask,
         code: str,
         compiled: WorkflowDefinition[Any, Any],
-        divergence: str,
+        divergence: NonDeterministicWorkflowError,
     ) -> None:
         """A rolling deploy: this worker's code cannot replay a workflow that other code
         ran. Failing it would make the deploy fatal to every in-flight workflow; instead
@@ -482,6 +561,10 @@ class Worker:
         known = self._diverged.get(task.workflow_id)
         count = 1 if known is None else known[1] + 1
         self._diverged.pop(task.workflow_id, None)
+        if count > self.handbacks:
+            # No worker running that code took it meanwhile: a deploy left it behind.
+            await self._suspend(store, task, divergence)
+            return
         self._diverged[task.workflow_id] = (code, count, divergence)
         if len(self._diverged) > max(self.max_cached_workflows, 1000):  # bounded memory
             del self._diverged[next(iter(self._diverged))]
@@ -489,7 +572,7 @@ class Worker:
         note = (
             f"workflow {task.workflow_id} was run by code with source_hash {code}; "
             f"worker {self.worker_id} runs {compiled.source_hash} and its replay diverges "
-            f"({clip(divergence, self.limits.max_error_chars)}); left for a worker running {code} "
+            f"({self._clip(divergence)}); left for a worker running {code} "
             f"(this worker retries in {delay / 1000:.1f}s). Deploy changed code after "
             "`loom replay` passes, or roll back."
         )
@@ -509,6 +592,58 @@ class Worker:
         for key in [key for key, until in self._avoid.items() if until <= now]:
             del self._avoid[key]
         return tuple(itertools.islice(self._avoid, MAX_AVOIDED))
+
+    async def _hand_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:
+        """A task naming a workflow or activity this worker lacks: due at once for other
+        workers, avoided here for a backoff; after `handbacks` of ours, suspended."""
+        count = self._handed_back.pop(task.task_key, 0) + 1
+        if count > self.handbacks:
+            await self._suspend(store, task, err)
+            return
+        self._handed_back[task.task_key] = count
+        while len(self._handed_back) > max(self.max_cached_workflows, 1000):  # bounded memory
+            del self._handed_back[next(iter(self._handed_back))]
+        delay = _backoff(DEPLOY_RETRY_DELAY_MS, count) * random.uniform(0.8, 1.2)
+        note = f"{self._clip(err)} (hand-back {count} of {self.handbacks}, to other workers)"
+        if count == 1:
+            logger.warning("%s", note)
+        self._avoid[task.task_key] = time.monotonic() + delay / 1000
+        await store.retry_activity(task, store.now_ms(), task.payload, note)
+        store.wakeups.tasks_ready()
+
+    async def _suspend(self, store: Store, task: ClaimedTask, err: Exception) -> None:
+        """Park the workflow with `err` kept; `task` stays for `loom resume`."""
+        error = encode_error(
+            err,
+            max_chars=self.limits.max_error_chars,
+            task=task.task_key,
+            attempt=task.attempt,
+            worker=self.worker_id,
+        )
+        for key in ("activity_name", "spec", "workflow_name", "recoveries"):
+            if hasattr(err, key):
+                error["details"][key] = getattr(err, key)
+        self._diverged.pop(task.workflow_id, None)
+        self._handed_back.pop(task.task_key, None)
+        self._avoid.pop(task.task_key, None)
+        run = self._cache.pop(task.workflow_id, None)
+        if run is not None:
+            run.close()
+        if await store.suspend_workflow(task.workflow_id, error, task):
+            logger.warning(
+                "workflow %s SUSPENDED: %s: %s",
+                task.workflow_id,
+                type(err).__name__,
+                self._clip(err),
+            )
+
+    def _poison(self, task: ClaimedTask) -> PoisonPillError:
+        what = f"workflow code of {task.workflow_id!r}"
+        if task.kind == ACTIVITY_TASK:
+            what = f"activity {task.payload.get('name')!r}"
+        elif task.kind == TIMER_TASK:
+            what = "a timer"
+        return PoisonPillError(task.workflow_id, task.task_key, what, task.recoveries)
 
     def _eager_lease_ms(self) -> int:
         has_room = len(self._inflight) < self.concurrency
@@ -743,9 +878,17 @@ class Worker:
             # The workflow's clock is the store's; the registry stamps its reads with this
             # process's wall clock, which may have stepped away from it.
             as_of += wall_ms() - store.now_ms()
-        activity = await registry.resolve(
-            str(task.payload["name"]), as_of_ms=as_of if isinstance(as_of, int) else None
-        )
+        spec = str(task.payload["name"])
+        try:
+            activity = await registry.resolve(
+                spec, as_of_ms=as_of if isinstance(as_of, int) else None
+            )
+        except ActivityNotFoundError:
+            if not isinstance(as_of, int):
+                raise
+            # The cached listing may predate a registration made to fix this (then a
+            # resume): not finding it is rare enough to read the registry again.
+            activity = await registry.resolve(spec)
         if activity.is_native:
             raise ActivityNotFoundError(
                 str(task.payload["name"]),
@@ -758,6 +901,10 @@ class Worker:
         registry = await self._registry()
         try:
             activity = await self._resolve(store, registry, task)
+        except ActivityNotFoundError as err:
+            # Another worker may serve it, or an operator may register it: not a failure.
+            await self._hand_back(store, task, err)
+            return
         except (RegistryError, ValueError) as err:
             await self._fail_activity(store, task, err, retryable=False)
             return

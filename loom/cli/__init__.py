@@ -36,6 +36,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "doctor",
         "Check the database: settings, schema version, expired leases and stuck workflows.",
     ),
+    "fork": (
+        "recovery",
+        "fork",
+        "Start a new workflow from a copy of ID's history, so completed activities are not run "
+        "again.",
+    ),
     "history": ("history", "history_group", "Export workflow histories for replay tests."),
     "init": ("workflows", "init", "Create the database, or migrate it to the current schema."),
     "inspect": (
@@ -55,6 +61,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Replay stored histories (or an exported FILE) against the current code and report "
         "non-determinism.",
     ),
+    "resume": (
+        "recovery",
+        "resume",
+        "Run SUSPENDED workflow ID again with the code the workers run now.",
+    ),
     "schedule": (
         "schedules",
         "schedule_group",
@@ -70,6 +81,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "start",
         "Start workflow NAME (its @loom.workflow name, or a registered definition's "
         "NAME[@RANGE]); prints the workflow id.",
+    ),
+    "suspend": (
+        "recovery",
+        "suspend",
+        "Park workflow ID: none of its code runs until `loom resume ID`.",
     ),
     "stats": (
         "workflows",

@@ -49,6 +49,8 @@ def doctor(as_json: bool, database: str) -> None:
                 "stuck_workflows": found.stuck,
                 "idle_workflows": found.idle,
                 "lost_workflows": found.lost,
+                "suspended_workflows": found.suspended,
+                "suspended_workflow_ids": found.suspended_ids,
                 "problems": problems,
                 "is_healthy": not problems,
             }
@@ -96,6 +98,7 @@ def _print_doctor(database: str, found: Diagnosis, problems: list[str]) -> None:
         ("expired leases", str(len(found.expired_leases))),
         ("stuck workflows", str(len(found.stuck))),
         ("lost workflows", str(len(found.lost))),
+        ("suspended workflows", str(found.suspended)),
         ("idle workflows", f"{found.idle} (waiting for a signal or a child)"),
     ]
     print_fields(fields)
@@ -103,6 +106,16 @@ def _print_doctor(database: str, found: Diagnosis, problems: list[str]) -> None:
         click.echo(
             f"warning: {len(found.expired_leases)} task lease(s) expired; a running worker "
             "reclaims them (start one if none runs)",
+            err=True,
+        )
+    if found.suspended:
+        click.echo(
+            f"warning: {found.suspended} workflow(s) SUSPENDED, waiting for an operator: "
+            + ", ".join(found.suspended_ids)
+            + ("…" if found.suspended > len(found.suspended_ids) else "")
+            + "; `loom inspect ID` shows why; fix the cause (deploy the code that started "
+            "it, register the activity, fix what crashes the worker), then `loom resume ID` "
+            "(or `loom fork ID`, `loom cancel ID`)",
             err=True,
         )
     for problem in problems:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from loom.breaker import Breaker
+from loom._json import JSON
 from loom.cli.options import (
     DEFAULT_LIST_LIMIT,
     STOP_SIGNALS,
@@ -78,6 +79,13 @@ def init(database: str) -> None:
 )
 @click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 @click.option(
+    "--max-recoveries",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Suspend a workflow whose task killed this many workers in a row (a poison pill).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -90,6 +98,7 @@ def worker(
     concurrency: int,
     poll_interval: float,
     lease_seconds: float,
+    max_recoveries: int,
     log_level: str,
     database: str,
 ) -> None:
@@ -109,6 +118,7 @@ def worker(
         concurrency=concurrency,
         poll_interval=poll_interval,
         lease_seconds=lease_seconds,
+        max_recoveries=max_recoveries,
         database=database,
     )
     click.echo(
@@ -294,6 +304,11 @@ def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:
     ]
     if record.error:
         fields.append(("error", f"{record.error.get('type')}: {record.error.get('message')}"))
+        fields += _error_details(record.error)
+    if record.status is WorkflowStatus.SUSPENDED:
+        fields.append(
+            ("next", f"fix the cause, then `loom resume {record.workflow_id}` (or `loom fork`)")
+        )
     usage = usage_json(events)
     if usage["calls"]:
         cost = "" if usage["cost"] is None else f", ${usage['cost']:.6f}"
@@ -309,6 +324,21 @@ def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:
         history += f", last {last.kind.value} at {when(last.created_at)} UTC"
     fields.append(("history", history))
     print_fields(fields)
+
+
+def _error_details(error: dict[str, JSON]) -> list[tuple[str, str]]:
+    """What an operator needs to fix a suspension: the replay mismatch and the attempts."""
+    details = error.get("details")
+    if not isinstance(details, dict):
+        return []
+    shown = (
+        ("expected", "expected"),
+        ("actual", "code issued"),
+        ("attempt", "attempt"),
+        ("recoveries", "worker deaths"),
+        ("task", "task"),
+    )
+    return [(label, str(details[key])) for key, label in shown if details.get(key) is not None]
 
 
 @click.command()

@@ -127,6 +127,21 @@ def create_app(
             "workflows",
             CANCEL_BODY,
         ),
+        (
+            "/api/workflows/{workflow_id}/suspend",
+            dashboard.api_suspend,
+            post,
+            "workflows",
+            SUSPEND_BODY,
+        ),
+        (
+            "/api/workflows/{workflow_id}/resume",
+            dashboard.api_resume,
+            post,
+            "workflows",
+            EMPTY_BODY,
+        ),
+        ("/api/workflows/{workflow_id}/fork", dashboard.api_fork, post, "workflows", FORK_BODY),
         ("/api/activities", dashboard.api_activities, get, "activities", None),
         ("/api/definitions", dashboard.api_definitions, get, "activities", None),
         ("/api/stats", dashboard.api_stats, get, "stats", None),
@@ -447,6 +462,53 @@ class Dashboard:
         await get_handle(workflow_id, database=self.database).cancel(reason)
         return {"workflow_id": workflow_id, "cancel_requested": True}
 
+    async def api_suspend(self, request: Request, workflow_id: str) -> dict[str, JSON]:
+        """Park the workflow until resumed (signals and timers are kept); 409 when finished.
+        `suspended` is False when it was suspended already."""
+        body = await _json_body(request, default={})
+        if not isinstance(body, dict):
+            raise ApiError(422, 'body must be a JSON object: {"reason": optional}')
+        reason = _reason(body)
+        await self.record_of(workflow_id)
+        try:
+            changed = await get_handle(workflow_id, database=self.database).suspend(reason)
+        except WorkflowClosedError as err:
+            raise ApiError(409, str(err)) from err
+        return {"workflow_id": workflow_id, "suspended": changed, "status": "SUSPENDED"}
+
+    async def api_resume(self, request: Request, workflow_id: str) -> dict[str, JSON]:
+        """Run a SUSPENDED workflow again with current code; 409 when finished.
+        `resumed` is False when it was not suspended (nothing to do)."""
+        body = await _json_body(request, default={})
+        if not isinstance(body, dict):
+            raise ApiError(422, "body must be a JSON object ({})")
+        await self.record_of(workflow_id)
+        try:
+            changed = await get_handle(workflow_id, database=self.database).resume()
+        except WorkflowClosedError as err:
+            raise ApiError(409, str(err)) from err
+        return {"workflow_id": workflow_id, "resumed": changed}
+
+    async def api_fork(self, request: Request, workflow_id: str) -> dict[str, JSON]:
+        """Start a new workflow from a copy of this one's history before `at` (default:
+        before its first failure); 422 for a sequence outside the history or a taken id."""
+        body = await _json_body(request, default={})
+        if not isinstance(body, dict):
+            raise ApiError(422, 'body must be a JSON object: {"at": seq, "workflow_id": id}')
+        at, new_id = body.get("at"), body.get("workflow_id")
+        if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
+            raise ApiError(422, "at must be an integer event sequence")
+        if new_id is not None and (not isinstance(new_id, str) or not new_id.strip()):
+            raise ApiError(422, "workflow_id must be a non-empty string")
+        await self.record_of(workflow_id)
+        try:
+            forked = await get_handle(workflow_id, database=self.database).fork(
+                at=at, workflow_id=new_id
+            )
+        except ValueError as err:
+            raise ApiError(422, str(err)) from err
+        return {"workflow_id": forked.workflow_id, "forked_from": workflow_id}
+
     async def api_activities(self) -> dict[str, JSON]:
         """Registered activity versions (abi, sha256, schemas, limits, grants: secret names
         only, values never reach the registry) and call counts, failures and latency over
@@ -636,6 +698,11 @@ BULK_BODY = _body(
 )
 SIGNAL_BODY = _body("The signal's payload: any JSON value", {"approved": True})
 CANCEL_BODY = _body('{"reason": "..."} (optional)', {"reason": "no longer needed"})
+SUSPEND_BODY = _body('{"reason": "..."} (optional)', {"reason": "waiting for a fix"})
+EMPTY_BODY = _body("{} (no fields)", {})
+FORK_BODY = _body(
+    '{"at": sequence, "workflow_id": "new id"} (both optional)', {"workflow_id": "order-7-retry"}
+)
 
 
 def _when(unix_ms: int | None) -> str:

@@ -244,6 +244,7 @@ def test_signal_cancel_stats_and_doctor(db_path: Path) -> None:
     stats = json.loads(loom_cli("stats", "--json", db=db_path).stdout)
     assert stats["workflows"] == {
         "PENDING": 2, "RUNNING": 0, "COMPLETED": 0, "FAILED": 0, "CANCELED": 0,
+        "SUSPENDED": 0,
     }  # fmt: skip
     assert stats["tasks"] == {"due": 2, "scheduled": 0, "leased": 0, "expired": 0}
 

@@ -2,8 +2,9 @@
 
 The red team deployed an incompatible change while 6 workflows waited on a signal: every one
 FAILED for good. A worker whose code cannot replay a workflow that other code started now
-hands it back for a worker running that code; with none left, the workflow waits RUNNING
-until the change is rolled back. The same code replaying differently still fails.
+hands it back for a worker running that code (4 times, 0.5 s to 4 s apart); with none
+left, the workflow is SUSPENDED until the change is rolled back and it is resumed
+(tests/loom/test_replay.py, test_suspend.py).
 """
 
 from __future__ import annotations

@@ -1,15 +1,19 @@
-"""Replay: code changed under a running workflow fails visibly, naming both commands;
+"""Replay: code changed under a running workflow suspends visibly, naming both commands;
 committed golden histories still replay against the current code."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import loom
 from examples.order import OrderWorkflow
 from loom._export import read_history
+from loom.cli import main
 from loom.client import get_store
 from loom.history import Event, EventKind
 from loom.replay import WorkflowRun
@@ -39,24 +43,42 @@ def _shipping(first: object) -> type[loom.Workflow[dict, dict]]:  # type: ignore
     return loom.workflow(name="Shipping")(Shipping)
 
 
-async def test_changed_code_raises_non_determinism_naming_both(db_path, make_worker) -> None:
+async def test_changed_code_suspends_naming_both_then_resumes_on_old_code(
+    db_path, make_worker
+) -> None:
+    """Non-determinism is fixable by a deploy: the workflow SUSPENDS (result() keeps
+    waiting), keeps the error naming both commands, and the old code + resume finish it."""
     original = _shipping(reserve)
     async with make_worker([original], [reserve, release]):
         handle = await original.start({}, workflow_id="ship-1")
         while (await handle.state()).get("first") is None:
             await __import__("asyncio").sleep(0.02)
     changed = _shipping(release)
-    async with make_worker([changed], [reserve, release]):
+    async with make_worker([changed], [reserve, release], handbacks=0):
         await handle.signal("approve", {"ok": True})
-        with pytest.raises(loom.NonDeterministicWorkflowError) as info:
-            await handle.result(timeout=10)
-    assert "ACTIVITY_SCHEDULED reserve(args" in info.value.expected
-    assert "ACTIVITY_SCHEDULED release(args" in info.value.actual
-    assert await handle.status() is loom.WorkflowStatus.FAILED
+        while await handle.status() is not loom.WorkflowStatus.SUSPENDED:
+            await __import__("asyncio").sleep(0.02)
+        with pytest.raises(loom.WorkflowStillRunningError, match="loom resume ship-1"):
+            await handle.result(timeout=0.5)
     record = await get_store().get_workflow("ship-1")
     assert record is not None and record.error is not None
     assert record.error["type"] == "NonDeterministicWorkflowError"
+    assert "ACTIVITY_SCHEDULED reserve(args" in record.error["details"]["expected"]
+    assert "ACTIVITY_SCHEDULED release(args" in record.error["details"]["actual"]
     assert "reserve" in record.error["message"] and "release" in record.error["message"]
+    inspected = await asyncio.to_thread(
+        CliRunner().invoke, main, ["inspect", "ship-1", "--db", str(db_path)]
+    )
+    assert "SUSPENDED" in inspected.output and "NonDeterministicWorkflowError" in inspected.output
+    assert re.search(r"expected:?\s+ACTIVITY_SCHEDULED reserve", inspected.output), inspected.output
+    assert re.search(r"code issued:?\s+ACTIVITY_SCHEDULED release", inspected.output)
+    assert re.search(r"attempt:?\s+\d", inspected.output)
+    async with make_worker([original], [reserve, release]):
+        assert await handle.resume() is True
+        assert await handle.result(timeout=30) == {
+            "first": "reserved box",
+            "approval": {"ok": True},
+        }
 
 
 def _load(name: str) -> list[Event]:

@@ -117,12 +117,33 @@ async def test_schema_violations_are_not_retried(db_path, make_worker, tmp_path)
         assert failed.payload["attempt"] == 1
 
 
-async def test_unknown_name_and_unsatisfied_range(db_path, make_worker, tmp_path) -> None:
+async def test_unknown_name_and_unsatisfied_range_suspend_until_registered(
+    db_path, make_worker, tmp_path
+) -> None:
+    """Registering the activity fixes either, so the workflow is SUSPENDED (not failed)
+    with the registry's error, and a resume after the registration completes it."""
     await _register(db_path, write_activity(tmp_path, name="const", wat=constant_wat("{}")))
-    async with make_worker([CallTwice]):
+    async with make_worker([CallTwice], handbacks=0):
         missing = await CallTwice.start({"spec": "nothing-here@^1"})
-        with pytest.raises(loom.ActivityFailedError, match="not found"):
-            await missing.result(timeout=20)
         too_new = await CallTwice.start({"spec": "const@^2"})
-        with pytest.raises(loom.ActivityFailedError, match=r"1\.0\.0"):
-            await too_new.result(timeout=20)
+        for handle in (missing, too_new):
+            for _ in range(400):
+                if await handle.status() is loom.WorkflowStatus.SUSPENDED:
+                    break
+                await asyncio.sleep(0.05)
+        missing_error = (await missing.info())["error"]
+        assert missing_error["type"] == "ActivityNotFoundError"
+        assert "activity 'nothing-here@^1' not found" in missing_error["message"]
+        too_new_error = (await too_new.info())["error"]
+        assert "registered: 1.0.0" in too_new_error["message"]
+        v2 = tmp_path / "v2"
+        v2.mkdir()
+        await _register(
+            db_path, write_activity(v2, name="const", version="2.0.0", wat=constant_wat("{}"))
+        )
+        assert await too_new.resume() is True
+        assert await too_new.result(timeout=20) == {"first": {}, "second": {}}
+    events = await get_store().list_events(too_new.workflow_id)
+    done = next(e for e in events if e.kind is EventKind.ACTIVITY_COMPLETED)
+    assert done.payload["pin"]["version"] == "2.0.0"
+    assert await missing.status() is loom.WorkflowStatus.SUSPENDED

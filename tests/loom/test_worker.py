@@ -253,11 +253,26 @@ async def test_workflow_id_is_an_idempotency_key(db_path, make_worker) -> None:
         assert (await second.result(timeout=10)).results == [2]
 
 
-async def test_unknown_activity_fails_clearly(db_path, make_worker) -> None:
-    async with make_worker([Calc], []):
+async def test_unknown_activity_suspends_clearly_and_resumes_once_served(
+    db_path, make_worker
+) -> None:
+    """A worker lacking an activity (and no other serving it) parks the workflow instead of
+    failing it; a worker with the activity plus a resume finishes it."""
+    async with make_worker([Calc], [], handbacks=1):
         handle = await Calc.start({"values": [1]})
-        with pytest.raises(loom.ActivityFailedError, match=r"activity .double. not found"):
-            await handle.result(timeout=10)
+        for _ in range(400):
+            if await handle.status() is loom.WorkflowStatus.SUSPENDED:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(loom.WorkflowStillRunningError, match="SUSPENDED"):
+            await handle.result(timeout=0.2)
+    record = await get_store().get_workflow(handle.workflow_id)
+    assert record is not None and record.error is not None
+    assert record.error["type"] == "ActivityNotFoundError"
+    assert "activity 'double' not found" in record.error["message"]
+    async with make_worker([Calc], [double]):
+        assert await handle.resume() is True
+        assert (await handle.result(timeout=20)).results == [2]
 
 
 async def test_many_workflows_with_small_concurrency(db_path, make_worker) -> None:

@@ -237,10 +237,18 @@ async def test_native_activity_replaced_by_a_double_with_its_arguments(loom_env)
 
 
 @pytest.mark.loom(workflows=[Summarize], activities=[stamp])
-async def test_without_a_double_the_unregistered_module_fails_the_call(loom_env) -> None:
+async def test_without_a_double_the_unregistered_module_suspends_the_workflow(loom_env) -> None:
+    """Registering the module (or a double) can fix it, so the workflow is parked, not
+    failed: SUSPENDED with the registry's error kept."""
     handle = await loom_env.start(Summarize, {})
-    with pytest.raises(loom.ActivityFailedError, match="llm-chat"):
-        await handle.result(timeout=30)
+    for _ in range(600):
+        if await handle.status() is loom.WorkflowStatus.SUSPENDED:
+            break
+        await asyncio.sleep(0.05)
+    info = await handle.info()
+    assert info["status"] is loom.WorkflowStatus.SUSPENDED
+    assert info["error"]["type"] == "ActivityNotFoundError"
+    assert "llm-chat" in info["error"]["message"]
 
 
 async def test_environment_without_the_fixture_cleans_up_its_database() -> None:

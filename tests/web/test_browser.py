@@ -1,6 +1,7 @@
 """The dashboard in a real Chromium (Debian's `chromium`, driven by Playwright for Python):
-a workflow appears live, its page shows the graph, a signal sent from the page moves it on
-live, user input shows as text, and no request leaves the server.
+a workflow appears live, its page shows the graph, Suspend parks it, a signal sent from the
+page is kept until Resume moves it on live, user input shows as text, and no request leaves
+the server.
 
 Chromium comes from `apt-get install chromium` (`make install` does it as root); Playwright's
 own browser download is never used. Without it the tests fail under CI or as root (who can
@@ -94,10 +95,19 @@ def test_a_workflow_lives_on_its_pages(
     tab.locator("#signal-form textarea").fill("{bad json")
     tab.locator("#signal-form button").click()
     expect(tab.locator("#signal-form .result")).to_contain_text("not valid JSON")
+    # Suspended from the page, the signal is kept but nothing runs until Resume.
+    tab.locator("#suspend-form input[name=reason]").fill("audit <b>now</b>")
+    tab.locator("#suspend-button").click()
+    expect(tab.locator("#suspend-form .result")).to_have_text("Suspended.")
+    expect(tab.locator("#status")).to_have_text("SUSPENDED", timeout=15_000)  # live
+    expect(tab.locator(".error-box")).to_contain_text("audit <b>now</b>")  # text, not markup
     tab.locator("#signal-form input[name=name]").fill("approve")
     tab.locator("#signal-form textarea").fill('{"by": "<i>ops</i>", "ok": true}')
     tab.locator("#signal-form button").click()
     expect(tab.locator("#signal-form .result")).to_have_text("Signal approve sent.")
+    expect(tab.locator("#status")).to_have_text("SUSPENDED")
+    tab.locator("#resume-button").click()
+    expect(tab.locator("#resume-form .result")).to_have_text("Resumed.")
     expect(tab.locator("#status")).to_have_text("COMPLETED", timeout=15_000)  # live
     expect(tab.locator("#state")).to_contain_text('"by": "<i>ops</i>"')
     expect(tab.locator("pre.mermaid svg")).to_be_visible(timeout=15_000)

@@ -66,6 +66,41 @@
     });
   }
 
+  function wireAction(formId, action, done, body) {
+    var form = document.getElementById(formId);
+    if (!form) return;
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      try {
+        var data = await post("/api/workflows/" + encodeURIComponent(form.dataset.workflowId) +
+          "/" + action, body(form));
+        show(form, done(data), true);
+      } catch (e) { show(form, e.message, false); }
+    });
+  }
+
+  function wireRecovery() {
+    wireAction("resume-form", "resume", function (data) {
+      return data.resumed ? "Resumed." : "It was not suspended; nothing to resume.";
+    }, function () { return {}; });
+    wireAction("suspend-form", "suspend", function (data) {
+      return data.suspended ? "Suspended." : "It was suspended already.";
+    }, function (form) {
+      var reason = form.elements.reason.value.trim();
+      return reason ? { reason: reason } : {};
+    });
+    wireAction("fork-form", "fork", function (data) {
+      return "Forked as " + data.workflow_id + ".";
+    }, function (form) {
+      var body = {};
+      var at = form.elements.at.value.trim();
+      var id = form.elements.workflow_id.value.trim();
+      if (at) body.at = parseInt(at, 10);
+      if (id) body.workflow_id = id;
+      return body;
+    });
+  }
+
   // Bulk cancel: the selection survives the live re-rendering of the rows.
   var selected = new Set();
   function syncSelection() {
@@ -116,6 +151,7 @@
     renderGraphs();
     wireSignal();
     wireCancel();
+    wireRecovery();
     wireBulk();
   });
   document.addEventListener("htmx:afterSettle", function () {

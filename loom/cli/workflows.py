@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from loom.breaker import Breaker
 from loom._json import JSON
+from loom.breaker import Breaker
 from loom.cli.options import (
     DEFAULT_LIST_LIMIT,
     STOP_SIGNALS,

@@ -201,6 +201,8 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
     }
     if spec.parent_id:
         started["parent_id"] = spec.parent_id
+    if spec.trace:
+        started["trace"] = dict(spec.trace)
     args = (
         spec.workflow_id,
         spec.workflow_name,

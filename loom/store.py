@@ -35,6 +35,8 @@ class NewWorkflow:
     agent: str | None = None
     parent_id: str | None = None
     parent_seq: int | None = None
+    trace: dict[str, str] | None = None
+    """The starter's W3C trace context, kept in WORKFLOW_STARTED for every later task."""
 
 
 @dataclass(frozen=True, slots=True)

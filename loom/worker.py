@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import logging
@@ -18,9 +19,12 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from activity_registry import (
     ActivityNotFoundError,
@@ -31,8 +35,9 @@ from activity_registry import (
     RetryPolicy,
     parse_spec,
 )
+from loom import telemetry
 from loom._json import JSON, is_json
-from loom.activation import ACTIVITY_TASK, TIMER_TASK
+from loom.activation import ACTIVITY_TASK, TIMER_TASK, Activation
 from loom.activity import Activity
 from loom.client import database_url, get_store
 from loom.clock import wall_ms
@@ -372,19 +377,20 @@ class Worker:
             await self._leave_for_its_code(store, task, known[0], compiled, known[2])
             return
         run = self._cache.pop(task.workflow_id, None)
-        if (
+        is_current = (
             run is not None
             and not task.is_full_history
             and (run.cursor, run.epoch) == (task.history_after, record.epoch)
-        ):
-            run.apply(task.events, include_commands=False)
+        )
+        events = task.events
+        if run is not None and is_current:
+            parent = run.trace
         else:
             # The claim saw a cached run that has since left the cache or moved on (the
             # completion fast path, a re-claim of our own expired lease, eviction): its
             # partial history cannot rebuild the workflow, so replay all of it.
             if run is not None:
                 run.close()
-            events = task.events
             if not task.is_full_history:
                 events = await store.list_events(task.workflow_id)
             run = WorkflowRun(
@@ -393,22 +399,29 @@ class Worker:
                 replay_until=record.processed_sequence,
                 limits=self.limits,
             )
-            run.apply(events)
-        code = _foreign_code(run, compiled, record.source_hash)
-        if code is not None:
-            run.close()
-            await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
-            return
-        self._diverged.pop(task.workflow_id, None)
-        activation = run.take_activation()
-        result = await store.commit_workflow_task(
-            task,
-            activation,
-            run.cursor,
-            _step_progress(compiled, activation.step_index),
-            eager_lease_ms=self._eager_lease_ms(),
-        )
-        self._committed(store, run, activation.status, result)
+            parent = events[0].payload.get("trace") if events and events[0].sequence == 1 else None
+        if record.processed_sequence == 0:
+            telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
+        with _workflow_span(
+            run, parent, is_replay=not is_current and record.processed_sequence > 0
+        ):
+            run.apply(events, include_commands=not is_current)
+            code = _foreign_code(run, compiled, record.source_hash)
+            if code is not None:
+                run.close()
+                await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
+                return
+            self._diverged.pop(task.workflow_id, None)
+            activation = run.take_activation()
+            _stamp_activities(store, run, activation)
+            result = await store.commit_workflow_task(
+                task,
+                activation,
+                run.cursor,
+                _step_progress(compiled, activation.step_index),
+                eager_lease_ms=self._eager_lease_ms(),
+            )
+            self._committed(store, run, activation.status, result)
 
     async def _leave_for_its_code(
         self,
@@ -463,6 +476,11 @@ class Worker:
         self, store: Store, run: WorkflowRun, status: WorkflowStatus, result: CommitResult
     ) -> None:
         """Keep a run that committed and is still open; start the tasks it leased to us."""
+        if result.is_committed and status in _CLOSING:
+            labels = {"workflow": run.compiled.name}
+            _CLOSING[status].add(1, labels)
+            seconds = max(store.now_ms() - run.started_at_ms, 0) / 1000
+            telemetry.WORKFLOW_DURATION.record(seconds, labels)
         if not result.is_committed or status is not WorkflowStatus.RUNNING:
             run.close()
         else:
@@ -494,18 +512,20 @@ class Worker:
             del self._cache[task.workflow_id]
             at = store.now_ms()
             expected = (run.cursor, run.epoch)
-            run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
-            activation = run.take_activation()
-            result = await store.complete_and_continue(
-                task,
-                NewEvent(kind, payload),
-                expected,
-                activation,
-                _step_progress(run.compiled, activation.step_index),
-                at=at,
-                eager_lease_ms=self._eager_lease_ms(),
-            )
-            self._committed(store, run, activation.status, result)
+            with _workflow_span(run, run.trace, is_replay=False):
+                run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
+                activation = run.take_activation()
+                _stamp_activities(store, run, activation)
+                result = await store.complete_and_continue(
+                    task,
+                    NewEvent(kind, payload),
+                    expected,
+                    activation,
+                    _step_progress(run.compiled, activation.step_index),
+                    at=at,
+                    eager_lease_ms=self._eager_lease_ms(),
+                )
+                self._committed(store, run, activation.status, result)
             return
         done = await store.complete_activity(
             task, kind, payload, continue_with=self._cursor_of, lease_ms=self.lease_ms
@@ -517,10 +537,29 @@ class Worker:
     async def _run_activity(self, store: Store, task: ClaimedTask) -> None:
         payload = task.payload
         name = str(payload["name"])
+        scheduled_at = payload.get("scheduled_at")
+        if task.attempt == 1 and isinstance(scheduled_at, int):
+            waited = max(store.now_ms() - scheduled_at, 0) / 1000
+            telemetry.ACTIVITY_SCHEDULE_TO_START.record(waited, {"activity": name})
+        began = time.perf_counter()
+        fields: dict[str, JSON] = {
+            "workflow_id": task.workflow_id,
+            "workflow_name": payload.get("workflow_name"),
+            "activity": name,
+            "attempt": task.attempt,
+        }
+        with telemetry.log_context(**fields), _activity_span(task, name):
+            outcome = await self._attempt_activity(store, task)
+        labels = {"activity": name, "outcome": outcome}
+        telemetry.ACTIVITY_DURATION.record(time.perf_counter() - began, labels)
+
+    async def _attempt_activity(self, store: Store, task: ClaimedTask) -> str:
+        """One attempt; returns its outcome: completed, failed (for good) or retried."""
+        payload = task.payload
+        name = str(payload["name"])
         activity = self._activities.get(name) if not self._overrides else self._override(name)
         if activity is None:
-            await self._run_registered(store, task)
-            return
+            return await self._run_registered(store, task)
         try:
             result = await activity.attempt(payload["input"])
             if not is_json(result):
@@ -542,15 +581,17 @@ class Worker:
                     f"activity {name!r} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay:.2f}s",
                 )
-                return
+                telemetry.note_error(err)
+                return "retried"
             await self._fail_activity(store, task, err, retryable=retryable)
-            return
+            return "failed"
         await self._complete(
             store,
             task,
             EventKind.ACTIVITY_COMPLETED,
             {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt},
         )
+        return "completed"
 
     def _override(self, spec: str) -> Activity[..., Any] | None:
         name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
@@ -566,6 +607,7 @@ class Worker:
         extra: dict[str, JSON] | None = None,
     ) -> None:
         error_type = str(getattr(err, "error_type", type(err).__name__))
+        telemetry.note_error(err)
         error = encode_error(
             err,
             max_chars=self.limits.max_error_chars,
@@ -645,14 +687,15 @@ class Worker:
             )
         return activity
 
-    async def _run_registered(self, store: Store, task: ClaimedTask) -> None:
+    async def _run_registered(self, store: Store, task: ClaimedTask) -> str:
         payload = task.payload
         registry = await self._registry()
         try:
             activity = await self._resolve(store, registry, task)
         except (RegistryError, ValueError) as err:
             await self._fail_activity(store, task, err, retryable=False)
-            return
+            return "failed"
+        trace.get_current_span().set_attribute("loom.activity.version", activity.version)
         pin: dict[str, JSON] = {"version": activity.version, "sha256": activity.sha256}
         secrets = {s: os.environ[s] for s in activity.grants.secrets if s in os.environ}
         try:
@@ -660,7 +703,7 @@ class Worker:
             self._check_result(activity.ref, result.output)
         except PayloadTooLargeError as err:
             await self._fail_activity(store, task, err, retryable=False, extra={"pin": pin})
-            return
+            return "failed"
         except (SandboxError, RegistryError) as err:
             retryable = bool(getattr(err, "retryable", False))
             policy = activity.retry
@@ -676,9 +719,12 @@ class Worker:
                     f"activity {activity.ref} attempt {task.attempt} failed: "
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay_ms / 1000:.2f}s",
                 )
-                return
+                telemetry.note_error(err)
+                return "retried"
             await self._fail_activity(store, task, err, retryable=retryable, extra={"pin": pin})
-            return
+            return "failed"
+        if result.usage.fuel_used:
+            telemetry.WASM_FUEL_USED.add(result.usage.fuel_used, {"activity": activity.name})
         await self._complete(
             store,
             task,
@@ -692,6 +738,73 @@ class Worker:
                 "usage": result.usage.model_dump(),
             },
         )
+        return "completed"
+
+
+_CLOSING = {
+    WorkflowStatus.COMPLETED: telemetry.WORKFLOW_COMPLETED,
+    WorkflowStatus.FAILED: telemetry.WORKFLOW_FAILED,
+}
+
+
+@contextlib.contextmanager
+def _workflow_span(run: WorkflowRun, parent: JSON, *, is_replay: bool) -> Iterator[None]:
+    """`RunWorkflow:{name}` for one workflow task, in the starter's trace; the workflow's
+    log lines inside carry its ids. Free when no SDK is installed."""
+    name = run.compiled.name
+    with telemetry.log_context(workflow_id=run.workflow_id, workflow_name=name):
+        if not telemetry.is_enabled():
+            yield
+            return
+        with telemetry.tracer().start_as_current_span(
+            f"RunWorkflow:{name}",
+            context=telemetry.context_of(parent),
+            attributes={
+                "loom.workflow.id": run.workflow_id,
+                "loom.workflow.name": name,
+                "loom.replay": is_replay,
+            },
+        ):
+            yield
+
+
+@contextlib.contextmanager
+def _activity_span(task: ClaimedTask, name: str) -> Iterator[None]:
+    """`RunActivity:{name}` for one attempt, a child of the workflow task that scheduled it."""
+    if not telemetry.is_enabled():
+        yield
+        return
+    attributes: dict[str, str | int | bool] = {
+        "loom.workflow.id": task.workflow_id,
+        "loom.activity.name": name,
+        "loom.activity.attempt": task.attempt,
+        "loom.replay": False,
+    }
+    workflow_name = task.payload.get("workflow_name")
+    if isinstance(workflow_name, str):
+        attributes["loom.workflow.name"] = workflow_name
+    with telemetry.tracer().start_as_current_span(
+        f"RunActivity:{name}",
+        context=telemetry.context_of(task.payload.get("trace")),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        record_exception=False,  # an exception's message may repeat the activity's input
+    ):
+        yield
+
+
+def _stamp_activities(store: Store, run: WorkflowRun, activation: Activation) -> None:
+    """Give each new activity task the scheduling span's context and time (task payloads
+    only: history stays as it was), so its attempts join the trace on any worker."""
+    if not activation.tasks or not telemetry.is_enabled():
+        return
+    stamp: dict[str, JSON] = {"scheduled_at": store.now_ms(), "workflow_name": run.compiled.name}
+    carrier = telemetry.current_carrier()
+    if carrier is not None:
+        stamp["trace"] = dict(carrier)
+    for index, spec in enumerate(activation.tasks):
+        if spec.kind == ACTIVITY_TASK:
+            activation.tasks[index] = dataclasses.replace(spec, payload={**spec.payload, **stamp})
 
 
 def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:

@@ -104,7 +104,7 @@ def is_postgres(database: Path | str) -> bool:
 # Test files whose modules are built from source: everything under these folders, and these.
 _BUILDS_FOR = (
     {"wasm_activities", "examples"},
-    {"test_wasm_activities.py", "test_wasm_workflow.py", "test_wdl_worker.py"},
+    {"test_wasm_activities.py", "test_wasm_workflow.py", "test_wdl_worker.py", "test_telemetry.py"},
 )
 _BUILDS_FOR_CLI = "test_activity_cli.py"
 

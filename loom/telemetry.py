@@ -1,0 +1,197 @@
+"""Telemetry: the engine's OpenTelemetry tracer and instruments, trace-context carriers, and
+the fields every log line carries (workflow, activity, attempt, trace and span ids).
+
+Only `opentelemetry-api` is imported here: until the application (or `loom worker
+--metrics-port`) installs an SDK, every span and instrument is a no-op. Knows nothing of
+workflows beyond the names it is handed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from loom._json import JSON
+
+__all__ = [
+    "LOG_FIELDS",
+    "LogContextFilter",
+    "context_of",
+    "current_carrier",
+    "is_enabled",
+    "json_log_handler",
+    "log_context",
+    "note_error",
+    "serve_metrics",
+    "tracer",
+]
+
+METER = metrics.get_meter("loom")
+
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+"""Histogram bounds in seconds (Prometheus' defaults, stretched to hour-long workflows)."""
+
+# Prometheus names: the exporter adds `_total` to counters and the unit to histograms.
+WORKFLOW_STARTED = METER.create_counter(
+    "loom_workflow_started", unit="1", description="Workflows whose first task ran."
+)
+WORKFLOW_COMPLETED = METER.create_counter(
+    "loom_workflow_completed", unit="1", description="Workflows that completed."
+)
+WORKFLOW_FAILED = METER.create_counter(
+    "loom_workflow_failed", unit="1", description="Workflows that failed."
+)
+WORKFLOW_DURATION = METER.create_histogram(
+    "loom_workflow_duration",
+    unit="s",
+    description="Start to close of workflows that completed or failed.",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+)
+ACTIVITY_DURATION = METER.create_histogram(
+    "loom_activity_duration",
+    unit="s",
+    description="One activity attempt, by activity and outcome (completed, failed, retried).",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+)
+ACTIVITY_SCHEDULE_TO_START = METER.create_histogram(
+    "loom_activity_schedule_to_start",
+    unit="s",
+    description="From scheduling an activity to its first attempt starting.",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+)
+WASM_FUEL_USED = METER.create_counter(
+    "loom_wasm_fuel_used", unit="1", description="Fuel charged to metered WebAssembly calls."
+)
+
+LOG_FIELDS = (
+    "workflow_id",
+    "workflow_name",
+    "activity",
+    "attempt",
+    "trace_id",
+    "span_id",
+)
+"""The fields `loom worker --log-format json` adds to every line (None when not known)."""
+
+_log_fields: contextvars.ContextVar[Mapping[str, JSON] | None] = contextvars.ContextVar(
+    "loom_log_fields", default=None
+)
+
+
+def _is_sdk(provider: object) -> bool:
+    # The API's own providers are the proxy (before any is set) and the no-op one.
+    return "Proxy" not in type(provider).__name__ and "NoOp" not in type(provider).__name__
+
+
+def is_enabled() -> bool:
+    """Whether an SDK tracer or meter provider is installed: the engine then spends the
+    few microseconds a carrier or a timestamp costs, and nothing otherwise."""
+    return _is_sdk(trace.get_tracer_provider()) or _is_sdk(metrics.get_meter_provider())
+
+
+def tracer() -> trace.Tracer:
+    """The engine's tracer, from the provider installed now (not one cached at import, which
+    would keep a replaced provider's)."""
+    return trace.get_tracer("loom")
+
+
+def current_carrier() -> dict[str, str] | None:
+    """The current span's W3C trace context (`traceparent`, maybe `tracestate`), to store."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
+
+
+def context_of(carrier: JSON) -> otel_context.Context | None:
+    """The context a stored carrier names (None: a root span, as without a caller's trace)."""
+    if not isinstance(carrier, dict):
+        return None
+    return propagate.extract({str(k): str(v) for k, v in carrier.items()})
+
+
+def note_error(err: BaseException, span: Span | None = None) -> None:
+    """Mark `span` (default: the current one) failed with `error.type`, never the message:
+    messages may repeat inputs."""
+    span = span or trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("error.type", str(getattr(err, "error_type", type(err).__name__)))
+        span.set_status(Status(StatusCode.ERROR))
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def log_context(**fields: JSON) -> Iterator[None]:
+    """Attach `fields` to every log line written in this context (this asyncio task)."""
+    token = _log_fields.set({**(_log_fields.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _log_fields.reset(token)
+
+
+class LogContextFilter(logging.Filter):
+    """Adds LOG_FIELDS to each record: from `log_context`, the record's own `extra`, and
+    the current span."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _log_fields.get() or {}
+        for name in LOG_FIELDS[:4]:
+            if not hasattr(record, name):
+                setattr(record, name, fields.get(name))
+        span = trace.get_current_span().get_span_context()
+        record.trace_id = format(span.trace_id, "032x") if span.is_valid else None
+        record.span_id = format(span.span_id, "016x") if span.is_valid else None
+        return True
+
+
+def json_log_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing one JSON object per line with `timestamp`, `level`, `logger`,
+    `message` and LOG_FIELDS (python-json-logger, the stdlib formatter's JSON twin)."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(LogContextFilter())
+    handler.setFormatter(
+        JsonFormatter(
+            ["asctime", "levelname", "name", "message", *LOG_FIELDS],
+            rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+    )
+    return handler
+
+
+# -- metrics endpoint -------------------------------------------------------------------
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> Any:
+    """Serve this process's instruments as Prometheus text on http://host:port/metrics.
+
+    Installs an SDK meter provider with the OpenTelemetry Prometheus exporter (unless the
+    application installed one, whose readers then decide what is served). Returns the
+    server; needs `pip install 'loom[otel]'`.
+    """
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import start_http_server
+    except ImportError as err:
+        raise RuntimeError(
+            f"--metrics-port needs the OpenTelemetry SDK and Prometheus exporter ({err.name} "
+            "is missing); install them with: pip install 'loom[otel]'"
+        ) from err
+    if not _is_sdk(metrics.get_meter_provider()):
+        metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    server, _ = start_http_server(port, addr=host)
+    return server

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -25,9 +26,11 @@ __all__ = [
     "LogContextFilter",
     "context_of",
     "current_carrier",
+    "export_traces_from_env",
     "is_enabled",
     "json_log_handler",
     "log_context",
+    "note_backlog",
     "note_error",
     "serve_metrics",
     "tracer",
@@ -69,6 +72,27 @@ ACTIVITY_SCHEDULE_TO_START = METER.create_histogram(
 WASM_FUEL_USED = METER.create_counter(
     "loom_wasm_fuel_used", unit="1", description="Fuel charged to metered WebAssembly calls."
 )
+
+_backlog: dict[str, int] = {}
+
+
+def _observe_backlog(options: metrics.CallbackOptions) -> Iterator[metrics.Observation]:
+    for kind, count in list(_backlog.items()):
+        yield metrics.Observation(count, {"kind": kind})
+
+
+TASK_BACKLOG = METER.create_observable_gauge(
+    "loom_task_backlog",
+    callbacks=[_observe_backlog],
+    unit="1",
+    description="Tasks in the store by state (queued, leased, expired), as a worker last saw.",
+)
+
+
+def note_backlog(counts: Mapping[str, int]) -> None:
+    """Record the store's task counts for the next scrape (a worker's heartbeat calls it)."""
+    _backlog.update(counts)
+
 
 LOG_FIELDS = (
     "workflow_id",
@@ -170,6 +194,33 @@ def json_log_handler(stream: IO[str] | None = None) -> logging.Handler:
         )
     )
     return handler
+
+
+# -- exporters -------------------------------------------------------------------------
+
+
+def export_traces_from_env() -> bool:
+    """Install an SDK tracer provider exporting over OTLP/HTTP when the standard
+    `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set and loom[otel] is
+    installed, unless the application installed a provider itself. Returns whether it did."""
+    if _is_sdk(trace.get_tracer_provider()) or not (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return False
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as err:
+        raise RuntimeError(
+            f"OTEL_EXPORTER_OTLP_ENDPOINT is set but {err.name} is missing; install the "
+            "exporter with: pip install 'loom[otel]'"
+        ) from err
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return True
 
 
 # -- metrics endpoint -------------------------------------------------------------------

@@ -291,6 +291,8 @@ class Worker:
             try:
                 await self._give_back_failed(store)
                 await store.extend_leases(self.worker_id, self.lease_ms)
+                if telemetry.is_enabled():
+                    telemetry.note_backlog(await store.count_tasks())
             except Exception as err:
                 outage.failed(err)
             else:

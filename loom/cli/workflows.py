@@ -78,6 +78,22 @@ def init(database: str) -> None:
     show_default=True,
     help="What the worker reports on stderr (store outages, failed tasks, recoveries).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line with timestamp, level, logger, message, workflow_id, "
+    "workflow_name, activity, attempt, trace_id, span_id.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: any free port; "
+    "needs loom[otel]).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @database_option
 def worker(
     app: str,
@@ -85,16 +101,33 @@ def worker(
     poll_interval: float,
     lease_seconds: float,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     database: str,
 ) -> None:
-    """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released)."""
+    """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released).
+
+    With the OpenTelemetry SDK installed (loom[otel]) and OTEL_EXPORTER_OTLP_ENDPOINT set,
+    its spans are exported over OTLP/HTTP."""
+    from loom import telemetry
     from loom.worker import Worker
 
     # An operator must see a store outage and its recovery; without handlers Python
     # would print only warnings and above, unformatted.
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if log_format == "json":
+        logging.basicConfig(level=log_level.upper(), handlers=[telemetry.json_log_handler()])
+    else:
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    telemetry.export_traces_from_env()
+    if metrics_port is not None:
+        try:
+            server = telemetry.serve_metrics(metrics_port, metrics_host)
+        except (RuntimeError, OSError) as err:
+            raise click.ClickException(f"metrics: {err}") from err
+        click.echo(f"metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
 
     workflows, activities = load_app(app)
     instance = Worker(

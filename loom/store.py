@@ -352,6 +352,11 @@ class Store(abc.ABC):
     async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]: ...
 
     @abc.abstractmethod
+    async def egress_totals(self, activity: str) -> dict[str, dict[str, JSON]]:
+        """Per version of `activity`: completed calls that made HTTP requests, requests,
+        bytes out/in, time in requests (ms) and the hosts called (the egress journal)."""
+
+    @abc.abstractmethod
     async def count_tasks(self) -> dict[str, int]:
         """Task counts by state (due, leased, scheduled), for diagnostics and tests."""
 

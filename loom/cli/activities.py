@@ -177,9 +177,14 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
 
     Includes its schemas, limits, grants and retry policy.
     """
-    item = _execute(ctx, database, lambda registry: registry.resolve(spec))
+
+    async def operation(registry: Registry) -> tuple[ActivityVersion, dict[str, Any]]:
+        item = await registry.resolve(spec)
+        return item, await _egress_totals(database, item.name)
+
+    item, egress = _execute(ctx, database, operation)
     if as_json:
-        _echo_json(_record(item))
+        _echo_json({**_record(item), "egress": egress})
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -192,9 +197,27 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
     grid.add_row("limits", _pairs(item.limits.model_dump()))
     grid.add_row("grants", _grants(item))
     grid.add_row("retry", _pairs(item.retry.model_dump()))
+    grid.add_row("egress", _egress_lines(egress))
     grid.add_row("input schema", RichJSON(json.dumps(item.input_schema)))
     grid.add_row("output schema", RichJSON(json.dumps(item.output_schema)))
     Console().print(grid)
+
+
+async def _egress_totals(database: str, name: str) -> dict[str, Any]:
+    """Totals of the egress journal per version, from the workflows' history."""
+    from loom.client import get_store
+
+    return await get_store(database).egress_totals(name)
+
+
+def _egress_lines(totals: dict[str, Any]) -> str:
+    if not totals:
+        return "no sandboxed HTTP requests recorded"
+    return "\n".join(
+        f"{version}: {t['requests']} requests in {t['calls']} calls, {t['bytes_out']} B out, "
+        f"{t['bytes_in']} B in, {t['duration_ms'] / 1000:.2f} s, to {', '.join(t['hosts'])}"
+        for version, t in sorted(totals.items())
+    )
 
 
 def _pairs(values: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from loom._json import JSON
 from loom.cli.options import (
     DEFAULT_LIST_LIMIT,
     STOP_SIGNALS,
@@ -31,7 +32,7 @@ from loom.cli.options import (
 from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
 from loom.history import Event, WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json, workflow_json
+from loom.summary import egress_json, event_json, workflow_json
 
 if TYPE_CHECKING:
     from loom.store import StoreStats
@@ -261,9 +262,17 @@ async def find_workflow(store: Store, workflow_id: str) -> WorkflowRecord:
 @click.command()
 @click.argument("workflow_id", metavar="ID")
 @click.option("--events", "with_events", is_flag=True, help="Include the full event history.")
+@click.option(
+    "--egress",
+    "with_egress",
+    is_flag=True,
+    help="Include the egress journal: each sandboxed HTTP request (no bodies, queries, secrets).",
+)
 @json_option
 @database_option
-def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -> None:
+def inspect(
+    workflow_id: str, with_events: bool, with_egress: bool, as_json: bool, database: str
+) -> None:
     """Show one workflow: status, current step, state and history."""
 
     async def operation() -> tuple[WorkflowRecord, list[Event]]:
@@ -276,9 +285,14 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
         data = workflow_json(record, full=True)
         if with_events:
             data["events"] = [event_json(event) for event in events]
+        if with_egress:
+            data["egress"] = egress_json(events)
         echo_json(data)
         return
     _print_workflow(record, events)
+    if with_egress:
+        click.echo()
+        _print_egress(egress_json(events))
     if with_events:
         click.echo()
         print_table(
@@ -288,6 +302,29 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
                 for e in events
             ],
         )
+
+
+def _print_egress(journal: list[dict[str, JSON]]) -> None:
+    if not journal:
+        click.echo("egress: no sandboxed HTTP requests recorded")
+        return
+    print_table(
+        ("SEQ", "ACTIVITY", "METHOD", "HOST:PORT", "PATH", "STATUS", "OUT", "IN", "MS"),
+        [
+            (
+                str(e["seq"]),
+                f"{e['activity']}" + (f" {e['version']}" if e["version"] else ""),
+                str(e["method"]),
+                f"{e['host']}:{e['port']}",
+                str(e["path"]),
+                str(e["status"] if e["status"] is not None else e["error"]),
+                str(e["bytes_out"]),
+                str(e["bytes_in"]),
+                f"{e['duration_ms']:.1f}" if isinstance(e["duration_ms"], float | int) else "-",
+            )
+            for e in journal
+        ],
+    )
 
 
 def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:

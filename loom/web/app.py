@@ -34,7 +34,7 @@ from loom.exceptions import (
 )
 from loom.history import WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json
+from loom.summary import egress_json, event_json
 from loom.web import views
 from loom.web.security import Guard
 from loom.workflow import CompiledWorkflow
@@ -227,6 +227,7 @@ class Dashboard:
             "pending": [c for c in calls if c.status == "pending"],
             "calls": calls,
             "waiting_for": views.signal_waits(events),
+            "egress": egress_json(events),
         }
 
     async def stats_context(self) -> dict[str, Any]:
@@ -362,6 +363,7 @@ class Dashboard:
             "children": [views.workflow_summary(c) for c in context["children"]],
             "waiting_for_signals": context["waiting_for"],
             "activities": [views.call_json(c) for c in context["calls"]],
+            "egress": context["egress"],
         }
 
     async def api_events(self, workflow_id: str, kind: str | None = None) -> dict[str, JSON]:

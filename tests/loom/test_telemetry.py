@@ -5,13 +5,18 @@ the egress journal kept with the activity's completion (no secret, query value o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -22,7 +27,9 @@ import loom
 from activity_registry import Registry
 from loom.client import get_store
 from loom.history import EventKind
+from loom.web.app import create_app
 from tests.activity_registry.activity_files import write_activity
+from tests.conftest import is_postgres
 from tests.wasm_activities.conftest import LoopbackServer, build_test_module
 from tests.wasm_activities.conftest import http_server as http_server  # the fixture
 
@@ -199,6 +206,55 @@ async def test_egress_journal_keeps_no_secret_query_value_or_body(
     for forbidden in (SECRET, QUERY_VALUE):
         assert forbidden not in history
     assert "a body" not in json.dumps(entry) and "page" not in json.dumps(entry)
+
+    if not is_postgres(db_path):  # every table, every row: the whole database as SQL text
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            dump = "\n".join(conn.iterdump())
+        assert "/v1/chat" in dump and SECRET not in dump and QUERY_VALUE not in dump
+
+    # What an operator sees: `loom inspect --egress`, `loom activity show`, the dashboard.
+    inspected = json.loads(
+        await _loom("inspect", handle.workflow_id, "--egress", "--json", db=db_path)
+    )
+    (shown,) = inspected["egress"]
+    assert shown["activity"] == "http-client@^1" and shown["version"] == "1.0.0"
+    assert {k: shown[k] for k in entry} == entry
+    table = await _loom("inspect", handle.workflow_id, "--egress", db=db_path)
+    assert f"127.0.0.1:{http_server.port}" in table and "/v1/chat" in table
+    show = json.loads(await _loom("activity", "show", "http-client", "--json", db=db_path))
+    assert show["egress"]["1.0.0"] == {
+        "calls": 1,
+        "requests": 1,
+        "bytes_out": entry["bytes_out"],
+        "bytes_in": entry["bytes_in"],
+        "duration_ms": entry["duration_ms"],
+        "hosts": [f"127.0.0.1:{http_server.port}"],
+    }
+    app = create_app(database=str(db_path))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        api = (await client.get(f"/api/workflows/{handle.workflow_id}")).json()
+        page = (await client.get(f"/workflows/{handle.workflow_id}")).text
+    assert api["egress"] == inspected["egress"]
+    assert '<section id="egress">' in page and "/v1/chat" in page and QUERY_VALUE not in page
+
+
+async def _loom(*args: str, db: Path | str) -> str:
+    """`loom ...` as a user runs it (a subprocess: each command has its own event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loom",
+        *args,
+        "--db",
+        str(db),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 async def _until_first_activity_completed(workflow_id: str) -> None:

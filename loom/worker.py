@@ -544,13 +544,7 @@ class Worker:
             waited = max(store.now_ms() - scheduled_at, 0) / 1000
             telemetry.ACTIVITY_SCHEDULE_TO_START.record(waited, {"activity": name})
         began = time.perf_counter()
-        fields: dict[str, JSON] = {
-            "workflow_id": task.workflow_id,
-            "workflow_name": payload.get("workflow_name"),
-            "activity": name,
-            "attempt": task.attempt,
-        }
-        with telemetry.log_context(**fields), _activity_span(task, name):
+        with _activity_span(task, name):
             outcome = await self._attempt_activity(store, task)
         labels = {"activity": name, "outcome": outcome}
         telemetry.ACTIVITY_DURATION.record(time.perf_counter() - began, labels)
@@ -749,48 +743,69 @@ _CLOSING = {
 }
 
 
-@contextlib.contextmanager
-def _workflow_span(run: WorkflowRun, parent: JSON, *, is_replay: bool) -> Iterator[None]:
+def _workflow_span(
+    run: WorkflowRun, parent: JSON, *, is_replay: bool
+) -> contextlib.AbstractContextManager[None]:
     """`RunWorkflow:{name}` for one workflow task, in the starter's trace; the workflow's
-    log lines inside carry its ids. Free when no SDK is installed."""
-    name = run.compiled.name
-    with telemetry.log_context(workflow_id=run.workflow_id, workflow_name=name):
-        if not telemetry.is_enabled():
-            yield
-            return
-        with telemetry.tracer().start_as_current_span(
-            f"RunWorkflow:{name}",
-            context=telemetry.context_of(parent),
-            attributes={
-                "loom.workflow.id": run.workflow_id,
-                "loom.workflow.name": name,
-                "loom.replay": is_replay,
-            },
-        ):
-            yield
-
-
-@contextlib.contextmanager
-def _activity_span(task: ClaimedTask, name: str) -> Iterator[None]:
-    """`RunActivity:{name}` for one attempt, a child of the workflow task that scheduled it."""
+    log lines inside carry its ids. Only the log fields when no SDK is installed."""
+    fields = telemetry.log_context(workflow_id=run.workflow_id, workflow_name=run.compiled.name)
     if not telemetry.is_enabled():
-        yield
-        return
+        return fields
+    return _traced(
+        fields,
+        f"RunWorkflow:{run.compiled.name}",
+        parent,
+        SpanKind.INTERNAL,
+        {
+            "loom.workflow.id": run.workflow_id,
+            "loom.workflow.name": run.compiled.name,
+            "loom.replay": is_replay,
+        },
+    )
+
+
+def _activity_span(task: ClaimedTask, name: str) -> contextlib.AbstractContextManager[None]:
+    """`RunActivity:{name}` for one attempt, a child of the workflow task that scheduled it;
+    log lines inside carry the workflow, activity and attempt."""
+    workflow_name = task.payload.get("workflow_name")
+    fields = telemetry.log_context(
+        workflow_id=task.workflow_id,
+        workflow_name=workflow_name,
+        activity=name,
+        attempt=task.attempt,
+    )
+    if not telemetry.is_enabled():
+        return fields
     attributes: dict[str, str | int | bool] = {
         "loom.workflow.id": task.workflow_id,
         "loom.activity.name": name,
         "loom.activity.attempt": task.attempt,
         "loom.replay": False,
     }
-    workflow_name = task.payload.get("workflow_name")
     if isinstance(workflow_name, str):
         attributes["loom.workflow.name"] = workflow_name
-    with telemetry.tracer().start_as_current_span(
-        f"RunActivity:{name}",
-        context=telemetry.context_of(task.payload.get("trace")),
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,  # an exception's message may repeat the activity's input
+    return _traced(
+        fields, f"RunActivity:{name}", task.payload.get("trace"), SpanKind.CONSUMER, attributes
+    )
+
+
+@contextlib.contextmanager
+def _traced(
+    fields: telemetry.log_context,
+    name: str,
+    parent: JSON,
+    kind: SpanKind,
+    attributes: dict[str, str | int | bool],
+) -> Iterator[None]:
+    with (
+        fields,
+        telemetry.tracer().start_as_current_span(
+            name,
+            context=telemetry.context_of(parent),
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,  # an exception's message may repeat an input
+        ),
     ):
         yield
 

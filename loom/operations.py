@@ -712,6 +712,7 @@ async def _start_child(conn: Connection, task: ClaimedTask, child: ChildStart, n
             owner=parent.owner if parent else None,
             parent_id=task.workflow_id,
             parent_seq=child.parent_seq,
+            trace=child.trace,
         ),
         now,
     )

@@ -812,13 +812,16 @@ def _traced(
 
 def _stamp_activities(store: Store, run: WorkflowRun, activation: Activation) -> None:
     """Give each new activity task the scheduling span's context and time (task payloads
-    only: history stays as it was), so its attempts join the trace on any worker."""
-    if not activation.tasks or not telemetry.is_enabled():
+    only: history stays as it was), so its attempts join the trace on any worker; and each
+    child workflow the same context, in its WORKFLOW_STARTED."""
+    if not (activation.tasks or activation.children) or not telemetry.is_enabled():
         return
     stamp: dict[str, JSON] = {"scheduled_at": store.now_ms(), "workflow_name": run.compiled.name}
     carrier = telemetry.current_carrier()
     if carrier is not None:
         stamp["trace"] = dict(carrier)
+        for index, child in enumerate(activation.children):
+            activation.children[index] = dataclasses.replace(child, trace=carrier)
     for index, spec in enumerate(activation.tasks):
         if spec.kind == ACTIVITY_TASK:
             activation.tasks[index] = dataclasses.replace(spec, payload={**spec.payload, **stamp})

@@ -265,3 +265,35 @@ async def _until_first_activity_completed(workflow_id: str) -> None:
     ):
         assert time.monotonic() < deadline, "the first activity never completed"
         await asyncio.sleep(0.05)
+
+
+@loom.workflow(name="TracedChild")
+class TracedChild(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.native = await ctx.activity(flaky, ctx.input["key"])
+
+
+@loom.workflow(name="TracedParent")
+class TracedParent(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.child = await ctx.start_workflow(TracedChild, {"key": ctx.input["key"]})
+
+
+async def test_a_child_workflow_joins_its_parents_trace(
+    spans: InMemorySpanExporter, make_worker: Any
+) -> None:
+    with trace.get_tracer("caller").start_as_current_span("caller") as caller:
+        handle = await TracedParent.start({"key": uuid.uuid4().hex})
+    async with make_worker([TracedParent, TracedChild], [flaky]):
+        await handle.result(timeout=20)
+    finished = spans.get_finished_spans()
+    assert {s.context.trace_id for s in finished} == {caller.get_span_context().trace_id}
+    by_id = {s.context.span_id: s for s in finished}
+    child_runs = _by_name(finished, "RunWorkflow:TracedChild")
+    assert child_runs and all(
+        by_id[r.parent.span_id].name == "RunWorkflow:TracedParent"  # type: ignore[union-attr]
+        for r in child_runs
+    )
+    assert len(_by_name(finished, "RunActivity:flaky")) == 2

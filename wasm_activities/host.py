@@ -329,11 +329,12 @@ def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> i
     }
     began = time.monotonic()
     with _client_span(entry) as span:
-        if span is not None:
+        # Without an SDK here (a sandbox process) the caller's span, if any, is the parent.
+        if span is not None or trace.get_current_span().get_span_context().is_valid:
             headers = {
                 k: v for k, v in request["headers"].items() if k.lower() not in _TRACE_HEADERS
             }
-            propagate.inject(headers, context=trace.set_span_in_context(span))
+            propagate.inject(headers)
             request = {**request, "headers": headers}
         code = _exchange(context, shown_url, request, entry)
         if span is not None:

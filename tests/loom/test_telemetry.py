@@ -12,15 +12,13 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import loom
@@ -35,28 +33,6 @@ from tests.wasm_activities.conftest import http_server as http_server  # the fix
 
 SECRET = "sk-live-3f9a7c1e"
 QUERY_VALUE = "q-token-5d2b"  # the value of the query's `token`, a second secret
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """An SDK tracer provider exporting to memory for this test only (the API keeps one
-    global provider, set once: the test resets that guard so other tests run without)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    _reset_tracing()
-    trace.set_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        provider.shutdown()
-        _reset_tracing()
-
-
-def _reset_tracing() -> None:
-    # The same reset opentelemetry's own test utilities do (reset_trace_globals).
-    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]  # test-only reset
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
 
 
 attempts: dict[str, int] = {}

@@ -8,6 +8,7 @@ workflows beyond the names it is handed.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -24,6 +25,7 @@ from loom._json import JSON
 __all__ = [
     "LOG_FIELDS",
     "LogContextFilter",
+    "context_from_env",
     "context_of",
     "current_carrier",
     "export_traces_from_env",
@@ -160,6 +162,23 @@ def context_of(carrier: JSON) -> otel_context.Context | None:
     if not isinstance(carrier, dict):
         return None
     return propagate.extract({str(k): str(v) for k, v in carrier.items()})
+
+
+@contextlib.contextmanager
+def context_from_env() -> Iterator[None]:
+    """Make the `TRACEPARENT`/`TRACESTATE` environment variables (the convention of CLI
+    tracers and CI systems) the current trace context, if set."""
+    carrier = {
+        key.lower(): os.environ[key] for key in ("TRACEPARENT", "TRACESTATE") if key in os.environ
+    }
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def note_error(err: BaseException, span: Span | None = None) -> None:

@@ -175,7 +175,9 @@ def start(
     app: str,
     database: str,
 ) -> None:
-    """Start workflow NAME (its @loom.workflow name); prints the workflow id."""
+    """Start workflow NAME (its @loom.workflow name); prints the workflow id.
+
+    A W3C trace context in TRACEPARENT (and TRACESTATE) becomes the workflow's parent trace."""
     from loom.client import start_workflow
 
     workflows = compiled_workflows(app)
@@ -188,11 +190,16 @@ def start(
     except TypeError as err:
         raise InvalidInputError("--input", f"does not fit: {err}") from err
 
+    from loom import telemetry
+
+    telemetry.export_traces_from_env()
+
     async def operation() -> str:
         open_store(database, create=True)
-        handle = await start_workflow(
-            compiled, value, workflow_id=workflow_id, owner=owner, database=database
-        )
+        with telemetry.context_from_env():  # TRACEPARENT: a calling script's trace
+            handle = await start_workflow(
+                compiled, value, workflow_id=workflow_id, owner=owner, database=database
+            )
         return handle.workflow_id
 
     started = run(operation)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loom.client import get_store
 from loom.history import EventKind
-from tests.e2e.conftest import wait_serving
+from tests.e2e.conftest import ROOT, wait_serving
 from tests.e2e.observed_app import Observed
 
 APP = "tests.e2e.observed_app"
@@ -168,3 +170,30 @@ async def test_json_logs_parse_carry_ids_and_replay_adds_none(
     assert not any("before the signal" in m or "shouting" in m for m in replayed), replayed
     assert sum("after the signal" in m for m in replayed) == 1
     assert len(otlp_collector) > 1, "spans were exported over OTLP/HTTP"
+
+
+async def test_loom_start_takes_the_callers_traceparent(db_path: Path) -> None:
+    """A script's trace context (TRACEPARENT) becomes the workflow's: later tasks join it."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loom",
+        "start",
+        "Observed",
+        "--app",
+        APP,
+        "--input",
+        '{"text": "x"}',
+        "--db",
+        str(db_path),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TRACEPARENT": traceparent},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    events = await get_store().list_events(out.decode().strip())
+    assert events[0].kind is EventKind.WORKFLOW_STARTED
+    assert events[0].payload["trace"] == {"traceparent": traceparent}

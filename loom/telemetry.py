@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -159,9 +160,15 @@ def current_carrier() -> dict[str, str] | None:
 
 def context_of(carrier: JSON) -> otel_context.Context | None:
     """The context a stored carrier names (None: a root span, as without a caller's trace)."""
-    if not isinstance(carrier, dict):
+    if not isinstance(carrier, dict) or not carrier:
         return None
-    return propagate.extract({str(k): str(v) for k, v in carrier.items()})
+    return _extracted(tuple(sorted((str(k), str(v)) for k, v in carrier.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _extracted(carrier: tuple[tuple[str, str], ...]) -> otel_context.Context:
+    # Every task of a workflow names the same parent: parse it once (contexts are immutable).
+    return propagate.extract(dict(carrier))
 
 
 @contextlib.contextmanager

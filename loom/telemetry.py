@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import _internal as _metrics_internal
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
 from loom._json import JSON
 
@@ -37,6 +38,7 @@ __all__ = [
     "note_error",
     "serve_metrics",
     "tracer",
+    "workflow_context",
 ]
 
 METER = metrics.get_meter("loom")
@@ -163,6 +165,19 @@ def context_of(carrier: JSON) -> otel_context.Context | None:
     if not isinstance(carrier, dict) or not carrier:
         return None
     return _extracted(tuple(sorted((str(k), str(v)) for k, v in carrier.items())))
+
+
+def workflow_context(workflow_id: str) -> otel_context.Context:
+    """The parent of a workflow's spans when its starter had no trace: a remote span whose
+    trace id is derived from the workflow id, so every task on any worker shares one trace."""
+    digest = hashlib.sha256(workflow_id.encode()).digest()
+    parent = SpanContext(
+        trace_id=int.from_bytes(digest[:16], "big") or 1,
+        span_id=int.from_bytes(digest[16:24], "big") or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -754,7 +755,7 @@ def _workflow_span(
     return _traced(
         fields,
         f"RunWorkflow:{run.compiled.name}",
-        parent,
+        parent or telemetry.workflow_context(run.workflow_id),
         SpanKind.INTERNAL,
         {
             "loom.workflow.id": run.workflow_id,
@@ -793,7 +794,7 @@ def _activity_span(task: ClaimedTask, name: str) -> contextlib.AbstractContextMa
 def _traced(
     fields: telemetry.log_context,
     name: str,
-    parent: JSON,
+    parent: JSON | otel_context.Context,
     kind: SpanKind,
     attributes: dict[str, str | int | bool],
 ) -> Iterator[None]:
@@ -801,7 +802,9 @@ def _traced(
         fields,
         telemetry.tracer().start_as_current_span(
             name,
-            context=telemetry.context_of(parent),
+            context=parent
+            if isinstance(parent, otel_context.Context)
+            else telemetry.context_of(parent),
             kind=kind,
             attributes=attributes,
             record_exception=False,  # an exception's message may repeat an input

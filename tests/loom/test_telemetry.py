@@ -22,12 +22,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import loom
+import loom.telemetry
 from activity_registry import Registry
 from loom.client import get_store
 from loom.history import EventKind
 from loom.web.app import create_app
 from tests.activity_registry.activity_files import write_activity
-from tests.conftest import is_postgres
+from tests.conftest import _reset_tracing, is_postgres
 from tests.wasm_activities.conftest import LoopbackServer, build_test_module
 from tests.wasm_activities.conftest import http_server as http_server  # the fixture
 
@@ -273,3 +274,19 @@ async def test_a_child_workflow_joins_its_parents_trace(
         for r in child_runs
     )
     assert len(_by_name(finished, "RunActivity:flaky")) == 2
+
+
+async def test_a_workflow_started_without_a_trace_still_has_one(
+    spans: InMemorySpanExporter, make_worker: Any
+) -> None:
+    """No caller span: every task's spans share a trace derived from the workflow id."""
+    provider = trace.get_tracer_provider()
+    _reset_tracing()  # a starter without an SDK stores no trace context
+    handle = await TracedChild.start({"key": uuid.uuid4().hex})
+    trace.set_tracer_provider(provider)
+    async with make_worker([TracedChild], [flaky]):
+        await handle.result(timeout=20)
+    finished = spans.get_finished_spans()
+    assert len(_by_name(finished, "RunWorkflow:TracedChild")) >= 2
+    derived = trace.get_current_span(loom.telemetry.workflow_context(handle.workflow_id))
+    assert {s.context.trace_id for s in finished} == {derived.get_span_context().trace_id}

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ConfigDict
 
 from activity_registry.approval import approved_grants, describe_baseline
@@ -55,6 +57,7 @@ from wasm_activities import (
     InvalidModule,
     PreparedModule,
     RunResult,
+    SandboxError,
     SandboxRuntime,
     get_runtime,
 )
@@ -599,9 +602,25 @@ class Registry:
         """
         await self.validate(activity, input, direction="input")
         prepared = await self.prepare(activity)
-        result = await self.runtime.run(
-            prepared, input, limits=activity.limits, grants=activity.grants, secrets=secrets
-        )
+        with trace.get_tracer("loom.activity_registry").start_as_current_span(
+            f"WasmCall:{activity.name}",
+            attributes={
+                "loom.activity.name": activity.name,
+                "loom.activity.version": activity.version,
+                "loom.wasm.abi": str(activity.abi),
+            },
+            record_exception=False,  # a sandbox error's text may quote guest data
+        ) as span:
+            try:
+                result = await self.runtime.run(
+                    prepared, input, limits=activity.limits, grants=activity.grants, secrets=secrets
+                )
+            except SandboxError as err:
+                span.set_attribute("error.type", err.error_type)
+                span.set_status(Status(StatusCode.ERROR))
+                raise
+            if span.is_recording() and result.usage.fuel_used is not None:
+                span.set_attribute("loom.wasm.fuel_used", result.usage.fuel_used)
         await self.validate(activity, result.output, direction="output")
         return result
 

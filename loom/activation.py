@@ -46,6 +46,8 @@ class ChildStart:
     total_steps: int
     parent_seq: int
     seed: int
+    trace: dict[str, str] | None = None
+    """The starting workflow task's trace context: the child's spans join the parent's trace."""
 
 
 @dataclass(slots=True)

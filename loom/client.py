@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from opentelemetry.trace import SpanKind
+
+from loom import telemetry
 from loom._json import JSON, is_json
 from loom.definition import WorkflowDefinition, compiled_workflow
 from loom.exceptions import WorkflowNotFoundError, WorkflowStillRunningError
@@ -129,9 +132,29 @@ async def start_workflow(
     # Checked before the store is touched: an oversized input never reaches history.
     client_limits().check(f"input of workflow {compiled.name!r}", encoded, "max_input_bytes")
     store = get_store(database)
+    workflow_id = workflow_id or str(uuid.uuid4())
+    if not telemetry.is_enabled():
+        record = await _create(store, compiled, encoded, workflow_id, owner)
+        return WorkflowHandle(record.workflow_id, store, compiled)
+    with telemetry.tracer().start_as_current_span(
+        f"StartWorkflow:{compiled.name}",
+        kind=SpanKind.PRODUCER,
+        attributes={"loom.workflow.id": workflow_id, "loom.workflow.name": compiled.name},
+    ):
+        record = await _create(store, compiled, encoded, workflow_id, owner)
+    return WorkflowHandle(record.workflow_id, store, compiled)
+
+
+async def _create(
+    store: Store,
+    compiled: WorkflowDefinition[Any, Any],
+    encoded: JSON,
+    workflow_id: str,
+    owner: str | None,
+) -> WorkflowRecord:
     record, _ = await store.create_workflow(
         NewWorkflow(
-            workflow_id=workflow_id or str(uuid.uuid4()),
+            workflow_id=workflow_id,
             workflow_name=compiled.name,
             workflow_version=compiled.version,
             input=encoded,
@@ -141,9 +164,10 @@ async def start_workflow(
             seed=random.getrandbits(63),
             owner=owner,
             agent=compiled.agent,
+            trace=telemetry.current_carrier(),
         )
     )
-    return WorkflowHandle(record.workflow_id, store, compiled)
+    return record
 
 
 class WorkflowHandle(Generic[StateT]):

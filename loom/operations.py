@@ -172,6 +172,34 @@ async def list_logs(conn: Connection, workflow_id: str) -> list[tuple[int, str, 
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
+async def egress_totals(conn: Connection, activity: str) -> dict[str, dict[str, JSON]]:
+    """Egress journal totals of `activity`'s completed calls, per version (scans the
+    completions that journaled a request; none has a body or a secret to read)."""
+    rows = await conn.fetch(
+        "SELECT payload FROM events WHERE kind = $1 AND payload LIKE $2",
+        EventKind.ACTIVITY_COMPLETED.value,
+        '%"egress":[{%',
+    )
+    totals: dict[str, dict[str, JSON]] = {}
+    for (raw,) in rows:
+        payload = loads(raw)
+        pin = payload.get("pin")
+        if str(payload.get("name", "")).split("@")[0] != activity or not isinstance(pin, dict):
+            continue
+        entries = payload["usage"]["egress"]
+        total = totals.setdefault(
+            str(pin.get("version")),
+            {"calls": 0, "requests": 0, "bytes_out": 0, "bytes_in": 0, "duration_ms": 0.0},
+        )
+        total["calls"] += 1
+        total["requests"] += len(entries)
+        for key in ("bytes_out", "bytes_in", "duration_ms"):
+            total[key] += sum(e.get(key) or 0 for e in entries)
+        hosts = {f"{e.get('host')}:{e.get('port')}" for e in entries}
+        total["hosts"] = sorted(hosts.union(total.get("hosts", ())))
+    return totals
+
+
 async def count_tasks(conn: Connection, now: int) -> dict[str, int]:
     row = await conn.fetchrow(
         "SELECT "
@@ -232,6 +260,8 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
     }
     if spec.parent_id:
         started["parent_id"] = spec.parent_id
+    if spec.trace:
+        started["trace"] = dict(spec.trace)
     args = (
         spec.workflow_id,
         spec.workflow_name,
@@ -731,6 +761,7 @@ async def _start_child(conn: Connection, task: ClaimedTask, child: ChildStart, n
             owner=parent.owner if parent else None,
             parent_id=task.workflow_id,
             parent_seq=child.parent_seq,
+            trace=child.trace,
         ),
         now,
     )

@@ -193,6 +193,9 @@ class WorkflowRun:
         self.started = False
         self.started_by = ""
         """The source_hash of the code that started this run (from WORKFLOW_STARTED)."""
+        self.started_at_ms = 0
+        self.trace: JSON = None
+        """The starter's trace context (from WORKFLOW_STARTED): every task's span joins it."""
         self.pins: dict[str, dict[str, JSON]] = {}
         self._seq = 0
         self._recorded: deque[_Recorded] = deque()
@@ -295,6 +298,8 @@ class WorkflowRun:
             return
         self.started = True
         self.started_by = str(payload.get("source_hash") or "")
+        self.started_at_ms = self.now_ms
+        self.trace = payload.get("trace")
         self.input = payload["input"]
         self.random = random.Random(int(payload["seed"]))
         self._main = self.loop.create_task(self._run_steps())
@@ -500,7 +505,13 @@ class WorkflowRun:
     def log(self, level: int, message: str) -> None:
         if self.is_replaying:
             return
-        logger.log(level, "[%s] %s", self.workflow_id, message)
+        logger.log(
+            level,
+            "[%s] %s",
+            self.workflow_id,
+            message,
+            extra={"workflow_id": self.workflow_id, "workflow_name": self.compiled.name},
+        )
         self._out.logs.append((logging.getLevelName(level), message, self.now_ms))
 
     # -- resolution -----------------------------------------------------------------------

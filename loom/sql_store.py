@@ -365,6 +365,9 @@ class SQLStore(Store):
     async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]:
         return await self._run(Mode.READ, ops.list_logs, workflow_id)
 
+    async def egress_totals(self, activity: str) -> dict[str, dict[str, JSON]]:
+        return await self._run(Mode.READ, ops.egress_totals, activity)
+
     async def count_tasks(self) -> dict[str, int]:
         return await self._run(Mode.READ, ops.count_tasks, self.now_ms())
 

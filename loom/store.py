@@ -37,6 +37,8 @@ class NewWorkflow:
     agent: str | None = None
     parent_id: str | None = None
     parent_seq: int | None = None
+    trace: dict[str, str] | None = None
+    """The starter's W3C trace context, kept in WORKFLOW_STARTED for every later task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +477,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_logs(self, workflow_id: str) -> list[tuple[int, str, str]]: ...
+
+    @abc.abstractmethod
+    async def egress_totals(self, activity: str) -> dict[str, dict[str, JSON]]:
+        """Per version of `activity`: completed calls that made HTTP requests, requests,
+        bytes out/in, time in requests (ms) and the hosts called (the egress journal)."""
 
     @abc.abstractmethod
     async def count_tasks(self) -> dict[str, int]:

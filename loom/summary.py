@@ -50,3 +50,41 @@ def event_json(event: Event) -> dict[str, JSON]:
 def usage_json(events: list[Event]) -> dict[str, JSON]:
     """The workflow's LLM usage: tokens and cost of every model call in its history."""
     return usage_totals([e.payload for e in events if e.kind is EventKind.ACTIVITY_COMPLETED])
+
+
+EGRESS_FIELDS = (
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "status",
+    "bytes_out",
+    "bytes_in",
+    "duration_ms",
+    "error",
+)
+"""What the egress journal keeps of each sandboxed HTTP request (never a body, a query, a
+header value or a secret: see `wasm_activities.Usage.egress`)."""
+
+
+def egress_json(events: list[Event]) -> list[dict[str, JSON]]:
+    """The workflow's egress journal: each sandboxed HTTP request, with the activity call
+    (`seq`, `activity`, `version`, `attempt`) whose completion recorded it."""
+    out: list[dict[str, JSON]] = []
+    for event in events:
+        usage = event.payload.get("usage")
+        if event.kind is not EventKind.ACTIVITY_COMPLETED or not isinstance(usage, dict):
+            continue
+        pin = event.payload.get("pin")
+        call: dict[str, JSON] = {
+            "seq": event.payload.get("seq"),
+            "activity": event.payload.get("name"),
+            "version": pin.get("version") if isinstance(pin, dict) else None,
+            "attempt": event.payload.get("attempt"),
+            "at": event.created_at,
+        }
+        for entry in usage.get("egress") or ():
+            if isinstance(entry, dict):
+                out.append(call | {name: entry.get(name) for name in EGRESS_FIELDS})
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import logging
@@ -18,9 +19,13 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from activity_registry import (
     ActivityNotFoundError,
@@ -32,8 +37,9 @@ from activity_registry import (
     RetryPolicy,
     parse_spec,
 )
+from loom import telemetry
 from loom._json import JSON, is_json
-from loom.activation import ACTIVITY_TASK, TIMER_TASK
+from loom.activation import ACTIVITY_TASK, TIMER_TASK, Activation
 from loom.activity import Activity, RetryOptions
 from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBreaker
 from loom.client import database_url, get_store
@@ -389,6 +395,8 @@ class Worker:
             try:
                 await self._give_back_failed(store)
                 await store.extend_leases(self.worker_id, self.lease_ms)
+                if telemetry.is_enabled():
+                    telemetry.note_backlog(await store.count_tasks())
             except Exception as err:
                 outage.failed(err)
             else:
@@ -485,19 +493,20 @@ class Worker:
             await self._leave_for_its_code(store, task, known[0], compiled, known[2])
             return
         run = self._cache.pop(task.workflow_id, None)
-        if (
+        is_current = (
             run is not None
             and not task.is_full_history
             and (run.cursor, run.epoch) == (task.history_after, record.epoch)
-        ):
-            run.apply(task.events, include_commands=False)
+        )
+        events = task.events
+        if run is not None and is_current:
+            parent = run.trace
         else:
             # The claim saw a cached run that has since left the cache or moved on (the
             # completion fast path, a re-claim of our own expired lease, eviction): its
             # partial history cannot rebuild the workflow, so replay all of it.
             if run is not None:
                 run.close()
-            events = task.events
             if not task.is_full_history:
                 events = await store.list_events(task.workflow_id)
             run = WorkflowRun(
@@ -506,27 +515,34 @@ class Worker:
                 replay_until=record.processed_sequence,
                 limits=self.limits,
             )
-            run.apply(events)
-        failure = run.failure
-        if isinstance(failure, NonDeterministicWorkflowError):
-            # Replay diverged: a deploy (or rollback) can fix it, so it must not fail.
-            run.close()
-            code = _foreign_code(run, compiled, record.source_hash)
-            if code is not None:
-                await self._leave_for_its_code(store, task, code, compiled, failure)
-            else:
-                await self._suspend(store, task, failure)
-            return
-        self._diverged.pop(task.workflow_id, None)
-        activation = run.take_activation()
-        result = await store.commit_workflow_task(
-            task,
-            activation,
-            run.cursor,
-            _step_progress(compiled, activation.step_index),
-            eager_lease_ms=self._eager_lease_ms(),
-        )
-        self._committed(store, run, activation.status, result)
+            parent = events[0].payload.get("trace") if events and events[0].sequence == 1 else None
+        if record.processed_sequence == 0:
+            telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
+        with _workflow_span(
+            run, parent, is_replay=not is_current and record.processed_sequence > 0
+        ):
+            run.apply(events, include_commands=not is_current)
+            failure = run.failure
+            if isinstance(failure, NonDeterministicWorkflowError):
+                # Replay diverged: a deploy (or rollback) can fix it, so it must not fail.
+                run.close()
+                code = _foreign_code(run, compiled, record.source_hash)
+                if code is not None:
+                    await self._leave_for_its_code(store, task, code, compiled, failure)
+                else:
+                    await self._suspend(store, task, failure)
+                return
+            self._diverged.pop(task.workflow_id, None)
+            activation = run.take_activation()
+            _stamp_activities(store, run, activation)
+            result = await store.commit_workflow_task(
+                task,
+                activation,
+                run.cursor,
+                _step_progress(compiled, activation.step_index),
+                eager_lease_ms=self._eager_lease_ms(),
+            )
+            self._committed(store, run, activation.status, result)
 
     async def _stored_definition(
         self, store: Store, name: str, source_hash: str
@@ -653,6 +669,11 @@ class Worker:
         self, store: Store, run: WorkflowRun, status: WorkflowStatus, result: CommitResult
     ) -> None:
         """Keep a run that committed and is still open; start the tasks it leased to us."""
+        if result.is_committed and status in _CLOSING:
+            labels = {"workflow": run.compiled.name}
+            _CLOSING[status].add(1, labels)
+            seconds = max(store.now_ms() - run.started_at_ms, 0) / 1000
+            telemetry.WORKFLOW_DURATION.record(seconds, labels)
         if not result.is_committed or status is not WorkflowStatus.RUNNING:
             run.close()
         else:
@@ -689,19 +710,21 @@ class Worker:
             del self._cache[task.workflow_id]
             at = store.now_ms()
             expected = (run.cursor, run.epoch)
-            run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
-            activation = run.take_activation()
-            result = await store.complete_and_continue(
-                task,
-                NewEvent(kind, payload),
-                expected,
-                activation,
-                _step_progress(run.compiled, activation.step_index),
-                at=at,
-                eager_lease_ms=self._eager_lease_ms(),
-                breaker=breaker,
-            )
-            self._committed(store, run, activation.status, result)
+            with _workflow_span(run, run.trace, is_replay=False):
+                run.apply([Event(run.cursor + 1, kind, payload, at)], include_commands=False)
+                activation = run.take_activation()
+                _stamp_activities(store, run, activation)
+                result = await store.complete_and_continue(
+                    task,
+                    NewEvent(kind, payload),
+                    expected,
+                    activation,
+                    _step_progress(run.compiled, activation.step_index),
+                    at=at,
+                    eager_lease_ms=self._eager_lease_ms(),
+                    breaker=breaker,
+                )
+                self._committed(store, run, activation.status, result)
             return
         done = await store.complete_activity(
             task,
@@ -718,19 +741,33 @@ class Worker:
     async def _run_activity(self, store: Store, task: ClaimedTask) -> None:
         payload = task.payload
         name = str(payload["name"])
+        scheduled_at = payload.get("scheduled_at")
+        if task.attempt == 1 and isinstance(scheduled_at, int):
+            waited = max(store.now_ms() - scheduled_at, 0) / 1000
+            telemetry.ACTIVITY_SCHEDULE_TO_START.record(waited, {"activity": name})
+        began = time.perf_counter()
+        with _activity_span(task, name):
+            outcome = await self._attempt_activity(store, task)
+        labels = {"activity": name, "outcome": outcome}
+        telemetry.ACTIVITY_DURATION.record(time.perf_counter() - began, labels)
+
+    async def _attempt_activity(self, store: Store, task: ClaimedTask) -> str:
+        """One attempt; returns its outcome: completed, failed (for good), retried, or
+        deferred (an open circuit breaker: not run)."""
+        payload = task.payload
+        name = str(payload["name"])
         if name == TOOLS_ACTIVITY:
             activity: Activity[..., Any] | None = self._tools_activity
         else:
             activity = self._activities.get(name) if not self._overrides else self._override(name)
         if activity is None:
-            await self._run_registered(store, task)
-            return
+            return await self._run_registered(store, task)
         policy = activity.circuit_breaker
         if policy is not None:
             timeout_ms = int(activity.timeout * 1000)
             own = timeout_ms if activity.has_own_timeout else None
             if not await self._admitted(store, task, name, policy, timeout_ms, own):
-                return
+                return "deferred"
         try:
             result = await activity.attempt(payload["input"])
             if not is_json(result):
@@ -754,9 +791,10 @@ class Worker:
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay:.2f}s",
                     breaker=failed,
                 )
-                return
+                telemetry.note_error(err)
+                return "retried"
             await self._fail_activity(store, task, err, retryable=retryable, breaker=failed)
-            return
+            return "failed"
         completed = {"seq": payload["seq"], "name": name, "result": result, "attempt": task.attempt}
         await self._complete(
             store,
@@ -765,6 +803,7 @@ class Worker:
             _with_usage(completed),
             _breaker_result(name, policy, is_success=True),
         )
+        return "completed"
 
     async def _admitted(
         self,
@@ -792,6 +831,36 @@ class Worker:
             )
         return admission.is_admitted
 
+    async def _tool_definitions(self, specs: list[str]) -> list[dict[str, JSON]]:
+        """The TOOLS_ACTIVITY: each spec's tool definition (name, description, input schema)
+        as the registry resolves it now; a spec only a test double serves takes any object."""
+        registry = await self._registry()
+        definitions: list[dict[str, JSON]] = []
+        for spec in specs:
+            name, _ = parse_spec(spec)
+            try:
+                found = await registry.resolve(spec)
+            except ActivityNotFoundError:
+                if name not in self._overrides:
+                    raise
+                double = self._overrides[name]
+                definitions.append(
+                    {
+                        "name": name,
+                        "description": double.description,
+                        "parameters": {"type": "object"},
+                    }
+                )
+                continue
+            definitions.append(
+                {
+                    "name": found.name,
+                    "description": found.description,
+                    "parameters": found.input_schema,
+                }
+            )
+        return definitions
+
     def _override(self, spec: str) -> Activity[..., Any] | None:
         name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
         return self._overrides.get(name) or self._activities.get(spec)
@@ -807,6 +876,7 @@ class Worker:
         breaker: BreakerResult | None = None,
     ) -> None:
         error_type = str(getattr(err, "error_type", type(err).__name__))
+        telemetry.note_error(err)
         error = encode_error(
             err,
             max_chars=self.limits.max_error_chars,
@@ -896,7 +966,7 @@ class Worker:
             )
         return activity
 
-    async def _run_registered(self, store: Store, task: ClaimedTask) -> None:
+    async def _run_registered(self, store: Store, task: ClaimedTask) -> str:
         payload = task.payload
         registry = await self._registry()
         try:
@@ -904,17 +974,18 @@ class Worker:
         except ActivityNotFoundError as err:
             # Another worker may serve it, or an operator may register it: not a failure.
             await self._hand_back(store, task, err)
-            return
+            return "deferred"
         except (RegistryError, ValueError) as err:
             await self._fail_activity(store, task, err, retryable=False)
-            return
+            return "failed"
+        trace.get_current_span().set_attribute("loom.activity.version", activity.version)
         pin: dict[str, JSON] = {"version": activity.version, "sha256": activity.sha256}
         secrets = {s: os.environ[s] for s in activity.grants.secrets if s in os.environ}
         policy = _manifest_breaker(activity)
         if policy is not None:
             timeout_ms = activity.limits.timeout_ms
             if not await self._admitted(store, task, activity.name, policy, timeout_ms, None):
-                return
+                return "deferred"
         failed = _breaker_result(activity.name, policy, is_success=False)
         try:
             result = await registry.run(activity, payload["input"], secrets=secrets)
@@ -923,7 +994,7 @@ class Worker:
             await self._fail_activity(
                 store, task, err, retryable=False, extra={"pin": pin}, breaker=failed
             )
-            return
+            return "failed"
         except (SandboxError, RegistryError) as err:
             retryable = bool(getattr(err, "retryable", False))
             retry = activity.retry
@@ -940,11 +1011,14 @@ class Worker:
                     f"{type(err).__name__}: {self._clip(err)}; retrying in {delay_ms / 1000:.2f}s",
                     breaker=failed,
                 )
-                return
+                telemetry.note_error(err)
+                return "retried"
             await self._fail_activity(
                 store, task, err, retryable=retryable, extra={"pin": pin}, breaker=failed
             )
-            return
+            return "failed"
+        if result.usage.fuel_used:
+            telemetry.WASM_FUEL_USED.add(result.usage.fuel_used, {"activity": activity.name})
         completed = {
             "seq": payload["seq"],
             "name": payload["name"],
@@ -960,36 +1034,99 @@ class Worker:
             _with_usage(completed),
             _breaker_result(activity.name, policy, is_success=True),
         )
+        return "completed"
 
-    async def _tool_definitions(self, specs: list[str]) -> list[dict[str, JSON]]:
-        """The TOOLS_ACTIVITY: each spec's tool definition (name, description, input schema)
-        as the registry resolves it now; a spec only a test double serves takes any object."""
-        registry = await self._registry()
-        definitions: list[dict[str, JSON]] = []
-        for spec in specs:
-            name, _ = parse_spec(spec)
-            try:
-                found = await registry.resolve(spec)
-            except ActivityNotFoundError:
-                if name not in self._overrides:
-                    raise
-                double = self._overrides[name]
-                definitions.append(
-                    {
-                        "name": name,
-                        "description": double.description,
-                        "parameters": {"type": "object"},
-                    }
-                )
-                continue
-            definitions.append(
-                {
-                    "name": found.name,
-                    "description": found.description,
-                    "parameters": found.input_schema,
-                }
-            )
-        return definitions
+
+_CLOSING = {
+    WorkflowStatus.COMPLETED: telemetry.WORKFLOW_COMPLETED,
+    WorkflowStatus.FAILED: telemetry.WORKFLOW_FAILED,
+}
+
+
+def _workflow_span(
+    run: WorkflowRun, parent: JSON, *, is_replay: bool
+) -> contextlib.AbstractContextManager[None]:
+    """`RunWorkflow:{name}` for one workflow task, in the starter's trace; the workflow's
+    log lines inside carry its ids. Only the log fields when no SDK is installed."""
+    fields = telemetry.log_context(workflow_id=run.workflow_id, workflow_name=run.compiled.name)
+    if not telemetry.is_enabled():
+        return fields
+    return _traced(
+        fields,
+        f"RunWorkflow:{run.compiled.name}",
+        parent or telemetry.workflow_context(run.workflow_id),
+        SpanKind.INTERNAL,
+        {
+            "loom.workflow.id": run.workflow_id,
+            "loom.workflow.name": run.compiled.name,
+            "loom.replay": is_replay,
+        },
+    )
+
+
+def _activity_span(task: ClaimedTask, name: str) -> contextlib.AbstractContextManager[None]:
+    """`RunActivity:{name}` for one attempt, a child of the workflow task that scheduled it;
+    log lines inside carry the workflow, activity and attempt."""
+    workflow_name = task.payload.get("workflow_name")
+    fields = telemetry.log_context(
+        workflow_id=task.workflow_id,
+        workflow_name=workflow_name,
+        activity=name,
+        attempt=task.attempt,
+    )
+    if not telemetry.is_enabled():
+        return fields
+    attributes: dict[str, str | int | bool] = {
+        "loom.workflow.id": task.workflow_id,
+        "loom.activity.name": name,
+        "loom.activity.attempt": task.attempt,
+        "loom.replay": False,
+    }
+    if isinstance(workflow_name, str):
+        attributes["loom.workflow.name"] = workflow_name
+    return _traced(
+        fields, f"RunActivity:{name}", task.payload.get("trace"), SpanKind.CONSUMER, attributes
+    )
+
+
+@contextlib.contextmanager
+def _traced(
+    fields: telemetry.log_context,
+    name: str,
+    parent: JSON | otel_context.Context,
+    kind: SpanKind,
+    attributes: dict[str, str | int | bool],
+) -> Iterator[None]:
+    with (
+        fields,
+        telemetry.tracer().start_as_current_span(
+            name,
+            context=parent
+            if isinstance(parent, otel_context.Context)
+            else telemetry.context_of(parent),
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,  # an exception's message may repeat an input
+        ),
+    ):
+        yield
+
+
+def _stamp_activities(store: Store, run: WorkflowRun, activation: Activation) -> None:
+    """Give each new activity task the scheduling span's context and time (task payloads
+    only: history stays as it was), so its attempts join the trace on any worker; and each
+    child workflow the same context, in its WORKFLOW_STARTED."""
+    if not (activation.tasks or activation.children) or not telemetry.is_enabled():
+        return
+    stamp: dict[str, JSON] = {"scheduled_at": store.now_ms(), "workflow_name": run.compiled.name}
+    carrier = telemetry.current_carrier()
+    if carrier is not None:
+        stamp["trace"] = dict(carrier)
+        for index, child in enumerate(activation.children):
+            activation.children[index] = dataclasses.replace(child, trace=carrier)
+    for index, spec in enumerate(activation.tasks):
+        if spec.kind == ACTIVITY_TASK:
+            activation.tasks[index] = dataclasses.replace(spec, payload={**spec.payload, **stamp})
 
 
 def _with_usage(completed: dict[str, JSON]) -> dict[str, JSON]:

@@ -104,7 +104,7 @@ def is_postgres(database: Path | str) -> bool:
 # Test files whose modules are built from source: everything under these folders, and these.
 _BUILDS_FOR = (
     {"wasm_activities", "examples"},
-    {"test_wasm_activities.py", "test_wasm_workflow.py", "test_wdl_worker.py"},
+    {"test_wasm_activities.py", "test_wasm_workflow.py", "test_wdl_worker.py", "test_telemetry.py"},
 )
 _BUILDS_FOR_CLI = "test_activity_cli.py"
 
@@ -144,3 +144,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter.write_line(
             f"built or found {count} WASM modules in {time.monotonic() - began:.1f} s (.build/)"
         )
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """An SDK tracer provider exporting to memory for this test only (the API keeps one
+    global provider, set once: the test resets that guard so other tests run without)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _reset_tracing()
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        provider.shutdown()
+        _reset_tracing()
+
+
+def _reset_tracing() -> None:
+    from opentelemetry import trace
+
+    # The same reset opentelemetry's own test utilities do (reset_trace_globals).
+    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]  # test-only reset
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]

@@ -36,6 +36,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
 from ._pool import blocking
 from .exceptions import ActivityTimeout, InvalidModule, SandboxError, WasmTrap
 from .limits import Limits, RunResult
@@ -307,6 +310,7 @@ class SandboxProcesses:
             "secrets": secrets,
             # the worker's values now, not the fork server's from when it started
             "env": {name: os.environ.get(name) for name in grants.env},
+            "trace": _trace_carrier(),
         }
         try:
             with blocking():
@@ -339,6 +343,12 @@ class SandboxProcesses:
             spawner.join()
         for child in idle:
             child.close()
+
+
+def _trace_carrier() -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def _error_from_json(data: dict[str, Any]) -> SandboxError:
@@ -444,6 +454,8 @@ def _serve(conn: Connection, cache_dir: str) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        # The caller's span: the call's HTTP requests carry it as `traceparent`.
+        token = otel_context.attach(propagate.extract(request.get("trace") or {}))
         try:
             module = _load(runtime, modules, request["module"], request["artifact"])
             with _open_files_capped(limits.max_open_files):
@@ -463,6 +475,8 @@ def _serve(conn: Connection, cache_dir: str) -> None:
         except Exception as err:  # a host-side surprise fails this call only
             trap = WasmTrap(trap=f"sandbox process: {err!r}", trap_code=None, backtrace=[])
             reply = {"error": trap.to_json()}
+        finally:
+            otel_context.detach(token)
         watchdog.until = float("inf")
         conn.send_bytes(json.dumps(reply).encode())
     runtime.close()

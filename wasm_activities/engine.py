@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -563,9 +564,17 @@ class SandboxRuntime:
         future: asyncio.Future[RunResult] = loop.create_future()
         # The limit covers time queued for a thread too (schedule-to-close): a 200 ms call
         # waited 52 s in the queue behind slow ones and then got its full 200 ms.
-        call = functools.partial(
-            self._execute, module, input, limits, grants, secrets, queued_at=time.monotonic()
+        # In the caller's context: an HTTP request's span then joins the caller's trace.
+        execute = functools.partial(
+            self._execute,
+            module,
+            input,
+            limits,
+            grants,
+            secrets,
+            queued_at=time.monotonic(),
         )
+        call = functools.partial(contextvars.copy_context().run, execute)
         self._pool.submit(functools.partial(_run_for_loop, loop, future, call))
         try:
             # A call still queued at its deadline is answered then; when a thread reaches it,
@@ -683,6 +692,7 @@ class SandboxRuntime:
             peak_memory_bytes=memory_bytes(),
             output_bytes=len(raw),
             http_calls=context.http_calls,
+            egress=context.egress,
         )
         logs = context.logs.decode("utf-8", "replace")
         return RunResult.model_construct(

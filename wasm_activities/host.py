@@ -16,13 +16,15 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import wasmtime
 import wasmtime.component as wc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ._pool import blocking
 from .exceptions import (
@@ -52,6 +54,9 @@ HTTP_NETWORK_ERROR = -2
 HTTP_BAD_REQUEST = -3
 HTTP_RESPONSE_TOO_LARGE = -4
 SECRET_OPEN, SECRET_CLOSE = "{{secret:", "}}"
+EGRESS_MAX_ENTRIES = 256
+"""Journal entries kept per call; `Usage.http_calls` still counts every request."""
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 _local = threading.local()
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -71,6 +76,8 @@ class CallContext:
     logs: bytearray = field(default_factory=bytearray)
     pending: bytes = b""
     http_calls: int = 0
+    egress: list[dict[str, Any]] = field(default_factory=list)
+    """The journal of this call's HTTP requests (see `_perform`)."""
     abort: SandboxError | None = None
     thread: int = field(default_factory=threading.get_ident)  # the one running the guest
     woken: threading.Event = field(default_factory=threading.Event)
@@ -302,6 +309,72 @@ def _remaining(context: CallContext) -> float:
 
 
 def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> int:
+    """Send the request inside an HTTP client span carrying `traceparent`, and journal it.
+
+    The journal entry is built from the guest's URL before secrets were substituted, keeps
+    the path without its query, and never a body or a header value (see EGRESS_FIELDS).
+    """
+    scheme, host, port = split_url(shown_url)
+    path = redact(urlsplit(shown_url).path or "/", context.secrets)
+    entry: dict[str, Any] = {
+        "method": request["method"],
+        "scheme": scheme,
+        "host": host,
+        "port": port,
+        "path": path,
+        "status": None,
+        "bytes_out": len(request["body"].encode()),
+        "bytes_in": 0,
+        "duration_ms": 0.0,
+    }
+    began = time.monotonic()
+    with _client_span(entry) as span:
+        # Without an SDK here (a sandbox process) the caller's span, if any, is the parent.
+        if span is not None or trace.get_current_span().get_span_context().is_valid:
+            headers = {
+                k: v for k, v in request["headers"].items() if k.lower() not in _TRACE_HEADERS
+            }
+            propagate.inject(headers)
+            request = {**request, "headers": headers}
+        code = _exchange(context, shown_url, request, entry)
+        if span is not None:
+            if entry["status"] is not None:
+                span.set_attribute("http.response.status_code", entry["status"])
+            if entry.get("error") or (entry["status"] or 0) >= 500:
+                span.set_attribute("error.type", entry.get("error") or str(entry["status"]))
+                span.set_status(Status(StatusCode.ERROR))
+    entry["duration_ms"] = round((time.monotonic() - began) * 1000, 3)
+    if len(context.egress) < EGRESS_MAX_ENTRIES:
+        context.egress.append(entry)
+    return code
+
+
+@contextlib.contextmanager
+def _client_span(entry: Mapping[str, Any]) -> Iterator[Span | None]:
+    """An OpenTelemetry HTTP client span (semantic conventions' names), or None when no SDK
+    is installed: then nothing is spent on tracing."""
+    provider = type(trace.get_tracer_provider()).__name__
+    if "Proxy" in provider or "NoOp" in provider:
+        yield None
+        return
+    with trace.get_tracer("loom.wasm_activities").start_as_current_span(
+        entry["method"],
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": entry["method"],
+            "server.address": entry["host"],
+            "server.port": entry["port"],
+            "url.scheme": entry["scheme"],
+            "url.path": entry["path"],
+        },
+        record_exception=False,
+    ) as span:
+        yield span
+
+
+def _exchange(
+    context: CallContext, shown_url: str, request: dict[str, Any], entry: dict[str, Any]
+) -> int:
     """Send the (substituted) request; the activity's deadline bounds the whole exchange.
 
     A socket timeout bounds each wait, not their sum: a server trickling the status line,
@@ -339,12 +412,16 @@ def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> i
             )
             response = conn.getresponse()
             body = _read_body(context, conn, response)
+        entry["status"] = response.status
+        entry["bytes_in"] = len(body) if body is not None else HTTP_MAX_BODY_BYTES
         if expired.is_set():
             raise TimeoutError
     except TimeoutError:
+        entry["error"] = "timeout"
         context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
         return HTTP_NETWORK_ERROR
     except ValueError:  # e.g. CR/LF in a header: http.client refuses to send it
+        entry["error"] = "refused"
         # Never quote http.client's message: it repeats the (substituted) header value.
         return _http_error(
             context,
@@ -353,6 +430,7 @@ def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> i
             "forbids (CR, LF or other control characters)",
         )
     except (OSError, http.client.HTTPException) as err:
+        entry["error"] = type(err).__name__
         if expired.is_set() or _remaining(context) <= 0:
             context.fail(ActivityTimeout(timeout_ms=context.limits.timeout_ms))
             return HTTP_NETWORK_ERROR
@@ -362,6 +440,7 @@ def _perform(context: CallContext, shown_url: str, request: dict[str, Any]) -> i
         watchdog.cancel()
         conn.close()
     if body is None:
+        entry["error"] = "response_too_large"
         return _http_error(context, HTTP_RESPONSE_TOO_LARGE, "response body larger than 4 MiB")
     # Redact field by field, before JSON escaping could split a secret's bytes.
     headers = {

@@ -56,6 +56,10 @@ class Usage(BaseModel):
         peak_memory_bytes: size of linear memory at the end of the call (memory never shrinks).
         output_bytes: size of the raw JSON output.
         http_calls: number of `loom.http_request` calls that reached the network.
+        egress: the journal of those requests, one dict each (at most 256): `method`,
+            `scheme`, `host`, `port`, `path` (without the query), `status` (None when no
+            response), `bytes_out`, `bytes_in`, `duration_ms` and, for a failed exchange,
+            `error`. Never a body, a query, a header value or a secret.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -65,6 +69,7 @@ class Usage(BaseModel):
     peak_memory_bytes: int
     output_bytes: int
     http_calls: int
+    egress: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RunResult(BaseModel):

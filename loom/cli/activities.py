@@ -179,10 +179,15 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
 
     Includes its schemas, limits, grants and retry policy.
     """
-    item = _execute(ctx, database, lambda registry: registry.resolve(spec))
+
+    async def operation(registry: Registry) -> tuple[ActivityVersion, dict[str, Any]]:
+        item = await registry.resolve(spec)
+        return item, await _egress_totals(database, item.name)
+
+    item, egress = _execute(ctx, database, operation)
     breaker = asyncio.run(_breaker_of(database, item.name))
     if as_json:
-        _echo_json({**_record(item), "circuit_breaker_state": breaker})
+        _echo_json({**_record(item), "circuit_breaker_state": breaker, "egress": egress})
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -198,6 +203,7 @@ def show(ctx: click.Context, spec: str, as_json: bool, database: str) -> None:
     if item.circuit_breaker is not None or breaker is not None:
         policy = item.circuit_breaker.model_dump() if item.circuit_breaker else {}
         grid.add_row("circuit breaker", _breaker_line(policy, breaker))
+    grid.add_row("egress", _egress_lines(egress))
     grid.add_row("input schema", RichJSON(json.dumps(item.input_schema)))
     grid.add_row("output schema", RichJSON(json.dumps(item.output_schema)))
     Console().print(grid)
@@ -217,6 +223,23 @@ def _breaker_line(policy: dict[str, Any], state: dict[str, Any] | None) -> str:
     if state["half_open_at"] is not None:
         line += f", half-open at {_when(state['half_open_at'])} UTC"
     return f"{line}; {_pairs(policy)}" if policy else line
+
+
+async def _egress_totals(database: str, name: str) -> dict[str, Any]:
+    """Totals of the egress journal per version, from the workflows' history."""
+    from loom.client import get_store
+
+    return await get_store(database).egress_totals(name)
+
+
+def _egress_lines(totals: dict[str, Any]) -> str:
+    if not totals:
+        return "no sandboxed HTTP requests recorded"
+    return "\n".join(
+        f"{version}: {t['requests']} requests in {t['calls']} calls, {t['bytes_out']} B out, "
+        f"{t['bytes_in']} B in, {t['duration_ms'] / 1000:.2f} s, to {', '.join(t['hosts'])}"
+        for version, t in sorted(totals.items())
+    )
 
 
 def _pairs(values: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from loom.cli.options import (
 from loom.exceptions import WorkflowClosedError, WorkflowNotFoundError
 from loom.history import Event, WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json, usage_json, workflow_json
+from loom.summary import egress_json, event_json, usage_json, workflow_json
 
 if TYPE_CHECKING:
     from loom.store import StoreStats
@@ -92,6 +92,22 @@ def init(database: str) -> None:
     show_default=True,
     help="What the worker reports on stderr (store outages, failed tasks, recoveries).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line with timestamp, level, logger, message, workflow_id, "
+    "workflow_name, activity, attempt, trace_id, span_id.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: any free port; "
+    "needs loom[otel]).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @database_option
 def worker(
     app: str | None,
@@ -100,16 +116,33 @@ def worker(
     lease_seconds: float,
     max_recoveries: int,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     database: str,
 ) -> None:
-    """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released)."""
+    """Run a worker until SIGINT/SIGTERM (in-flight tasks finish, leases are released).
+
+    With the OpenTelemetry SDK installed (loom[otel]) and OTEL_EXPORTER_OTLP_ENDPOINT set,
+    its spans are exported over OTLP/HTTP."""
+    from loom import telemetry
     from loom.worker import Worker
 
     # An operator must see a store outage and its recovery; without handlers Python
     # would print only warnings and above, unformatted.
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if log_format == "json":
+        logging.basicConfig(level=log_level.upper(), handlers=[telemetry.json_log_handler()])
+    else:
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    telemetry.export_traces_from_env()
+    if metrics_port is not None:
+        try:
+            server = telemetry.serve_metrics(metrics_port, metrics_host)
+        except (RuntimeError, OSError) as err:
+            raise click.ClickException(f"metrics: {err}") from err
+        click.echo(f"metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
 
     workflows, activities = load_app(app) if app else ([], [])
     instance = Worker(
@@ -163,10 +196,16 @@ def start(
     database: str,
 ) -> None:
     """Start workflow NAME (its @loom.workflow name, or a registered definition's
-    NAME[@RANGE]); prints the workflow id."""
+    NAME[@RANGE]); prints the workflow id.
+
+    A W3C trace context in TRACEPARENT (and TRACESTATE) becomes the workflow's parent trace."""
     from loom.client import start_workflow
 
     value = read_json(input_text, "--input")
+
+    from loom import telemetry
+
+    telemetry.export_traces_from_env()
 
     async def operation() -> str:
         store = open_store(database, create=True)
@@ -183,9 +222,10 @@ def start(
             compiled.encode_input(value)
         except TypeError as err:
             raise InvalidInputError("--input", f"does not fit: {err}") from err
-        handle = await start_workflow(
-            compiled, value, workflow_id=workflow_id, owner=owner, database=database
-        )
+        with telemetry.context_from_env():  # TRACEPARENT: a calling script's trace
+            handle = await start_workflow(
+                compiled, value, workflow_id=workflow_id, owner=owner, database=database
+            )
         return handle.workflow_id
 
     started = run(operation)
@@ -255,9 +295,17 @@ async def find_workflow(store: Store, workflow_id: str) -> WorkflowRecord:
 @click.command()
 @click.argument("workflow_id", metavar="ID")
 @click.option("--events", "with_events", is_flag=True, help="Include the full event history.")
+@click.option(
+    "--egress",
+    "with_egress",
+    is_flag=True,
+    help="Include the egress journal: each sandboxed HTTP request (no bodies, queries, secrets).",
+)
 @json_option
 @database_option
-def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -> None:
+def inspect(
+    workflow_id: str, with_events: bool, with_egress: bool, as_json: bool, database: str
+) -> None:
     """Show one workflow: status, current step, state and history."""
 
     async def operation() -> tuple[WorkflowRecord, list[Event]]:
@@ -271,9 +319,14 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
         data["usage"] = usage_json(events)
         if with_events:
             data["events"] = [event_json(event) for event in events]
+        if with_egress:
+            data["egress"] = egress_json(events)
         echo_json(data)
         return
     _print_workflow(record, events)
+    if with_egress:
+        click.echo()
+        _print_egress(egress_json(events))
     if with_events:
         click.echo()
         print_table(
@@ -283,6 +336,29 @@ def inspect(workflow_id: str, with_events: bool, as_json: bool, database: str) -
                 for e in events
             ],
         )
+
+
+def _print_egress(journal: list[dict[str, JSON]]) -> None:
+    if not journal:
+        click.echo("egress: no sandboxed HTTP requests recorded")
+        return
+    print_table(
+        ("SEQ", "ACTIVITY", "METHOD", "HOST:PORT", "PATH", "STATUS", "OUT", "IN", "MS"),
+        [
+            (
+                str(e["seq"]),
+                f"{e['activity']}" + (f" {e['version']}" if e["version"] else ""),
+                str(e["method"]),
+                f"{e['host']}:{e['port']}",
+                str(e["path"]),
+                str(e["status"] if e["status"] is not None else e["error"]),
+                str(e["bytes_out"]),
+                str(e["bytes_in"]),
+                f"{e['duration_ms']:.1f}" if isinstance(e["duration_ms"], float | int) else "-",
+            )
+            for e in journal
+        ],
+    )
 
 
 def _print_workflow(record: WorkflowRecord, events: list[Event]) -> None:

@@ -34,7 +34,7 @@ from loom.exceptions import (
 )
 from loom.history import WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import event_json, usage_json
+from loom.summary import egress_json, event_json, usage_json
 from loom.web import views
 from loom.web.security import Guard
 from loom.workflow import CompiledWorkflow
@@ -247,6 +247,7 @@ class Dashboard:
             "calls": calls,
             "waiting_for": views.signal_waits(events),
             "llm_usage": usage_json(events),
+            "egress": egress_json(events),
         }
 
     async def stored_definition(
@@ -414,6 +415,7 @@ class Dashboard:
             "waiting_for_signals": context["waiting_for"],
             "activities": [views.call_json(c) for c in context["calls"]],
             "usage": context["llm_usage"],
+            "egress": context["egress"],
         }
 
     async def api_events(self, workflow_id: str, kind: str | None = None) -> dict[str, JSON]:

@@ -321,6 +321,18 @@ def prometheus_text(
     ]
     for status, count in sorted(stats.workflows.items()):
         out.append(f'loom_workflows{{status="{_metric_label(status)}"}} {count}')
+    # The workers' counters under the same names, as the database tells them (workflows are
+    # never deleted, so these only grow): one scrape of the dashboard covers every worker.
+    closed = {"completed": "COMPLETED", "failed": "FAILED"}
+    for name, help_text, count in [
+        ("started", "Workflows started.", sum(stats.workflows.values())),
+        *[(n, f"Workflows {n}.", stats.workflows.get(s, 0)) for n, s in closed.items()],
+    ]:
+        out += [
+            f"# HELP loom_workflow_{name}_total {help_text}",
+            f"# TYPE loom_workflow_{name}_total counter",
+            f"loom_workflow_{name}_total {count}",
+        ]
     out += [
         "# HELP loom_task_backlog Task queue by state (due, scheduled, leased, expired).",
         "# TYPE loom_task_backlog gauge",

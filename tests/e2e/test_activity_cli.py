@@ -262,14 +262,17 @@ def test_list_and_show_render_for_people(tmp_path: Path) -> None:
     assert "echo@1.2.0" in out
     assert "net: api.example.com" in out
     assert "memory_mb=32" in out
+    assert "no sandboxed HTTP requests recorded" in out
 
     code, out, _ = invoke("show", "echo", "--json", db=db)
     record = json.loads(out)
+    assert record["egress"] == {}  # no workflow called it yet
     assert sorted(record) == [
         "abi",
         "circuit_breaker",
         "circuit_breaker_state",
         "description",
+        "egress",
         "grants",
         "input_schema",
         "limits",

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import loom
 from tests.e2e.conftest import ROOT
@@ -246,6 +247,14 @@ async def test_metrics_openapi_and_docs_from_local_assets(dashboard: Any) -> Non
     assert 'loom_workflows{status="RUNNING"} 1' in metrics.text
     assert "# TYPE loom_task_backlog gauge" in metrics.text
     assert "wf-1" not in metrics.text
+    # The contract's counters, parsed as Prometheus text.
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
+    assert samples["loom_workflow_started_total"] >= 1
+    assert samples["loom_workflow_failed_total"] == 0
 
     spec = (await client.get("/openapi.json")).json()
     for path in (

@@ -79,6 +79,11 @@ _MIGRATIONS = [
         wall_ms BIGINT NOT NULL
     );
     """,
+    # Stored state as of an event (NULL: current): a step writes only its state events and
+    # the whole state is rewritten now and then; readers fold the events after it.
+    """
+    ALTER TABLE workflows ADD COLUMN state_through BIGINT;
+    """,
 ]
 
 

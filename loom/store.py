@@ -431,7 +431,8 @@ class Wakeups:
         if len(result.tasks) < len(activation.tasks) or activation.children or result.needs_rerun:
             self.tasks_ready()
         if activation.status is not WorkflowStatus.RUNNING:
-            outcome = Outcome(activation.status, activation.state, activation.error)
+            state = {} if activation.state is None else activation.state  # None: refused
+            outcome = Outcome(activation.status, state, activation.error)
             self.workflow_closed(workflow_id, outcome)
             self.closing_tasks_ready(workflow_id)
         self.progress_changed()

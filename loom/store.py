@@ -223,6 +223,12 @@ class Store(abc.ABC):
         """The store's time; what a worker writes as a due time must be on this clock."""
         return self.clock.now_ms()
 
+    @property
+    def is_pushing_closes(self) -> bool:
+        """Whether every process's closes reach `wakeups.workflow_closed` here (PostgreSQL
+        while it LISTENs): waiting handles then need polling only as a safety net."""
+        return False
+
     @abc.abstractmethod
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
         """Insert a workflow with its WORKFLOW_STARTED event and first task.

@@ -38,7 +38,7 @@ class LocalExecutor:
         outcome = await self._run(compiled, compiled.encode_input(input), workflow_id)
         if outcome.status is not WorkflowStatus.COMPLETED:
             raise decode_error(outcome.error or {}, workflow_id)
-        return compiled.decode_state(outcome.state)
+        return compiled.decode_state(outcome.state or {})
 
     async def _run(
         self, compiled: WorkflowDefinition[Any, Any], input: JSON, workflow_id: str
@@ -135,7 +135,7 @@ class LocalExecutor:
         base: dict[str, JSON] = {"seq": child.parent_seq, "workflow_id": child.workflow_id}
         outcome = await self._run(compiled, child.input, child.workflow_id)
         if outcome.status is WorkflowStatus.COMPLETED:
-            return EventKind.CHILD_COMPLETED, {**base, "state": outcome.state}
+            return EventKind.CHILD_COMPLETED, {**base, "state": outcome.state or {}}
         return EventKind.CHILD_FAILED, {**base, "error": outcome.error}
 
 

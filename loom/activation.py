@@ -60,7 +60,9 @@ class Activation:
     children: list[ChildStart] = field(default_factory=list)
     logs: list[tuple[str, str, int]] = field(default_factory=list)
     status: WorkflowStatus = WorkflowStatus.RUNNING
-    state: dict[str, JSON] = field(default_factory=dict)
+    state: dict[str, JSON] | None = None
+    """The whole state when the store should rewrite its snapshot; None keeps the stored
+    one, which the activation's state events (folded by readers) bring up to date."""
     step_index: int = 0
     error: dict[str, JSON] | None = None
     source_hash: str | None = None

@@ -6,10 +6,12 @@ History is append-only; commands issued by workflow code are matched against it 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from loom._json import JSON
+from loom._patch import apply_patch
 from loom.limits import DEFAULT_MAX_ERROR_CHARS, clip
 
 
@@ -28,6 +30,7 @@ class EventKind(StrEnum):
     CHILD_FAILED = "CHILD_FAILED"
     STATE_SET = "STATE_SET"
     STATE_UPDATE = "STATE_UPDATE"
+    STATE_PATCH = "STATE_PATCH"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
     WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
     WORKFLOW_FAILED = "WORKFLOW_FAILED"
@@ -45,12 +48,15 @@ COMMAND_KINDS = frozenset(
         EventKind.CHILD_STARTED,
         EventKind.STATE_SET,
         EventKind.STATE_UPDATE,
+        EventKind.STATE_PATCH,
     }
 )
 """Events written by workflow code itself; replay matches them, the rest are delivered."""
 
 OPERATOR_SUSPENSION = "SuspendedByOperator"
 """The error type `handle.suspend()` keeps (a worker's suspension keeps the error it hit)."""
+STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE, EventKind.STATE_PATCH)
+"""Events that change the state; folded in order they rebuild it (see `fold_state`)."""
 
 CLOSING_KINDS = frozenset(
     {EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_CANCELED}
@@ -104,6 +110,25 @@ class NewEvent:
 
     kind: EventKind
     payload: dict[str, JSON]
+
+
+def fold_state(state: dict[str, JSON], events: Iterable[Event]) -> dict[str, JSON]:
+    """Apply the state events among `events` to `state` (a plain copy, changed in place).
+
+    What a reader does with the stored snapshot and the events written after it: the
+    snapshot is rewritten only now and then, so a step costs its change, not the state.
+    """
+    for event in events:
+        payload = event.payload
+        if event.kind is EventKind.STATE_SET:
+            state[str(payload["key"])] = payload["value"]
+        elif event.kind is EventKind.STATE_UPDATE:
+            for key in payload.get("removed") or ():
+                state.pop(key, None)
+            state.update(payload["changes"])
+        elif event.kind is EventKind.STATE_PATCH:
+            apply_patch(state, payload["patch"])
+    return state
 
 
 def encode_error(

@@ -42,11 +42,13 @@ from loom.history import (
     CLOSING_KINDS,
     COMMAND_KINDS,
     OPERATOR_SUSPENSION,
+    STATE_KINDS,
     Event,
     EventKind,
     NewEvent,
     WorkflowStatus,
     encode_error,
+    fold_state,
 )
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
 from loom.store import (
@@ -69,7 +71,7 @@ from loom.store import (
 WORKFLOW_COLUMNS = (
     "workflow_id, workflow_name, workflow_version, status, input, state, error, owner, agent, "
     "parent_id, current_step, step_description, step_index, total_steps, last_sequence, "
-    "processed_sequence, epoch, created_at, updated_at"
+    "processed_sequence, epoch, created_at, updated_at, state_through"
 )
 _OPEN = "status IN ('PENDING', 'RUNNING')"
 DEFERRED_SINCE = "deferred_since"
@@ -113,11 +115,30 @@ def _event(row: Any, at: int = 0) -> Event:
 # -- reads ---------------------------------------------------------------------------------
 
 
+async def _records(conn: Connection, rows: Sequence[Any]) -> list[WorkflowRecord]:
+    """Records with their current state: the stored snapshot plus the state events written
+    since (`state_through` set), so a step never rewrites the whole state."""
+    records = []
+    for row in rows:
+        record = _record(row)
+        if row[19] is not None:
+            events = await conn.fetch(
+                "SELECT sequence, kind, payload, created_at FROM events WHERE workflow_id = $1 "
+                f"AND sequence > $2 AND {conn.dialect.any('kind', 3)} ORDER BY sequence",
+                record.workflow_id,
+                row[19],
+                [str(kind) for kind in STATE_KINDS],
+            )
+            fold_state(record.state, (_event(event) for event in events))
+        records.append(record)
+    return records
+
+
 async def get_workflow(conn: Connection, workflow_id: str) -> WorkflowRecord | None:
     row = await conn.fetchrow(
         f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = $1", workflow_id
     )
-    return _record(row) if row else None
+    return (await _records(conn, [row]))[0] if row else None
 
 
 async def get_workflows(conn: Connection, workflow_ids: list[str]) -> list[WorkflowRecord]:
@@ -125,7 +146,7 @@ async def get_workflows(conn: Connection, workflow_ids: list[str]) -> list[Workf
         f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE {conn.dialect.any('workflow_id', 1)}",
         workflow_ids,
     )
-    return [_record(row) for row in rows]
+    return await _records(conn, rows)
 
 
 async def get_statuses(conn: Connection, workflow_ids: list[str]) -> dict[str, WorkflowStatus]:
@@ -161,7 +182,7 @@ async def list_workflows(
         f"ORDER BY created_at DESC, workflow_id LIMIT ${len(params)}",
         *params,
     )
-    return [_record(row) for row in rows]
+    return await _records(conn, rows)
 
 
 async def list_logs(conn: Connection, workflow_id: str) -> list[tuple[int, str, str]]:
@@ -520,8 +541,8 @@ async def commit_workflow_task(
 
 
 _OPEN_GUARD = (
-    f" AND last_sequence = $12 AND epoch = $13 AND {_OPEN} "
-    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $14)"
+    f" AND last_sequence = $13 AND epoch = $14 AND {_OPEN} "
+    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_key = $15)"
 )
 
 
@@ -547,9 +568,12 @@ async def _update_workflow(
     if expected is not None:
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
-        guard, extra = f"{guard} AND epoch = $12", (epoch,)
+        guard, extra = f"{guard} AND epoch = $13", (epoch,)
     return await conn.fetchrow(
-        "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, state = $3, "
+        "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, "
+        # No state given: the stored one stays, and readers fold the state events after it.
+        "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
+        "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
         "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
         "step_description = COALESCE($7, step_description), processed_sequence = $8, "
         "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
@@ -557,7 +581,7 @@ async def _update_workflow(
         "RETURNING last_sequence, epoch, parent_id, parent_seq",
         leading + len(activation.events),
         activation.status.value,
-        dumps(activation.state),
+        None if activation.state is None else dumps(activation.state),
         dumps(activation.error) if activation.error else None,
         activation.step_index,
         step.name if step else None,
@@ -566,6 +590,7 @@ async def _update_workflow(
         now,
         task.workflow_id,
         activation.source_hash,
+        any(event.kind in STATE_KINDS for event in activation.events),
         *extra,
     )
 

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loom._json import JSON, dumps, loads
+from loom._json import JSON, is_json
+from loom._patch import adopt, changed_keys, plain
 from loom.activation import Activation, ChildStart, TaskSpec
 from loom.definition import WorkflowDefinition
 from loom.exceptions import (
@@ -28,16 +29,27 @@ from loom.exceptions import (
     LoomError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
+    StateSerializationError,
     WorkflowCancelledError,
     WorkflowExecutionError,
 )
-from loom.history import COMMAND_KINDS, Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.history import (
+    COMMAND_KINDS,
+    STATE_KINDS,
+    Event,
+    EventKind,
+    NewEvent,
+    WorkflowStatus,
+    encode_error,
+)
 from loom.limits import Limits, encoded_size
 from loom.saga import SHIELDED
 
 logger = logging.getLogger("loom.workflow")
 
-STATE_KINDS = (EventKind.STATE_SET, EventKind.STATE_UPDATE)
+STATE_SNAPSHOT_MIN_BYTES = 16 * 1024
+"""The stored state is rewritten whole once the changes since it add up to its own size
+(and at least this much): a step then costs its change, amortised, however big the state."""
 REFUSED = "refused"
 """Payload flag of a result event the run recorded itself for a command it refused (an
 oversized argument): no task ran, and replay must not take the event's time as news."""
@@ -156,6 +168,8 @@ def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
         if removed:  # absent in histories written before keys could be removed
             key += " removed " + ",".join(removed)
         return key
+    if kind is EventKind.STATE_PATCH:
+        return ",".join(changed_keys(payload["patch"]))
     return str(payload.get("key", ""))
 
 
@@ -180,6 +194,8 @@ class WorkflowRun:
         self.registry = registry or {}
         self.loop = _WorkflowLoop()  # type: ignore[abstract]  # only what Tasks use is needed
         self.state_data: dict[str, JSON] = compiled.initial_state()
+        for key, value in list(self.state_data.items()):
+            self.state_data[key] = adopt(value, self, key)
         self.state = StateProxy(self, self.state_data)
         self.ctx: WorkflowContext[Any, Any] = WorkflowContext(self)
         self.epoch = 0
@@ -202,7 +218,8 @@ class WorkflowRun:
         self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[JSON], Any]]] = {}
         self._signal_buffer: dict[str, deque[JSON]] = {}
         self._signal_waiters: dict[str, deque[int]] = {}
-        self._mutable_snapshot: dict[str, str] = {}
+        self._patch: list[tuple[str, dict[str, JSON]]] = []
+        """In-place edits since the last command: (state field, JSON Patch op)."""
         self._cancel_reason: str | None = None
         self._cancelled = False
         self._shielded: set[int] = set()
@@ -213,9 +230,13 @@ class WorkflowRun:
         self._refusals: deque[NewEvent] = deque()
         self._is_state_changed = False
         self._is_state_refused = False
-        self._undo: dict[str, JSON] = {}
-        """Each key's value before this activation's first new change of it (for a refused
-        state); values of containers are kept as their recorded JSON text in `_Encoded`."""
+        self._state_bytes: int | None = None
+        """An upper bound of the state's encoded size (exact when last measured, plus the
+        size of every change since), so the limit check does not encode it every step."""
+        self._unsaved_bytes = 0
+        """Size of the changes since the store last got the whole state (see
+        STATE_SNAPSHOT_MIN_BYTES); None-sized runs (just built) hand it over at once."""
+        self._has_snapshot = False
 
     # -- feeding history ------------------------------------------------------------------
 
@@ -311,7 +332,7 @@ class WorkflowRun:
                 self.step_index = index
                 self.issue(EventKind.STEP_STARTED, {"key": step.info.name})
                 await step.method(instance, self.ctx)
-            self._flush_nested_mutations()
+            self._flush_patch()
         except _Nondeterminism:
             return
         except WorkflowCancelledError as err:
@@ -335,7 +356,9 @@ class WorkflowRun:
             WorkflowStatus.FAILED: EventKind.WORKFLOW_FAILED,
             WorkflowStatus.CANCELED: EventKind.WORKFLOW_CANCELED,
         }[status]
-        body: dict[str, JSON] = {"state": self.state_data} if error is None else {"error": error}
+        body: dict[str, JSON] = (
+            {"state": plain(self.state_data)} if error is None else {"error": error}
+        )
         out.events.append(NewEvent(kind, body))
         for seq in list(self._pending):
             out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
@@ -355,8 +378,8 @@ class WorkflowRun:
         """
         if self._failure is not None:
             raise _Nondeterminism
-        if kind is not EventKind.STATE_SET and kind is not EventKind.STATE_UPDATE:
-            self._flush_nested_mutations()
+        if kind not in STATE_KINDS:
+            self._flush_patch()
         self._seq += 1
         seq = self._seq
         payload["seq"] = seq
@@ -419,22 +442,32 @@ class WorkflowRun:
     def add_child(self, child: ChildStart) -> None:
         self._out.children.append(child)
 
-    def note_previous(self, key: str) -> None:
-        """Remember `key`'s value before a new change, so a state refused at the end of this
-        activation can be committed as it was (see `take_activation`)."""
-        if key in self._undo or self._recorded:
-            return
-        snapshot = self._mutable_snapshot.get(key)
-        if snapshot is not None:
-            self._undo[key] = _Encoded(snapshot)  # in-place edits may have changed the object
-        else:
-            value = self.state_data.get(key, _MISSING)
-            self._undo[key] = loads(dumps(value)) if isinstance(value, list | dict) else value
+    @property
+    def data(self) -> dict[str, JSON]:
+        """The state the tracked containers report to (`loom._patch.PatchSink`)."""
+        return self.state_data
+
+    def note_patch(self, key: str, op: dict[str, JSON]) -> None:
+        self._patch.append((key, op))
+
+    def adopt(self, key: str, value: JSON) -> JSON:
+        """`value` checked and copied into tracked containers, to become state field `key`."""
+        if not isinstance(key, str):
+            raise TypeError(f"state keys must be str, got {key!r}")
+        if not is_json(value):
+            raise StateSerializationError(key, value)
+        return adopt(value, self, key)
+
+    def _drop_patch(self, keys: Iterable[str]) -> None:
+        """Forget edits of fields about to be recorded whole (their new value holds them)."""
+        gone = set(keys)
+        if self._patch and gone:
+            self._patch = [entry for entry in self._patch if entry[0] not in gone]
 
     def record_state_set(self, key: str, value: JSON) -> None:
-        self.note_previous(key)
-        self.state_data[key] = value
-        self.issue(EventKind.STATE_SET, {"key": key, "value": self._remember(key, value)})
+        self._drop_patch((key,))
+        self.state_data[key] = adopt(value, self, key)
+        self.issue(EventKind.STATE_SET, {"key": key, "value": plain(value)})
 
     def record_state_update(
         self, changes: dict[str, JSON], removed: Iterable[str] | None = None
@@ -453,15 +486,13 @@ class WorkflowRun:
             gone = []
         if not changes and not gone:
             return
+        self._drop_patch([*gone, *changes])
         for key in gone:
-            self.note_previous(key)
             del self.state_data[key]
-            self._mutable_snapshot.pop(key, None)
         recorded = {}
         for key, value in changes.items():
-            self.note_previous(key)
-            self.state_data[key] = value
-            recorded[key] = self._remember(key, value)
+            self.state_data[key] = adopt(value, self, key)
+            recorded[key] = plain(value)
         payload: dict[str, JSON] = {"changes": recorded}
         if removed is not None:
             payload[REMOVED_KEYS] = gone
@@ -479,28 +510,22 @@ class WorkflowRun:
             return head.is_merge
         return not has_changes
 
-    def _remember(self, key: str, value: JSON) -> JSON:
-        """Snapshot a mutable value so later in-place edits neither leak into the recorded
-        event nor go unnoticed (they are diffed before the next command)."""
-        if isinstance(value, list | dict):
-            encoded = dumps(value)
-            self._mutable_snapshot[key] = encoded
-            return loads(encoded)
-        self._mutable_snapshot.pop(key, None)
-        return value
+    def _flush_patch(self) -> None:
+        """Record the in-place edits of nested lists/dicts at a deterministic point.
 
-    def _flush_nested_mutations(self) -> None:
-        """Record in-place edits of nested lists/dicts at a deterministic point."""
-        changes: dict[str, JSON] = {}
-        for key, value in self.state_data.items():
-            if isinstance(value, list | dict):
-                encoded = dumps(value)
-                if self._mutable_snapshot.get(key) != encoded:
-                    self.note_previous(key)
-                    self._mutable_snapshot[key] = encoded
-                    changes[key] = loads(encoded)
-        if changes:
-            self.issue(EventKind.STATE_UPDATE, {"changes": changes})
+        A history written before patches holds a whole-value STATE_UPDATE at this point;
+        replaying it, the same fields' update is issued in its place (nothing is recorded).
+        """
+        if not self._patch:
+            return
+        ops = [op for _, op in self._patch]
+        self._patch = []
+        head = self._recorded[0] if self._recorded else None
+        if head is not None and head.kind is EventKind.STATE_UPDATE:
+            fields = {key: None for key in changed_keys(ops)}
+            self.issue(EventKind.STATE_UPDATE, {"changes": fields})
+        else:
+            self.issue(EventKind.STATE_PATCH, {"patch": ops})
 
     def log(self, level: int, message: str) -> None:
         if self.is_replaying:
@@ -615,57 +640,72 @@ class WorkflowRun:
         the last call) is not handed over: the workflow fails instead, its history gets only
         the failure, and the state stays as the last activation left it.
         """
-        if self._is_state_changed and self._failure is None:
-            self._is_state_changed = False
+        changed = self._is_state_changed
+        self._is_state_changed = False
+        if changed and self._failure is None:
             oversized = self._oversized_state()
             if oversized is not None:
                 self._refuse_state(oversized)
         out = self._out
-        if not self._is_state_refused:
+        if self._is_state_refused:
+            out.state = None
+        elif self.is_finished:
+            closing = out.events[-1].payload.get("state") if out.events else None
+            out.state = closing if isinstance(closing, dict) else plain(self.state_data)
+        elif changed and self._is_snapshot_due():
             out.state = self.state_data
         out.step_index = self.step_index
         out.source_hash = self.compiled.source_hash
-        self._undo = {}
         if not self.is_finished:
             self._out = Activation()
         return out
 
+    def _is_snapshot_due(self) -> bool:
+        """Whether the store gets the whole state with this activation (else the changes'
+        events alone carry it; readers fold them into the last snapshot)."""
+        size = self._state_bytes or 0
+        if self._has_snapshot and self._unsaved_bytes < max(STATE_SNAPSHOT_MIN_BYTES, size):
+            return False
+        self._has_snapshot = True
+        self._unsaved_bytes = 0
+        return True
+
     def _oversized_state(self) -> PayloadTooLargeError | None:
         limits = self.limits
         limit = limits.max_state_bytes
+        growth = 0
         for event in self._out.events:
             if event.kind in STATE_KINDS:
-                body = event.payload.get("changes", event.payload.get("value"))
+                payload = event.payload
+                body = payload.get("changes", payload.get("value", payload.get("patch")))
                 size = encoded_size(body)
                 if size > limit:
                     what = f"a change of the state of workflow {self.workflow_id!r}"
                     return PayloadTooLargeError(
                         what=what, size=size, limit=limit, field="max_state_bytes"
                     )
-        try:
-            limits.check(
-                f"state of workflow {self.workflow_id!r}", self.state_data, "max_state_bytes"
+                # A change grows the encoded state by at most its value, key and framing.
+                growth += size + len(str(payload.get("key", ""))) + 8
+        self._unsaved_bytes += growth
+        if self._state_bytes is not None and self._state_bytes + growth <= limit:
+            self._state_bytes += growth
+            return None
+        self._state_bytes = encoded_size(self.state_data)
+        if self._state_bytes > limit:
+            what = f"state of workflow {self.workflow_id!r}"
+            return PayloadTooLargeError(
+                what=what, size=self._state_bytes, limit=limit, field="max_state_bytes"
             )
-        except PayloadTooLargeError as err:
-            return err
         return None
 
     def _refuse_state(self, err: PayloadTooLargeError) -> None:
-        """Fail the workflow in place of this activation; commit the state it started with."""
-        previous = dict(self.state_data)
-        for key, value in self._undo.items():
-            if value is _MISSING:
-                previous.pop(key, None)
-            else:
-                previous[key] = loads(value.text) if isinstance(value, _Encoded) else value
-        if encoded_size(previous) > self.limits.max_state_bytes:
-            previous = self.compiled.initial_state()  # a limit lowered since it was committed
+        """Fail the workflow in place of this activation; the stored state stays as the
+        last committed activation left it (its events are not written)."""
         error = self.encode_error(err)
         self._out = Activation(
             events=[NewEvent(EventKind.WORKFLOW_FAILED, {"error": error})],
             logs=self._out.logs,
             status=WorkflowStatus.FAILED,
-            state=previous,
             error=error,
         )
         self._is_state_refused = True
@@ -678,14 +718,6 @@ class WorkflowRun:
                 with contextlib.suppress(RuntimeError, _Nondeterminism, LoomError):
                     coro.close()
         self._pending.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class _Encoded:
-    text: str
-
-
-_MISSING: Any = object()
 
 
 def now_ms() -> int:

@@ -135,6 +135,11 @@ _MIGRATIONS = [
     """
     ALTER TABLE tasks ADD COLUMN recoveries BIGINT NOT NULL DEFAULT 0;
     """,
+    # Stored state as of an event (NULL: current): a step writes only its state events and
+    # the whole state is rewritten now and then; readers fold the events after it.
+    """
+    ALTER TABLE workflows ADD COLUMN state_through BIGINT;
+    """,
 ]
 
 

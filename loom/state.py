@@ -9,21 +9,10 @@ from collections.abc import AsyncIterator, Callable, ItemsView, Iterator, KeysVi
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from loom._json import JSON, dumps, is_json, loads
-from loom.exceptions import StateSerializationError
+from loom._json import JSON, dumps, loads
 
 if TYPE_CHECKING:
     from loom.replay import WorkflowRun
-
-
-def _normalise(key: str, value: object) -> JSON:
-    if not isinstance(key, str):
-        raise TypeError(f"state keys must be str, got {key!r}")
-    if not is_json(value):
-        raise StateSerializationError(key, value)
-    if isinstance(value, list | tuple | dict):
-        return loads(dumps(value))  # detach from the caller's object so later edits are seen
-    return value
 
 
 class StateProxy:
@@ -32,8 +21,9 @@ class StateProxy:
     `ctx.state.paid = True` and `ctx.state["paid"] = True` record STATE_SET at once;
     `await ctx.state.update(fn)` (which replaces the state with what `fn` returns) and
     `async with ctx.state.batch():` record one STATE_UPDATE.
-    In-place edits of nested lists/dicts are noticed before the next command and recorded
-    as STATE_UPDATE.
+    In-place edits of nested lists/dicts (`ctx.state.items.append(x)`) are recorded before
+    the next command as one STATE_PATCH of JSON Patch (RFC 6902) operations: a step costs
+    what it changed, not the size of the state.
     """
 
     __slots__ = ("_batch", "_data", "_run")
@@ -109,7 +99,7 @@ class StateProxy:
             )
         changes: dict[str, JSON] = {}
         for key, value in new.items():
-            normal = _normalise(key, value)
+            normal = self._run.adopt(key, value)
             old = self._data.get(key, _MISSING)
             # Compared as JSON text: 1, 1.0 and True are equal in Python, not in the state.
             if old is _MISSING or dumps(old) != dumps(normal):
@@ -132,9 +122,8 @@ class StateProxy:
             self._run.record_state_update(pending)
 
     def _assign(self, key: str, value: Any) -> None:
-        normal = _normalise(key, value)
+        normal = self._run.adopt(key, value)
         if self._batch is not None:
-            self._run.note_previous(key)
             self._batch[key] = normal
             self._data[key] = normal
             return

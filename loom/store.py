@@ -261,6 +261,12 @@ class Store(abc.ABC):
         """The store's time; what a worker writes as a due time must be on this clock."""
         return self.clock.now_ms()
 
+    @property
+    def is_pushing_closes(self) -> bool:
+        """Whether every process's closes reach `wakeups.workflow_closed` here (PostgreSQL
+        while it LISTENs): waiting handles then need polling only as a safety net."""
+        return False
+
     @abc.abstractmethod
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
         """Insert a workflow with its WORKFLOW_STARTED event and first task.
@@ -589,7 +595,8 @@ class Wakeups:
         if len(result.tasks) < len(activation.tasks) or activation.children or result.needs_rerun:
             self.tasks_ready()
         if activation.status is not WorkflowStatus.RUNNING:
-            outcome = Outcome(activation.status, activation.state, activation.error)
+            state = {} if activation.state is None else activation.state  # None: refused
+            outcome = Outcome(activation.status, state, activation.error)
             self.workflow_closed(workflow_id, outcome)
             self.closing_tasks_ready(workflow_id)
         self.progress_changed()

@@ -39,6 +39,7 @@ from activity_registry import (
 )
 from loom import telemetry
 from loom._json import JSON, is_json
+from loom._memory import give_back
 from loom.activation import ACTIVITY_TASK, TIMER_TASK, Activation
 from loom.activity import Activity, RetryOptions
 from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBreaker
@@ -73,6 +74,9 @@ GC_GEN0_THRESHOLD = 50_000
 with CPython's default gen-0 threshold of 700 the collector runs every few workflows and
 scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
 CLAIM_BATCH = 256
+GIVE_BACK_AFTER_RUNS = 1_000
+"""A worker whose run cache held at least this many runs and has since shrunk to a quarter
+gives the freed heap back to the OS at its next heartbeat (see `loom._memory`)."""
 STORE_BACKOFF_SECONDS = (0.1, 5.0)
 """First and longest pause of the claim loop while the store fails (a full disk, a database
 restart): the worker waits it out and resumes instead of exiting."""
@@ -164,6 +168,8 @@ class Worker:
         self._activity_registry: Registry | None = None
         self.tune_gc = tune_gc
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._peak_runs = 0
+        """The most runs the cache held since memory was last given back."""
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
@@ -392,6 +398,7 @@ class Worker:
         outage = _Outage("renewing leases")
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
+            await self._give_back_memory()
             try:
                 await self._give_back_failed(store)
                 await store.extend_leases(self.worker_id, self.lease_ms)
@@ -416,6 +423,13 @@ class Worker:
                 shown = ", ".join(started[:5]) + (" …" if len(started) > 5 else "")
                 logger.info("schedules started %d workflow(s): %s", len(started), shown)
             await asyncio.sleep(self.schedule_interval)
+
+    async def _give_back_memory(self) -> None:
+        """After a burst drained (see GIVE_BACK_AFTER_RUNS), return the freed heap."""
+        held = len(self._cache) + len(self._inflight)
+        if self._peak_runs >= GIVE_BACK_AFTER_RUNS and held <= self._peak_runs // 4:
+            self._peak_runs = held
+            await asyncio.get_running_loop().run_in_executor(None, give_back)
 
     async def _give_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:
         """Release a task whose processing failed here, due again after a backoff.
@@ -684,6 +698,7 @@ class Worker:
             if displaced is not None and displaced is not run:
                 displaced.close()
             self._cache[run.workflow_id] = run
+            self._peak_runs = max(self._peak_runs, len(self._cache))
             if len(self._cache) > self.max_cached_workflows:
                 _, evicted = self._cache.popitem(last=False)
                 evicted.close()

@@ -73,6 +73,10 @@ class PostgresStore(SQLStore):
 
     wakeups: _Wakeups
 
+    @property
+    def is_pushing_closes(self) -> bool:
+        return self._db.is_listening
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.wakeups = wakeups = _Wakeups()

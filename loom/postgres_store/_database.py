@@ -175,6 +175,11 @@ class _Database:
     async def _create_pool(self, size: int) -> Any:
         return await asyncpg.create_pool(self._url, min_size=1, max_size=size, reset=_keep_session)
 
+    @property
+    def is_listening(self) -> bool:
+        """Whether NOTIFYs of other processes reach this one now."""
+        return self._listener is not None
+
     async def _listen(self) -> bool:
         try:
             listener = await asyncpg.connect(self._url)

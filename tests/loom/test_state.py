@@ -39,9 +39,14 @@ async def test_every_mutation_is_an_event(db_path, make_worker) -> None:
         assert await handle.result(timeout=10) == EXPECTED
     events = await get_store().list_events("styles")
     state_events = [
-        (e.kind, e.payload.get("key"), e.payload.get("value"), e.payload.get("changes"))
+        (
+            e.kind,
+            e.payload.get("key"),
+            e.payload.get("value"),
+            e.payload.get("changes", e.payload.get("patch")),
+        )
         for e in events
-        if e.kind in (EventKind.STATE_SET, EventKind.STATE_UPDATE)
+        if e.kind in (EventKind.STATE_SET, EventKind.STATE_UPDATE, EventKind.STATE_PATCH)
     ]
     assert state_events == [
         (EventKind.STATE_SET, "a", 1, None),
@@ -49,7 +54,8 @@ async def test_every_mutation_is_an_event(db_path, make_worker) -> None:
         (EventKind.STATE_SET, "c", {"x": 1}, None),
         (EventKind.STATE_UPDATE, None, None, {"a": 2, "d": "new"}),
         (EventKind.STATE_UPDATE, None, None, {"e": True, "f": None}),
-        (EventKind.STATE_UPDATE, None, None, {"b": [1, 2]}),
+        # the in-place append is one JSON Patch op, not a copy of the list
+        (EventKind.STATE_PATCH, None, None, [{"op": "add", "path": "/b/-", "value": 2}]),
         (EventKind.STATE_SET, "g", "default", None),
     ]
 

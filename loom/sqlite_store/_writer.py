@@ -34,6 +34,7 @@ statement, and taking it back waits for the event loop thread to yield it: by de
 5 ms per statement, while every workflow of the process waits on this one thread. 0.5 ms
 measured +20-30% workflows/s (bench/throughput.py); the interval is only ever lowered."""
 _PARAMETER = re.compile(r"\$(\d+)")
+_ARRAYS = (list, tuple)  # array parameters, bound as JSON text for json_each
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
@@ -115,7 +116,7 @@ class SQLiteConnection:
         text, count = _translate(sql)
         # A statement binds parameters 1..count: operations pass one argument list to the
         # several statements of one write, each using part of it.
-        params = [dumps(a) if isinstance(a, list | tuple) else a for a in args[:count]]
+        params = [dumps(a) if isinstance(a, _ARRAYS) else a for a in args[:count]]
         return self._conn.execute(text, params)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:

@@ -78,7 +78,8 @@ WASM_PAGE = 65536
 STDERR_TAIL_BYTES = 2000
 # A call on the event loop may run this many wasm instructions (about a millisecond) ...
 INLINE_FUEL = 1_000_000
-# ... and take this long in all before its module is sent to the thread pool for a while.
+# ... and take this much CPU time (this thread's: on a busy machine the wall clock also counts
+# the time other processes ran) before its module is sent to the thread pool for a while.
 INLINE_MAX_S = 0.002
 INLINE_BACKOFF_MAX = 1024  # pooled calls before a module that overran tries the loop again
 # Concurrent core instances (and memories, tables) the pooling allocator keeps slots for.
@@ -116,7 +117,9 @@ class PreparedModule:
 
 class _InlineHistory:
     """Whether a module's calls may run on the event loop: after a call overran, the next
-    `skip` calls go to the pool, and each further overrun doubles that (up to a cap)."""
+    `skip` calls go to the pool, and each further overrun doubles that (up to a cap); a
+    call that runs inline within budget halves it again, so a module that was slow once
+    (a cold cache, a burst) comes back to the loop after a quiet period."""
 
     __slots__ = ("backoff", "skip")
 
@@ -127,6 +130,9 @@ class _InlineHistory:
     def overran(self) -> None:
         self.skip = self.backoff
         self.backoff = min(self.backoff * 2, INLINE_BACKOFF_MAX)
+
+    def kept_within(self) -> None:
+        self.backoff = max(self.backoff // 2, 1)
 
 
 class _Overran(Exception):
@@ -541,7 +547,7 @@ class SandboxRuntime:
             and not module._may_block
             and _is_pure(grants)
         ):
-            started = time.perf_counter()
+            started = time.thread_time()
             keep: list[Callable[[], None]] = []
             try:
                 result = self._execute(module, input, limits, grants, secrets, keep, INLINE_FUEL)
@@ -553,8 +559,10 @@ class SandboxRuntime:
                 inline.overran()
                 raise
             else:
-                if time.perf_counter() - started > INLINE_MAX_S:
+                if time.thread_time() - started > INLINE_MAX_S:
                     inline.overran()
+                else:
+                    inline.kept_within()
                 return result
             finally:
                 _teardown(keep)

@@ -168,3 +168,21 @@ def pool_jobs(runtime: SandboxRuntime, monkeypatch: pytest.MonkeyPatch) -> Calla
 
     monkeypatch.setattr(pool, "submit", submit)
     return lambda: submitted
+
+
+async def test_a_module_that_overran_comes_back_to_the_loop_after_quiet_calls(
+    runtime: SandboxRuntime, pool_jobs: PoolJobs
+) -> None:
+    """Overruns double the pooled stretch; calls within budget halve it again, so a module
+    slow once (a cold cache, a burst of load) is not kept off the loop for good."""
+    module = spinner(runtime, 11)  # short: well within the inline budget
+    for _ in range(5):
+        module._inline.overran()  # as if five calls had overrun: backoff 32, skip 16
+    assert (module._inline.skip, module._inline.backoff) == (16, 32)
+    for _ in range(16):
+        await runtime.run(module, {"n": 1})  # the pooled stretch
+    assert module._inline.skip == 0 and pool_jobs() == 16
+    for _ in range(5):
+        await runtime.run(module, {"n": 1})  # inline again, each one within budget
+    assert pool_jobs() == 16
+    assert module._inline.backoff == 1  # a later overrun keeps it off for one call only

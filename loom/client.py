@@ -159,21 +159,26 @@ async def _create(
     workflow_id: str,
     owner: str | None,
 ) -> WorkflowRecord:
-    record, _ = await store.create_workflow(
-        NewWorkflow(
-            workflow_id=workflow_id,
-            workflow_name=compiled.name,
-            workflow_version=compiled.version,
-            input=encoded,
-            state=compiled.initial_state(),
-            source_hash=compiled.source_hash,
-            total_steps=len(compiled.steps),
-            seed=random.getrandbits(63),
-            owner=owner,
-            agent=compiled.agent,
-            trace=telemetry.current_carrier(),
-        )
+    spec = NewWorkflow(
+        workflow_id=workflow_id,
+        workflow_name=compiled.name,
+        workflow_version=compiled.version,
+        input=encoded,
+        state=compiled.initial_state(),
+        source_hash=compiled.source_hash,
+        total_steps=len(compiled.steps),
+        seed=random.getrandbits(63),
+        owner=owner,
+        agent=compiled.agent,
+        trace=telemetry.current_carrier(),
     )
+    # A worker of this process serving it runs the first activation before the create
+    # commits (one commit instead of three: see Worker.start).
+    starter = store.wakeups.starter_for(compiled.name)
+    if starter is not None:
+        record, _ = await starter.start(store, spec)
+    else:
+        record, _ = await store.create_workflow(spec)
     return record
 
 

@@ -66,6 +66,7 @@ from loom.store import (
     TaskWorkflow,
     WorkflowRecord,
     split_idle,
+    started_payload,
 )
 
 WORKFLOW_COLUMNS = (
@@ -272,17 +273,7 @@ _INSERT_FIRST_TASK = (
 
 async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> bool:
     """Insert the row, its WORKFLOW_STARTED event and its first task; False if it exists."""
-    started: dict[str, JSON] = {
-        "input": spec.input,
-        "seed": spec.seed,
-        "workflow_name": spec.workflow_name,
-        "workflow_version": spec.workflow_version,
-        "source_hash": spec.source_hash,
-    }
-    if spec.parent_id:
-        started["parent_id"] = spec.parent_id
-    if spec.trace:
-        started["trace"] = dict(spec.trace)
+    started = started_payload(spec)
     args = (
         spec.workflow_id,
         spec.workflow_name,
@@ -351,6 +342,36 @@ async def create_workflow(
         updated_at=now,
     )
     return record, True
+
+
+async def create_and_commit(
+    conn: Connection,
+    spec: NewWorkflow,
+    owner: str,
+    lease_ms: int,
+    activation: Activation,
+    seen_sequence: int,
+    step: StepProgress | None,
+    eager_lease_ms: int,
+    now: int,
+) -> tuple[WorkflowRecord, bool, CommitResult | None]:
+    record, created = await create_workflow(conn, spec, now)
+    if not created:
+        return record, False, None
+    key = workflow_task_key(spec.workflow_id)
+    row = await conn.fetchrow(
+        "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
+        "attempts = attempts + 1 WHERE task_key = $3 RETURNING task_id, payload, attempts",
+        owner,
+        now + lease_ms,
+        key,
+    )
+    task = ClaimedTask(row[0], key, WORKFLOW_TASK, spec.workflow_id, loads(row[1]), row[2], owner)
+    task.workflow = TaskWorkflow(spec.workflow_name, 0, 0, spec.owner, spec.source_hash)
+    result = await commit_workflow_task(
+        conn, task, activation, seen_sequence, step, eager_lease_ms, now
+    )
+    return record, True, result
 
 
 async def _ensure_workflow_task(conn: Connection, workflow_id: str, now: int) -> None:

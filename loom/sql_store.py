@@ -74,6 +74,36 @@ class SQLStore(Store):
             self.wakeups.progress_changed()
         return result
 
+    async def create_and_commit(
+        self,
+        spec: NewWorkflow,
+        owner: str,
+        lease_ms: int,
+        activation: Activation,
+        seen_sequence: int,
+        step: StepProgress | None,
+        *,
+        now: int,
+        eager_lease_ms: int = 0,
+    ) -> tuple[WorkflowRecord, bool, CommitResult | None]:
+        record, created, result = await self._run(
+            Mode.TRANSACTION,
+            ops.create_and_commit,
+            spec,
+            owner,
+            lease_ms,
+            activation,
+            seen_sequence,
+            step,
+            eager_lease_ms,
+            now,
+        )
+        if created:
+            self.wakeups.progress_changed()
+        if result is not None and result.is_committed:
+            self.wakeups.activation_committed(spec.workflow_id, activation, result)
+        return record, created, result
+
     async def claim_tasks(
         self,
         owner: str,

@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from loom._json import JSON
 from loom.activation import Activation
@@ -39,6 +40,23 @@ class NewWorkflow:
     parent_seq: int | None = None
     trace: dict[str, str] | None = None
     """The starter's W3C trace context, kept in WORKFLOW_STARTED for every later task."""
+
+
+def started_payload(spec: NewWorkflow) -> dict[str, JSON]:
+    """The WORKFLOW_STARTED event of `spec`: what the store writes, and what a worker that
+    runs the first activation before the create (see `Store.create_and_commit`) replays."""
+    started: dict[str, JSON] = {
+        "input": spec.input,
+        "seed": spec.seed,
+        "workflow_name": spec.workflow_name,
+        "workflow_version": spec.workflow_version,
+        "source_hash": spec.source_hash,
+    }
+    if spec.parent_id:
+        started["parent_id"] = spec.parent_id
+    if spec.trace:
+        started["trace"] = dict(spec.trace)
+    return started
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +291,24 @@ class Store(abc.ABC):
 
         Returns (record, created); an existing id of the same type is returned unchanged.
         """
+
+    @abc.abstractmethod
+    async def create_and_commit(
+        self,
+        spec: NewWorkflow,
+        owner: str,
+        lease_ms: int,
+        activation: Activation,
+        seen_sequence: int,
+        step: StepProgress | None,
+        *,
+        now: int,
+        eager_lease_ms: int = 0,
+    ) -> tuple[WorkflowRecord, bool, CommitResult | None]:
+        """Create the workflow and commit its first activation, computed by `owner` from its
+        WORKFLOW_STARTED event at `now`, in one transaction: one commit (one fsync) where a
+        start, a claim and a commit took three. An existing workflow is left as it is
+        (created False, no result)."""
 
     @abc.abstractmethod
     async def claim_tasks(
@@ -543,6 +579,14 @@ class Store(abc.ABC):
         running workflow pinned as its source hash."""
 
 
+class Starter(Protocol):
+    """What a worker offers a starter in its process (see `Store.create_and_commit`)."""
+
+    def serves(self, workflow_name: str) -> bool: ...
+
+    async def start(self, store: Store, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]: ...
+
+
 class Wakeups:
     """In-process notifications: new runnable tasks and closed workflows.
 
@@ -556,6 +600,21 @@ class Wakeups:
         # by other processes: the waiter table is shared across threads.
         self._closed_lock = threading.Lock()
         self._progress: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._starters: list[tuple[asyncio.AbstractEventLoop, Starter]] = []
+
+    def on_start(self, starter: Starter) -> Callable[[], None]:
+        """A worker on this loop that runs first activations before the create commits."""
+        entry = (asyncio.get_running_loop(), starter)
+        self._starters.append(entry)
+        return lambda: self._starters.remove(entry)
+
+    def starter_for(self, workflow_name: str) -> Starter | None:
+        """An in-process worker on the caller's loop that serves `workflow_name`, or None."""
+        loop = asyncio.get_running_loop()
+        for owner_loop, starter in self._starters:
+            if owner_loop is loop and starter.serves(workflow_name):
+                return starter
+        return None
 
     def on_tasks(self, callback: Callable[[], None]) -> Callable[[], None]:
         entry = (asyncio.get_running_loop(), callback)

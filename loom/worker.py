@@ -58,7 +58,16 @@ from loom.limits import Limits, clip
 from loom.llm import TOOLS_ACTIVITY
 from loom.replay import WorkflowRun
 from loom.scheduler import fire_due
-from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
+from loom.store import (
+    ClaimedTask,
+    CommitResult,
+    Completion,
+    NewWorkflow,
+    StepProgress,
+    Store,
+    WorkflowRecord,
+    started_payload,
+)
 from loom.usage import check_prices, llm_usage
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
@@ -251,6 +260,7 @@ class Worker:
         self._raise_gc_threshold()
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
+        no_starts = store.wakeups.on_start(self)
         heartbeat = asyncio.create_task(self._heartbeat(store))
         schedules = asyncio.create_task(self._schedule_loop(store))
         if self._started is not None:
@@ -259,6 +269,7 @@ class Worker:
             await self._claim_loop(store)
         finally:
             unsubscribe()
+            no_starts()
             schedules.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await schedules
@@ -276,6 +287,47 @@ class Worker:
             if self._gc_threshold is not None:
                 gc.set_threshold(*self._gc_threshold)
                 self._gc_threshold = None
+
+    # -- starts in this process -----------------------------------------------------------
+
+    def serves(self, workflow_name: str) -> bool:
+        """Whether a start of `workflow_name` in this process may run here at once."""
+        return (
+            not self._stopping
+            and workflow_name in self._workflows
+            and self._suspect is None
+            and len(self._inflight) < self.concurrency
+        )
+
+    async def start(self, store: Store, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
+        """Start `spec` with its first activation already run (an eager start): the store
+        creates the workflow and commits that activation in one transaction, so a lone
+        workflow pays one commit for its start where a create, a claim and a commit paid
+        three, and its first activities are leased to this worker at once."""
+        compiled = self._workflows[spec.workflow_name]
+        now = store.now_ms()
+        run = WorkflowRun(compiled, spec.workflow_id, limits=self.limits)
+        started = Event(1, EventKind.WORKFLOW_STARTED, started_payload(spec), now)
+        telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
+        with _workflow_span(run, spec.trace, is_replay=False):
+            run.apply([started])
+            activation = run.take_activation()
+            _stamp_activities(store, run, activation)
+            record, created, result = await store.create_and_commit(
+                spec,
+                self.worker_id,
+                self.lease_ms,
+                activation,
+                run.cursor,
+                _step_progress(compiled, activation.step_index),
+                now=now,
+                eager_lease_ms=self._eager_lease_ms(),
+            )
+        if result is None:
+            run.close()
+        else:
+            self._committed(store, run, activation.status, result)
+        return record, created
 
     def _raise_gc_threshold(self) -> None:
         """See GC_GEN0_THRESHOLD; restored when the worker stops. `tune_gc=False` opts out."""

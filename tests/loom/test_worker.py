@@ -299,8 +299,8 @@ async def test_a_task_that_fails_in_the_worker_is_given_back_not_held(
         return await real_commit(*args, **kwargs)
 
     monkeypatch.setattr(store, "commit_workflow_task", fails_once)
+    handle = await Calc.start({"values": [1]})  # before the worker: its task is claimed
     async with make_worker([Calc], [double], lease_seconds=60):
-        handle = await Calc.start({"values": [1]})
         # Far sooner than the 60 s lease: the failed claim was released with a short backoff.
         state = await handle.result(timeout=20)
     assert state.results == [2] and failures == [1]

@@ -3,11 +3,13 @@
 from importlib import metadata as _metadata
 
 from loom.activity import Activity, activity
+from loom.actor import Actor, actor, ask, handler, send
 from loom.client import WorkflowHandle, configure, get_handle
 from loom.context import WorkflowContext
 from loom.exceptions import (
     ActivityFailedError,
     ActivityTimeoutError,
+    ActorHandlerError,
     CancelledWorkflowError,
     CompensationError,
     LoomError,
@@ -34,6 +36,8 @@ __all__ = [
     "Activity",
     "ActivityFailedError",
     "ActivityTimeoutError",
+    "Actor",
+    "ActorHandlerError",
     "CancelledWorkflowError",
     "CompensationError",
     "CompiledWorkflow",
@@ -59,9 +63,13 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowStillRunningError",
     "activity",
+    "actor",
+    "ask",
     "configure",
     "get_handle",
     "get_progress",
+    "handler",
+    "send",
     "step",
     "stream_progress",
     "workflow",

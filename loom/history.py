@@ -29,6 +29,8 @@ class EventKind(StrEnum):
     STATE_SET = "STATE_SET"
     STATE_UPDATE = "STATE_UPDATE"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    MESSAGE_SENT = "MESSAGE_SENT"
+    """`ctx.send`/`ctx.ask` to an actor: delivered with the activation that records it."""
     WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
     WORKFLOW_FAILED = "WORKFLOW_FAILED"
     WORKFLOW_CANCELED = "WORKFLOW_CANCELED"
@@ -43,6 +45,7 @@ COMMAND_KINDS = frozenset(
         EventKind.CHILD_STARTED,
         EventKind.STATE_SET,
         EventKind.STATE_UPDATE,
+        EventKind.MESSAGE_SENT,
     }
 )
 """Events written by workflow code itself; replay matches them, the rest are delivered."""

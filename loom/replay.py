@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loom._json import JSON, dumps, loads
-from loom.activation import Activation, ChildStart, TaskSpec
+from loom.activation import Activation, ChildStart, Message, Reply, Restart, TaskSpec
 from loom.definition import WorkflowDefinition
 from loom.exceptions import (
     ActivityFailedError,
@@ -210,6 +210,7 @@ class WorkflowRun:
         self._refusals: deque[NewEvent] = deque()
         self._is_state_changed = False
         self._is_state_refused = False
+        self._restart_input: JSON = _MISSING
         self._undo: dict[str, JSON] = {}
         """Each key's value before this activation's first new change of it (for a refused
         state); values of containers are kept as their recorded JSON text in `_Encoded`."""
@@ -236,8 +237,9 @@ class WorkflowRun:
             else:
                 deliverable.append(event)
             self.cursor = event.sequence
-        for event in deliverable:
+        for index, event in enumerate(deliverable):
             if self.is_finished:
+                self._carry(deliverable[index:])
                 break
             self.is_replaying = event.sequence <= self.replay_until
             if not event.payload.get(REFUSED):
@@ -297,6 +299,11 @@ class WorkflowRun:
         self.started_by = str(payload.get("source_hash") or "")
         self.input = payload["input"]
         self.random = random.Random(int(payload["seed"]))
+        snapshot = payload.get("snapshot")
+        if isinstance(snapshot, dict):  # an epoch continued-as-new starts from its state
+            self.state_data.clear()
+            for key, value in snapshot.items():
+                self.state_data[key] = self._remember(key, value)
         self._main = self.loop.create_task(self._run_steps())
 
     async def _run_steps(self) -> None:
@@ -317,7 +324,46 @@ class WorkflowRun:
         except Exception as err:  # the workflow's own failure becomes its recorded outcome
             self._close(WorkflowStatus.FAILED, self.encode_error(err))
         else:
-            self._close(WorkflowStatus.COMPLETED, None)
+            if self._restart_input is _MISSING:
+                self._close(WorkflowStatus.COMPLETED, None)
+            else:
+                self._begin_restart()
+
+    def continue_as_new(self, input: JSON) -> None:
+        """Once the code returns, replace the history by a new epoch that starts with
+        `input` and the current state (see `Restart`); only with no command pending."""
+        if self._pending:
+            raise RuntimeError(
+                f"workflow {self.workflow_id!r} cannot continue as new while "
+                f"{len(self._pending)} command(s) wait for results"
+            )
+        self._restart_input = input
+
+    def _begin_restart(self) -> None:
+        carried = [
+            NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
+            for name, payloads in self._signal_buffer.items()
+            for payload in payloads
+        ]
+        started: dict[str, JSON] = {
+            "input": self._restart_input,
+            "seed": self.random.getrandbits(63),
+            "workflow_name": self.compiled.name,
+            "workflow_version": self.compiled.version,
+            "source_hash": self.compiled.source_hash,
+            "snapshot": loads(dumps(self.state_data)),
+        }
+        self._out.restart = Restart(started, carried)
+
+    def _carry(self, undelivered: list[Event]) -> None:
+        """Events a restarting run did not get to: they go into the new epoch, in order."""
+        restart = self._out.restart
+        if restart is not None:
+            restart.carried.extend(
+                NewEvent(event.kind, event.payload)
+                for event in undelivered
+                if event.kind in (EventKind.SIGNAL_RECEIVED, EventKind.CANCEL_REQUESTED)
+            )
 
     def _close(self, status: WorkflowStatus, error: dict[str, JSON] | None) -> None:
         if self.is_finished:
@@ -413,6 +459,15 @@ class WorkflowRun:
 
     def add_child(self, child: ChildStart) -> None:
         self._out.children.append(child)
+
+    def add_message(self, message: Message) -> None:
+        self._out.messages.append(message)
+
+    def add_reply(self, reply: Reply) -> None:
+        """Answer an `ask`, unless this is a replay of an event whose activation already
+        committed (and with it the reply: the store writes both in one transaction)."""
+        if not self.is_replaying:
+            self._out.replies.append(reply)
 
     def note_previous(self, key: str) -> None:
         """Remember `key`'s value before a new change, so a state refused at the end of this
@@ -586,7 +641,12 @@ class WorkflowRun:
 
     @property
     def is_finished(self) -> bool:
-        return self._out.status is not WorkflowStatus.RUNNING or self._failure is not None
+        """Closed, failed, or continuing as new: no more events go to this run."""
+        return (
+            self._out.status is not WorkflowStatus.RUNNING
+            or self._failure is not None
+            or self._out.restart is not None
+        )
 
     @property
     def pending_count(self) -> int:

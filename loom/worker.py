@@ -482,8 +482,8 @@ class Worker:
         self, store: Store, run: WorkflowRun, status: WorkflowStatus, result: CommitResult
     ) -> None:
         """Keep a run that committed and is still open; start the tasks it leased to us."""
-        if not result.is_committed or status is not WorkflowStatus.RUNNING:
-            run.close()
+        if not result.is_committed or status is not WorkflowStatus.RUNNING or run.is_finished:
+            run.close()  # closed, or continued as new (its next epoch replays from scratch)
         else:
             run.epoch = result.epoch
             if not result.needs_rerun:

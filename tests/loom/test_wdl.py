@@ -455,7 +455,11 @@ async def test_registered_versions_are_immutable_and_pinned(store, worker) -> No
     assert latest.version == "1.2.0"
     newer = await latest.start({}, workflow_id="s-2")
     record = await store.get_definition("stored-flow", sha256_prefix=first.source_hash)
-    assert record is not None and record.version == "1.0.0" and record.document == _stored("1.0.0", "a")
+    assert (
+        record is not None
+        and record.version == "1.0.0"
+        and record.document == _stored("1.0.0", "a")
+    )
     async with worker([]):  # no Python workflows: both run from the database
         await running.signal("go", 1)
         await newer.signal("go", 2)

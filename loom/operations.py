@@ -349,7 +349,9 @@ async def _attach_histories(
             dropped.add(task.task_id)
             continue
         cached = cursor_of(task.workflow_id)
-        after[task.workflow_id] = cached[0] if cached is not None and cached[1] == row[3] else 0
+        # Events after the caller's cursor even when its epoch is behind (its run's commit
+        # may be in flight): the worker checks the epoch and loads the rest if it must.
+        after[task.workflow_id] = cached[0] if cached is not None else 0
         task.workflow = TaskWorkflow(row[1], row[3], row[4], row[5], row[6])
         task.history_after = after[task.workflow_id]
         task.events = []

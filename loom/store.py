@@ -101,7 +101,8 @@ class ClaimedTask:
     events: list[Event] | None = None
     history_after: int = 0
     """`events` start after this sequence: the cached run's cursor the claim saw (0 = all).
-    The worker continues its cached run with them only if that run is still at this cursor."""
+    The worker continues its cached run with them only if that run's epoch is the
+    workflow's and its cursor is at or after this one; otherwise it loads the full history."""
 
     @property
     def is_full_history(self) -> bool:

@@ -38,7 +38,14 @@ from loom.client import database_url, get_store
 from loom.clock import wall_ms
 from loom.definition import WorkflowDefinition
 from loom.exceptions import NonDeterministicWorkflowError, PayloadTooLargeError
-from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.history import (
+    COMMAND_KINDS,
+    Event,
+    EventKind,
+    NewEvent,
+    WorkflowStatus,
+    encode_error,
+)
 from loom.limits import Limits, clip
 from loom.replay import WorkflowRun
 from loom.store import ClaimedTask, CommitResult, Completion, StepProgress, Store
@@ -118,6 +125,8 @@ class Worker:
         self.limits = limits or Limits.from_env()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
+        self._advancing: dict[str, WorkflowRun] = {}
+        """Runs out of the cache while their workflow task commits (see _cursor_of)."""
         self._inflight: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._wake: asyncio.Event | None = None
@@ -317,8 +326,10 @@ class Worker:
             self._failed_claims.pop(0)
 
     def _cursor_of(self, workflow_id: str) -> tuple[int, int] | None:
-        # Called on the store's thread: a plain dict lookup, no mutation.
-        run = self._cache.get(workflow_id)
+        # Called on the store's thread: plain dict lookups, no mutation. A run out of the
+        # cache while its task commits counts: the claim then loads only what follows it
+        # (a busy actor's next message arrives exactly then; its history can be long).
+        run = self._cache.get(workflow_id) or self._advancing.get(workflow_id)
         return None if run is None else (run.cursor, run.epoch)
 
     async def _process(self, store: Store, task: ClaimedTask) -> None:
@@ -375,43 +386,48 @@ class Worker:
             await self._leave_for_its_code(store, task, known[0], compiled, known[2])
             return
         run = self._cache.pop(task.workflow_id, None)
-        if (
-            run is not None
-            and not task.is_full_history
-            and (run.cursor, run.epoch) == (task.history_after, record.epoch)
-        ):
-            run.apply(task.events, include_commands=False)
-        else:
-            # The claim saw a cached run that has since left the cache or moved on (the
-            # completion fast path, a re-claim of our own expired lease, eviction): its
-            # partial history cannot rebuild the workflow, so replay all of it.
-            if run is not None:
+        if run is not None:
+            self._advancing[task.workflow_id] = run  # see _cursor_of
+        try:
+            if run is not None and _continues(run, task, record.epoch):
+                run.apply(
+                    [event for event in task.events if event.sequence > run.cursor],
+                    include_commands=False,
+                )
+            else:
+                # The claim saw a cached run that has since left the cache or moved on (the
+                # completion fast path, a re-claim of our own expired lease, eviction): its
+                # partial history cannot rebuild the workflow, so replay all of it.
+                if run is not None:
+                    run.close()
+                events = task.events
+                if not task.is_full_history:
+                    events = await store.list_events(task.workflow_id)
+                run = WorkflowRun(
+                    compiled,
+                    task.workflow_id,
+                    replay_until=record.processed_sequence,
+                    limits=self.limits,
+                )
+                run.apply(events)
+            code = _foreign_code(run, compiled, record.source_hash)
+            if code is not None:
                 run.close()
-            events = task.events
-            if not task.is_full_history:
-                events = await store.list_events(task.workflow_id)
-            run = WorkflowRun(
-                compiled,
-                task.workflow_id,
-                replay_until=record.processed_sequence,
-                limits=self.limits,
+                await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
+                return
+            self._diverged.pop(task.workflow_id, None)
+            activation = run.take_activation()
+            self._advancing[task.workflow_id] = run
+            result = await store.commit_workflow_task(
+                task,
+                activation,
+                run.cursor,
+                _step_progress(compiled, activation.step_index),
+                eager_lease_ms=self._eager_lease_ms(),
             )
-            run.apply(events)
-        code = _foreign_code(run, compiled, record.source_hash)
-        if code is not None:
-            run.close()
-            await self._leave_for_its_code(store, task, code, compiled, str(run.failure))
-            return
-        self._diverged.pop(task.workflow_id, None)
-        activation = run.take_activation()
-        result = await store.commit_workflow_task(
-            task,
-            activation,
-            run.cursor,
-            _step_progress(compiled, activation.step_index),
-            eager_lease_ms=self._eager_lease_ms(),
-        )
-        self._committed(store, run, activation.status, result)
+            self._committed(store, run, activation.status, result)
+        finally:
+            self._advancing.pop(task.workflow_id, None)  # back in the cache, or gone
 
     async def _stored_definition(
         self, store: Store, name: str, source_hash: str
@@ -716,6 +732,18 @@ class Worker:
 def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:
     info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
     return StepProgress(info.name, info.description)
+
+
+def _continues(run: WorkflowRun, task: ClaimedTask, epoch: int) -> bool:
+    """Whether the claim's events continue the cached `run`.
+
+    Same epoch: nothing committed since the run did. A claim made while the run's commit
+    was in flight loaded from the cursor the run had before it; what lies between that and
+    the run's cursor now must be the run's own commands (anything else would be news the
+    run never saw)."""
+    if task.is_full_history or run.epoch != epoch or run.cursor < task.history_after:
+        return False
+    return all(e.kind in COMMAND_KINDS for e in task.events or () if e.sequence <= run.cursor)
 
 
 def _foreign_code(

@@ -10,7 +10,7 @@ import os
 
 import click
 
-from loom.cli import activities, doctor, history, replay, wdl, web, workflows
+from loom.cli import activities, actors, doctor, history, replay, wdl, web, workflows
 from loom.cli.options import LoomGroup
 
 __all__ = ["main"]
@@ -38,6 +38,7 @@ for command in (
     replay.replay,
     doctor.doctor,
     activities.activity,
+    actors.actor,
     history.history_group,
     wdl.wdl,
     web.web,

@@ -196,3 +196,31 @@ async def test_messages_from_actors_and_workflows(worker: Any) -> None:
         assert state["total"] == 14
         events = await get_store().list_events(handle.workflow_id)
         assert [e.kind for e in events].count(EventKind.MESSAGE_SENT) == 2
+
+
+@loom.actor(name="Big")
+class Big(loom.Actor[Counter]):
+    """The default compaction interval (1,000 messages)."""
+
+    @loom.handler
+    async def add(self, ctx: loom.WorkflowContext[Any, Counter], payload: int) -> int:
+        ctx.state.total += payload
+        ctx.state.count += 1
+        return int(ctx.state.count)
+
+
+@pytest.mark.timeout(300)
+async def test_three_thousand_messages_compact_and_cold_start(worker: Any) -> None:
+    store = get_store()
+    async with worker([Big]):
+        for value in range(3_000):
+            await loom.send(Big, "big", "add", value)
+        assert await loom.ask(Big, "big", "add", 0, timeout=240) == 3_001
+    record = await store.get_workflow(actor_id(Big, "big"))
+    assert record is not None and record.input["snapshots"] == 3
+    events = await store.list_events(actor_id(Big, "big"))
+    assert len(events) < 100  # the last snapshot and one message, not 3,001 messages
+    async with worker([Big], max_cached_workflows=0):  # cold start: replay from the snapshot
+        assert await loom.ask(Big, "big", "add", 1, timeout=120) == 3_002
+    record = await store.get_workflow(actor_id(Big, "big"))
+    assert record is not None and record.state["total"] == sum(range(3_000)) + 1

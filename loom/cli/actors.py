@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from loom._json import JSON
-from loom.activation import ACTOR_PREFIX, MAILBOX
+from loom.activation import ACTOR_PREFIX
 from loom.cli.options import (
     DEFAULT_LIST_LIMIT,
     database_option,
@@ -24,10 +24,11 @@ from loom.cli.options import (
     run,
     when,
 )
-from loom.history import Event, EventKind
+from loom.history import Event
 from loom.store import WorkflowRecord
+from loom.summary import actor_summary
 
-__all__ = ["actor", "actor_summary"]
+__all__ = ["actor"]
 
 
 @click.group()
@@ -153,32 +154,3 @@ def _text(value: JSON) -> str:
     import json
 
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def actor_summary(record: WorkflowRecord, events: list[Event] | None = None) -> dict[str, JSON]:
-    """The JSON shape of an actor for the CLI and the dashboard: `events` (and `handled`,
-    the messages handled so far) only when its history is given."""
-    origin = record.input if isinstance(record.input, dict) else {}
-    type_, _, key = record.workflow_id.removeprefix(ACTOR_PREFIX).partition(":")
-    summary: dict[str, JSON] = {
-        "actor_type": type_,
-        "key": key,
-        "workflow_id": record.workflow_id,
-        "status": record.status.value,
-        "state": record.state,
-        "snapshots": int(origin.get("snapshots", 0)),
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    }
-    if record.error:
-        summary["error"] = record.error
-    if events is not None:
-        waits = sum(
-            1
-            for e in events
-            if e.kind is EventKind.SIGNAL_WAIT_STARTED and e.payload.get("key") == MAILBOX
-        )
-        # Each message is handled after the wait that received it; the last wait is open.
-        summary["handled"] = int(origin.get("handled", 0)) + max(waits - 1, 0)
-        summary["events"] = len(events)
-    return summary

@@ -363,3 +363,15 @@ async def test_registered_definitions_and_their_runs_show_their_steps(
         assert "stored-review" in page and "<b>go</b>" not in page
         run = (await client.get("/workflows/wf-stored")).text
         assert "rest" in run  # its steps from the registered version, before any ran
+
+
+async def test_actors_are_listed_with_a_type_filter(dashboard: Any) -> None:
+    client, _, _ = dashboard
+    await loom.send("Cart", "alice", "add", "book")  # created by name; no worker needed
+    await loom.send("Ledger", "bob", "add", 1)
+    listed = (await client.get("/api/actors")).json()["actors"]
+    assert [(a["actor_type"], a["key"]) for a in listed] == [("Cart", "alice"), ("Ledger", "bob")]
+    carts = (await client.get("/api/actors", params={"type": "Cart"})).json()["actors"]
+    assert [a["workflow_id"] for a in carts] == ["actor:Cart:alice"]
+    page = await client.get("/api/workflows", params={"name": "actor:Cart"})
+    assert [w["workflow_id"] for w in page.json()["workflows"]] == ["actor:Cart:alice"]

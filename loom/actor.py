@@ -73,7 +73,9 @@ class Actor(Workflow[dict[str, Any], StateT], Generic[StateT]):
             ctx._answer(message, body)
             handled += 1
             in_epoch += 1
-            if in_epoch >= info.snapshot_every:
+            # Postponed while a handler left a command running (an un-awaited child):
+            # its result belongs to this epoch's history.
+            if in_epoch >= info.snapshot_every and ctx._is_quiet:
                 snapshots = int(origin.get("snapshots", 0)) + 1
                 ctx._continue_as_new({**origin, "handled": handled, "snapshots": snapshots})
                 return

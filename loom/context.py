@@ -400,6 +400,11 @@ class WorkflowContext(Generic[InT, StateT]):
                 )
             )
 
+    @property
+    def _is_quiet(self) -> bool:
+        """No command waits for a result (continue-as-new is possible)."""
+        return self._run.pending_count == 0
+
     def _continue_as_new(self, input: JSON) -> None:
         """Start a new epoch from the current state once the code returns (compaction)."""
         self._run.continue_as_new(input)

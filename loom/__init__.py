@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from loom.activity import Activity, activity
+    from loom.actor import Actor, actor, ask, handler, send
     from loom.breaker import CircuitBreaker
     from loom.client import WorkflowHandle, configure, get_handle
     from loom.context import WorkflowContext
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from loom.exceptions import (
         ActivityFailedError,
         ActivityTimeoutError,
+        ActorHandlerError,
         BreakerNotFoundError,
         CancelledWorkflowError,
         CircuitOpenError,
@@ -52,6 +54,12 @@ if TYPE_CHECKING:
 __version__: str  # set on first use by __getattr__ (reading package metadata costs ~20 ms)
 
 _EXPORTS = {
+    "Actor": "loom.actor",
+    "actor": "loom.actor",
+    "ask": "loom.actor",
+    "handler": "loom.actor",
+    "send": "loom.actor",
+    "ActorHandlerError": "loom.exceptions",
     "CircuitBreaker": "loom.breaker",
     "Schedule": "loom.cron",
     "BreakerNotFoundError": "loom.exceptions",
@@ -104,6 +112,8 @@ __all__ = [
     "Activity",
     "ActivityFailedError",
     "ActivityTimeoutError",
+    "Actor",
+    "ActorHandlerError",
     "BreakerNotFoundError",
     "CancelledWorkflowError",
     "CircuitBreaker",
@@ -137,12 +147,16 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowStillRunningError",
     "activity",
+    "actor",
+    "ask",
     "configure",
     "get_handle",
     "get_progress",
     "get_schedule",
+    "handler",
     "list_schedules",
     "schedule",
+    "send",
     "step",
     "stream_progress",
     "workflow",

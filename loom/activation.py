@@ -16,6 +16,10 @@ TaskKind = str
 WORKFLOW_TASK = "workflow"
 ACTIVITY_TASK = "activity"
 TIMER_TASK = "timer"
+ACTOR_PREFIX = "actor:"
+"""Workflow names (and ids) of actors start with it: `actor:Cart`, `actor:Cart:KEY`."""
+MAILBOX = "loom.actor.message"
+"""The signal name of an actor's mailbox: messages are signals, durable and ordered."""
 
 
 def workflow_task_key(workflow_id: str) -> str:
@@ -50,6 +54,49 @@ class ChildStart:
     """The starting workflow task's trace context: the child's spans join the parent's trace."""
 
 
+@dataclass(frozen=True, slots=True)
+class ActorStart:
+    """What creates an actor's workflow on its first message (start-if-absent)."""
+
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str
+    input: JSON
+    state: dict[str, JSON]
+    source_hash: str
+    total_steps: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message for an actor's mailbox, committed with the activation that sent it."""
+
+    actor: ActorStart
+    payload: dict[str, JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer to an `ask`: a row the asker takes (`workflow_id` None) or, for
+    a workflow that asked, a signal `signal` appended to that workflow."""
+
+    reply_id: str
+    body: dict[str, JSON]
+    workflow_id: str | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Continue-as-new: the history is replaced by `started` (WORKFLOW_STARTED's payload,
+    carrying the state snapshot) followed by `carried`, the events not yet consumed, and
+    then whatever arrived after the run's cursor."""
+
+    started: dict[str, JSON]
+    carried: list[NewEvent]
+
+
 @dataclass(slots=True)
 class Activation:
     """Everything one workflow task produced; the store commits it in one transaction."""
@@ -67,3 +114,6 @@ class Activation:
     error: dict[str, JSON] | None = None
     source_hash: str | None = None
     """The code that computed it; the store keeps it as the workflow's current code."""
+    messages: list[Message] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    restart: Restart | None = None

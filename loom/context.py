@@ -11,8 +11,9 @@ from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from loom import mailbox
 from loom._json import JSON, dumps, is_json, loads, measured_digest, type_adapter
-from loom.activation import ACTIVITY_TASK, TIMER_TASK, ChildStart, TaskSpec
+from loom.activation import ACTIVITY_TASK, TIMER_TASK, ChildStart, Message, Reply, TaskSpec
 from loom.activity import Activity
 from loom.definition import WorkflowDefinition
 from loom.exceptions import PayloadTooLargeError
@@ -381,6 +382,82 @@ class WorkflowContext(Generic[InT, StateT]):
         else:
             run.random.getrandbits(63)  # keep the random stream aligned with the first run
         return ChildWorkflow(child_id, future)
+
+    def send(self, actor: Any, key: str, handler: str, payload: JSON = None) -> None:
+        """Send a message to actor (`actor`, `key`), creating it if absent; fire-and-forget.
+
+        `actor` is an `@loom.actor` class or its type name. Durable and exactly once: the
+        message is committed with this workflow task (a recorded command, so replay never
+        sends it again).
+        """
+        self._send(actor, key, handler, payload, None)
+
+    async def ask(
+        self,
+        actor: Any,
+        key: str,
+        handler: str,
+        payload: JSON = None,
+        *,
+        timeout: float | int | timedelta | None = None,
+    ) -> Any:
+        """Send a message and wait for the handler's return value (durably: a restart
+        keeps waiting). The handler's exception is raised here as ActorHandlerError;
+        TimeoutError when `timeout` passes first."""
+        run = self._run
+        target = mailbox.actor_id(actor, key)
+        if target == run.workflow_id:
+            raise ValueError(
+                f"actor {target!r} cannot ask itself: it handles one message at a time, so "
+                "the reply could never come; call the handler's code directly"
+            )
+        reply_id = self.uuid4().hex
+        signal = mailbox.REPLY_SIGNAL + reply_id
+        self._send(
+            actor,
+            key,
+            handler,
+            payload,
+            {"reply_id": reply_id, "workflow_id": run.workflow_id, "signal": signal},
+        )
+        body = await self.wait_for_signal(signal, timeout)
+        return mailbox.reply_value(body)
+
+    def _send(
+        self, actor: Any, key: str, handler: str, payload: JSON, reply: dict[str, JSON] | None
+    ) -> None:
+        run = self._run
+        start = mailbox.actor_start(actor, key)
+        body = mailbox.message(actor, handler, payload, reply)
+        if run.is_recording:
+            run.limits.check(f"message to actor {start.workflow_id!r}", body, "max_signal_bytes")
+        _, _, is_new = run.issue(EventKind.MESSAGE_SENT, {"key": f"{start.workflow_id} {handler}"})
+        if is_new:
+            run.add_message(Message(start, body))
+
+    def _answer(self, message: JSON, body: dict[str, JSON]) -> None:
+        """Reply to the `ask` that sent `message` (a mailbox signal); nothing for a send."""
+        reply = message.get("reply") if isinstance(message, dict) else None
+        if isinstance(reply, dict):
+            workflow_id = reply.get("workflow_id")
+            signal = reply.get("signal")
+            self._run.add_reply(
+                Reply(
+                    str(reply["reply_id"]),
+                    {"actor": self._run.workflow_id, **body},
+                    None if workflow_id is None else str(workflow_id),
+                    None if signal is None else str(signal),
+                )
+            )
+
+    @property
+    def _is_quiet(self) -> bool:
+        """No command waits for a result (continue-as-new is possible)."""
+        return self._run.pending_count == 0
+
+    def _continue_as_new(self, input: JSON) -> None:
+        """Start a new epoch from the current state once the code returns (compaction)."""
+        self._run.continue_as_new(input)
 
 
 def _by_name(spec: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, JSON, Any]:

@@ -340,3 +340,25 @@ class PoisonPillError(LoomError):
             f"in a row (its lease expired each time); fix what kills the worker, then "
             f"`loom resume {workflow_id}`"
         )
+
+
+class ActorHandlerError(LoomError):
+    """An actor's handler raised (or was not found): what `loom.ask` and `ctx.ask` raise.
+
+    The actor survives; its state keeps the changes the handler made before it raised.
+    `error_type` is the handler's exception class name (`UnknownHandlerError` for a handler
+    the actor does not have).
+    """
+
+    def __init__(
+        self, *, actor_type: str, key: str, handler: str, error_type: str, error_message: str
+    ) -> None:
+        self.actor_type = actor_type
+        self.key = key
+        self.handler = handler
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(
+            f"handler {handler!r} of actor {actor_type}[{key!r}] raised {error_type}: "
+            f"{error_message}"
+        )

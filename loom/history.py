@@ -32,6 +32,8 @@ class EventKind(StrEnum):
     STATE_UPDATE = "STATE_UPDATE"
     STATE_PATCH = "STATE_PATCH"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    MESSAGE_SENT = "MESSAGE_SENT"
+    """`ctx.send`/`ctx.ask` to an actor: delivered with the activation that records it."""
     WORKFLOW_COMPLETED = "WORKFLOW_COMPLETED"
     WORKFLOW_FAILED = "WORKFLOW_FAILED"
     WORKFLOW_CANCELED = "WORKFLOW_CANCELED"
@@ -49,6 +51,7 @@ COMMAND_KINDS = frozenset(
         EventKind.STATE_SET,
         EventKind.STATE_UPDATE,
         EventKind.STATE_PATCH,
+        EventKind.MESSAGE_SENT,
     }
 )
 """Events written by workflow code itself; replay matches them, the rest are delivered."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from loom._json import JSON, is_json
 from loom._patch import adopt, changed_keys, plain
-from loom.activation import Activation, ChildStart, TaskSpec
+from loom.activation import Activation, ChildStart, Message, Reply, Restart, TaskSpec
 from loom.definition import WorkflowDefinition
 from loom.exceptions import (
     ActivityFailedError,
@@ -237,6 +237,7 @@ class WorkflowRun:
         """Size of the changes since the store last got the whole state (see
         STATE_SNAPSHOT_MIN_BYTES); None-sized runs (just built) hand it over at once."""
         self._has_snapshot = False
+        self._restart_input: JSON = _MISSING
 
     # -- feeding history ------------------------------------------------------------------
 
@@ -260,8 +261,9 @@ class WorkflowRun:
             else:
                 deliverable.append(event)
             self.cursor = event.sequence
-        for event in deliverable:
+        for index, event in enumerate(deliverable):
             if self.is_finished:
+                self._carry(deliverable[index:])
                 break
             self.is_replaying = event.sequence <= self.replay_until
             if not event.payload.get(REFUSED):
@@ -323,6 +325,11 @@ class WorkflowRun:
         self.trace = payload.get("trace")
         self.input = payload["input"]
         self.random = random.Random(int(payload["seed"]))
+        snapshot = payload.get("snapshot")
+        if isinstance(snapshot, dict):  # an epoch continued-as-new starts from its state
+            self.state_data.clear()
+            for key, value in snapshot.items():
+                self.state_data[key] = adopt(value, self, key)
         self._main = self.loop.create_task(self._run_steps())
 
     async def _run_steps(self) -> None:
@@ -343,7 +350,46 @@ class WorkflowRun:
         except Exception as err:  # the workflow's own failure becomes its recorded outcome
             self._close(WorkflowStatus.FAILED, self.encode_error(err))
         else:
-            self._close(WorkflowStatus.COMPLETED, None)
+            if self._restart_input is _MISSING:
+                self._close(WorkflowStatus.COMPLETED, None)
+            else:
+                self._begin_restart()
+
+    def continue_as_new(self, input: JSON) -> None:
+        """Once the code returns, replace the history by a new epoch that starts with
+        `input` and the current state (see `Restart`); only with no command pending."""
+        if self._pending:
+            raise RuntimeError(
+                f"workflow {self.workflow_id!r} cannot continue as new while "
+                f"{len(self._pending)} command(s) wait for results"
+            )
+        self._restart_input = input
+
+    def _begin_restart(self) -> None:
+        carried = [
+            NewEvent(EventKind.SIGNAL_RECEIVED, {"name": name, "payload": payload})
+            for name, payloads in self._signal_buffer.items()
+            for payload in payloads
+        ]
+        started: dict[str, JSON] = {
+            "input": self._restart_input,
+            "seed": self.random.getrandbits(63),
+            "workflow_name": self.compiled.name,
+            "workflow_version": self.compiled.version,
+            "source_hash": self.compiled.source_hash,
+            "snapshot": plain(self.state_data),
+        }
+        self._out.restart = Restart(started, carried)
+
+    def _carry(self, undelivered: list[Event]) -> None:
+        """Events a restarting run did not get to: they go into the new epoch, in order."""
+        restart = self._out.restart
+        if restart is not None:
+            restart.carried.extend(
+                NewEvent(event.kind, event.payload)
+                for event in undelivered
+                if event.kind in (EventKind.SIGNAL_RECEIVED, EventKind.CANCEL_REQUESTED)
+            )
 
     def _close(self, status: WorkflowStatus, error: dict[str, JSON] | None) -> None:
         if self.is_finished:
@@ -463,6 +509,15 @@ class WorkflowRun:
         gone = set(keys)
         if self._patch and gone:
             self._patch = [entry for entry in self._patch if entry[0] not in gone]
+
+    def add_message(self, message: Message) -> None:
+        self._out.messages.append(message)
+
+    def add_reply(self, reply: Reply) -> None:
+        """Answer an `ask`, unless this is a replay of an event whose activation already
+        committed (and with it the reply: the store writes both in one transaction)."""
+        if not self.is_replaying:
+            self._out.replies.append(reply)
 
     def record_state_set(self, key: str, value: JSON) -> None:
         self._drop_patch((key,))
@@ -622,7 +677,12 @@ class WorkflowRun:
 
     @property
     def is_finished(self) -> bool:
-        return self._out.status is not WorkflowStatus.RUNNING or self._failure is not None
+        """Closed, failed, or continuing as new: no more events go to this run."""
+        return (
+            self._out.status is not WorkflowStatus.RUNNING
+            or self._failure is not None
+            or self._out.restart is not None
+        )
 
     @property
     def pending_count(self) -> int:
@@ -718,6 +778,10 @@ class WorkflowRun:
                 with contextlib.suppress(RuntimeError, _Nondeterminism, LoomError):
                     coro.close()
         self._pending.clear()
+
+
+_MISSING: Any = object()
+"""No continue-as-new input yet (None is a valid input)."""
 
 
 def now_ms() -> int:

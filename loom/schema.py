@@ -140,6 +140,16 @@ _MIGRATIONS = [
     """
     ALTER TABLE workflows ADD COLUMN state_through BIGINT;
     """,
+    # Durable actors (`loom.ask`): a handler's reply waits here, written in the transaction
+    # of the activation that produced it, until the asker takes (deletes) it.
+    """
+    CREATE TABLE IF NOT EXISTS actor_replies (
+        reply_id TEXT PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    """,
 ]
 
 

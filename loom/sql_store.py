@@ -361,6 +361,21 @@ class SQLStore(Store):
         await self._run(Mode.TRANSACTION, ops.release_claims, list(tasks), self.now_ms())
         self.wakeups.tasks_ready()
 
+    async def deliver_message(self, spec: NewWorkflow, payload: dict[str, JSON]) -> bool:
+        created = await self._run(
+            Mode.TRANSACTION, ops.deliver_message, spec, payload, self.now_ms()
+        )
+        self.wakeups.tasks_ready()
+        return created
+
+    async def take_reply(self, reply_id: str) -> dict[str, JSON] | None:
+        return await self._run(Mode.TRANSACTION, ops.take_reply, reply_id)
+
+    async def list_actors(
+        self, *, workflow_name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRecord]:
+        return await self._run(Mode.READ, ops.list_actors, workflow_name, limit)
+
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
         await self._run(Mode.STATEMENTS, ops.extend_leases, owner, lease_ms, self.now_ms())
 

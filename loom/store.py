@@ -125,7 +125,8 @@ class ClaimedTask:
     """Claims in a row, this one included, that found a worker had died holding the task."""
     history_after: int = 0
     """`events` start after this sequence: the cached run's cursor the claim saw (0 = all).
-    The worker continues its cached run with them only if that run is still at this cursor."""
+    The worker continues its cached run with them only if that run's epoch is the
+    workflow's and its cursor is at or after this one; otherwise it loads the full history."""
 
     @property
     def is_full_history(self) -> bool:
@@ -486,6 +487,21 @@ class Store(abc.ABC):
         """Give back claimed tasks not started, due at once; `recoveries` kept."""
 
     @abc.abstractmethod
+    async def deliver_message(self, spec: NewWorkflow, payload: dict[str, JSON]) -> bool:
+        """Append a message to an actor's mailbox, creating the actor (`spec`) if absent, in
+        one transaction; True when it was created. Refused for a closed actor."""
+
+    @abc.abstractmethod
+    async def take_reply(self, reply_id: str) -> dict[str, JSON] | None:
+        """Remove and return the reply to an `ask`, or None while it has not been written."""
+
+    @abc.abstractmethod
+    async def list_actors(
+        self, *, workflow_name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRecord]:
+        """Actor workflows (all types, or the one named `workflow_name`), by id."""
+
+    @abc.abstractmethod
     async def extend_leases(self, owner: str, lease_ms: int) -> None:
         """Heartbeat: push the expiry of every task leased by `owner`."""
 
@@ -653,6 +669,11 @@ class Wakeups:
         commit paths): runnable tasks it left unleased, the close, and a progress change."""
         if len(result.tasks) < len(activation.tasks) or activation.children or result.needs_rerun:
             self.tasks_ready()
+        for reply in activation.replies:
+            if reply.workflow_id is None:
+                self.workflow_closed(reply_key(reply.reply_id))
+        if activation.messages or activation.replies:
+            self.tasks_ready()
         if activation.status is not WorkflowStatus.RUNNING:
             state = {} if activation.state is None else activation.state  # None: refused
             outcome = Outcome(activation.status, state, activation.error)
@@ -673,6 +694,12 @@ class Wakeups:
             if loop.is_closed():
                 continue
             loop.call_soon_threadsafe(_set_done, future, outcome)
+
+
+def reply_key(reply_id: str) -> str:
+    """The key `Wakeups.closed_future` waits on for the reply to an `ask` (not an id any
+    workflow can have: ids of actors start with `actor:`, this with `reply:`)."""
+    return f"reply:{reply_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ the dashboard's API, so a script reading either sees the same fields (snake_case
 from __future__ import annotations
 
 from loom._json import JSON
+from loom.activation import ACTOR_PREFIX, MAILBOX
 from loom.history import Event, EventKind
 from loom.progress import progress_message
 from loom.store import WorkflowRecord
@@ -88,3 +89,32 @@ def egress_json(events: list[Event]) -> list[dict[str, JSON]]:
             if isinstance(entry, dict):
                 out.append(call | {name: entry.get(name) for name in EGRESS_FIELDS})
     return out
+
+
+def actor_summary(record: WorkflowRecord, events: list[Event] | None = None) -> dict[str, JSON]:
+    """The JSON shape of an actor for the CLI and the dashboard: `events` (and `handled`,
+    the messages handled so far) only when its history is given."""
+    origin = record.input if isinstance(record.input, dict) else {}
+    type_, _, key = record.workflow_id.removeprefix(ACTOR_PREFIX).partition(":")
+    summary: dict[str, JSON] = {
+        "actor_type": type_,
+        "key": key,
+        "workflow_id": record.workflow_id,
+        "status": record.status.value,
+        "state": record.state,
+        "snapshots": int(origin.get("snapshots", 0)),
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+    if record.error:
+        summary["error"] = record.error
+    if events is not None:
+        waits = sum(
+            1
+            for e in events
+            if e.kind is EventKind.SIGNAL_WAIT_STARTED and e.payload.get("key") == MAILBOX
+        )
+        # Each message is handled after the wait that received it; the last wait is open.
+        summary["handled"] = int(origin.get("handled", 0)) + max(waits - 1, 0)
+        summary["events"] = len(events)
+    return summary

@@ -53,7 +53,14 @@ from loom.exceptions import (
     PoisonPillError,
     UnknownWorkflowError,
 )
-from loom.history import Event, EventKind, NewEvent, WorkflowStatus, encode_error
+from loom.history import (
+    COMMAND_KINDS,
+    Event,
+    EventKind,
+    NewEvent,
+    WorkflowStatus,
+    encode_error,
+)
 from loom.limits import Limits, clip
 from loom.llm import TOOLS_ACTIVITY
 from loom.replay import WorkflowRun
@@ -168,6 +175,8 @@ class Worker:
         check_prices()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._cache: OrderedDict[str, WorkflowRun] = OrderedDict()
+        self._advancing: dict[str, WorkflowRun] = {}
+        """Runs out of the cache while their workflow task commits (see _cursor_of)."""
         self._inflight: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._wake: asyncio.Event | None = None
@@ -508,8 +517,10 @@ class Worker:
             self._failed_claims.pop(0)
 
     def _cursor_of(self, workflow_id: str) -> tuple[int, int] | None:
-        # Called on the store's thread: a plain dict lookup, no mutation.
-        run = self._cache.get(workflow_id)
+        # Called on the store's thread: plain dict lookups, no mutation. A run out of the
+        # cache while its task commits counts: the claim then loads only what follows it
+        # (a busy actor's next message arrives exactly then; its history can be long).
+        run = self._cache.get(workflow_id) or self._advancing.get(workflow_id)
         return None if run is None else (run.cursor, run.epoch)
 
     async def _process(self, store: Store, task: ClaimedTask) -> None:
@@ -559,56 +570,61 @@ class Worker:
             await self._leave_for_its_code(store, task, known[0], compiled, known[2])
             return
         run = self._cache.pop(task.workflow_id, None)
-        is_current = (
-            run is not None
-            and not task.is_full_history
-            and (run.cursor, run.epoch) == (task.history_after, record.epoch)
-        )
-        events = task.events
-        if run is not None and is_current:
-            parent = run.trace
-        else:
-            # The claim saw a cached run that has since left the cache or moved on (the
-            # completion fast path, a re-claim of our own expired lease, eviction): its
-            # partial history cannot rebuild the workflow, so replay all of it.
-            if run is not None:
-                run.close()
-            if not task.is_full_history:
-                events = await store.list_events(task.workflow_id)
-            run = WorkflowRun(
-                compiled,
-                task.workflow_id,
-                replay_until=record.processed_sequence,
-                limits=self.limits,
-            )
-            parent = events[0].payload.get("trace") if events and events[0].sequence == 1 else None
-        if record.processed_sequence == 0:
-            telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
-        with _workflow_span(
-            run, parent, is_replay=not is_current and record.processed_sequence > 0
-        ):
-            run.apply(events, include_commands=not is_current)
-            failure = run.failure
-            if isinstance(failure, NonDeterministicWorkflowError):
-                # Replay diverged: a deploy (or rollback) can fix it, so it must not fail.
-                run.close()
-                code = _foreign_code(run, compiled, record.source_hash)
-                if code is not None:
-                    await self._leave_for_its_code(store, task, code, compiled, failure)
-                else:
-                    await self._suspend(store, task, failure)
-                return
-            self._diverged.pop(task.workflow_id, None)
-            activation = run.take_activation()
-            _stamp_activities(store, run, activation)
-            result = await store.commit_workflow_task(
-                task,
-                activation,
-                run.cursor,
-                _step_progress(compiled, activation.step_index),
-                eager_lease_ms=self._eager_lease_ms(),
-            )
-            self._committed(store, run, activation.status, result)
+        if run is not None:
+            self._advancing[task.workflow_id] = run  # see _cursor_of
+        try:
+            events = task.events
+            is_current = run is not None and _continues(run, task, record.epoch)
+            if run is not None and is_current:
+                parent = run.trace
+                events = [event for event in task.events if event.sequence > run.cursor]
+            else:
+                # The claim saw a cached run that has since left the cache or moved on (the
+                # completion fast path, a re-claim of our own expired lease, eviction): its
+                # partial history cannot rebuild the workflow, so replay all of it.
+                if run is not None:
+                    run.close()
+                if not task.is_full_history:
+                    events = await store.list_events(task.workflow_id)
+                run = WorkflowRun(
+                    compiled,
+                    task.workflow_id,
+                    replay_until=record.processed_sequence,
+                    limits=self.limits,
+                )
+                parent = (
+                    events[0].payload.get("trace") if events and events[0].sequence == 1 else None
+                )
+            if record.processed_sequence == 0:
+                telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
+            with _workflow_span(
+                run, parent, is_replay=not is_current and record.processed_sequence > 0
+            ):
+                run.apply(events, include_commands=not is_current)
+                failure = run.failure
+                if isinstance(failure, NonDeterministicWorkflowError):
+                    # Replay diverged: a deploy (or rollback) can fix it, so it must not fail.
+                    run.close()
+                    code = _foreign_code(run, compiled, record.source_hash)
+                    if code is not None:
+                        await self._leave_for_its_code(store, task, code, compiled, failure)
+                    else:
+                        await self._suspend(store, task, failure)
+                    return
+                self._diverged.pop(task.workflow_id, None)
+                activation = run.take_activation()
+                _stamp_activities(store, run, activation)
+                self._advancing[task.workflow_id] = run
+                result = await store.commit_workflow_task(
+                    task,
+                    activation,
+                    run.cursor,
+                    _step_progress(compiled, activation.step_index),
+                    eager_lease_ms=self._eager_lease_ms(),
+                )
+                self._committed(store, run, activation.status, result)
+        finally:
+            self._advancing.pop(task.workflow_id, None)  # back in the cache, or gone
 
     async def _stored_definition(
         self, store: Store, name: str, source_hash: str
@@ -740,8 +756,8 @@ class Worker:
             _CLOSING[status].add(1, labels)
             seconds = max(store.now_ms() - run.started_at_ms, 0) / 1000
             telemetry.WORKFLOW_DURATION.record(seconds, labels)
-        if not result.is_committed or status is not WorkflowStatus.RUNNING:
-            run.close()
+        if not result.is_committed or status is not WorkflowStatus.RUNNING or run.is_finished:
+            run.close()  # closed, or continued as new (its next epoch replays from scratch)
         else:
             run.epoch = result.epoch
             if not result.needs_rerun:
@@ -1229,6 +1245,18 @@ def _manifest_breaker(activity: ActivityVersion) -> CircuitBreaker | None:
 def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:
     info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
     return StepProgress(info.name, info.description)
+
+
+def _continues(run: WorkflowRun, task: ClaimedTask, epoch: int) -> bool:
+    """Whether the claim's events continue the cached `run`.
+
+    Same epoch: nothing committed since the run did. A claim made while the run's commit
+    was in flight loaded from the cursor the run had before it; what lies between that and
+    the run's cursor now must be the run's own commands (anything else would be news the
+    run never saw)."""
+    if task.is_full_history or run.epoch != epoch or run.cursor < task.history_after:
+        return False
+    return all(e.kind in COMMAND_KINDS for e in task.events or () if e.sequence <= run.cursor)
 
 
 def _foreign_code(

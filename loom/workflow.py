@@ -267,10 +267,14 @@ def _collect_steps(cls: type) -> tuple[StepDefinition, ...]:
 def _type_arguments(cls: type) -> tuple[Any, Any]:
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is Workflow:
-                args = typing.get_args(base)
-                if len(args) == 2 and not any(isinstance(a, TypeVar) for a in args):
-                    return args[0], args[1]
+            origin = typing.get_origin(base)
+            args = typing.get_args(base)
+            if any(isinstance(a, TypeVar) for a in args):
+                continue
+            if origin is Workflow and len(args) == 2:
+                return args[0], args[1]
+            if isinstance(origin, type) and issubclass(origin, Workflow) and len(args) == 1:
+                return dict[str, Any], args[0]  # a one-parameter base: `loom.Actor[State]`
     return dict[str, Any], dict[str, Any]
 
 

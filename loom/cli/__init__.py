@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "activity",
         "Register, inspect, run and remove versioned activities.",
     ),
+    "actor": (
+        "actors",
+        "actor",
+        "Durable actors: one keyed object per (type, key) that handles messages in order.",
+    ),
     "cancel": (
         "workflows",
         "cancel",

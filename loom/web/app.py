@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import loom
 from loom._json import JSON
+from loom.activation import ACTOR_PREFIX
 from loom.client import get_handle, get_store
 from loom.exceptions import (
     PayloadTooLargeError,
@@ -34,7 +35,7 @@ from loom.exceptions import (
 )
 from loom.history import WorkflowStatus
 from loom.store import Store, WorkflowRecord
-from loom.summary import egress_json, event_json, usage_json
+from loom.summary import actor_summary, egress_json, event_json, usage_json
 from loom.web import views
 from loom.web.security import Guard
 from loom.workflow import CompiledWorkflow
@@ -142,6 +143,7 @@ def create_app(
             EMPTY_BODY,
         ),
         ("/api/workflows/{workflow_id}/fork", dashboard.api_fork, post, "workflows", FORK_BODY),
+        ("/api/actors", dashboard.api_actors, get, "actors", None),
         ("/api/activities", dashboard.api_activities, get, "activities", None),
         ("/api/definitions", dashboard.api_definitions, get, "activities", None),
         ("/api/stats", dashboard.api_stats, get, "stats", None),
@@ -404,6 +406,15 @@ class Dashboard:
             return {"cancelled": False, "status": record.status.value}
         await get_handle(workflow_id, database=self.database).cancel(reason)
         return {"cancelled": True}
+
+    async def api_actors(
+        self, type: str | None = None, limit: int = DEFAULT_LIMIT
+    ) -> dict[str, JSON]:
+        """Durable actors by id (of one `type` when given); each links to its workflow page
+        at /workflows/{workflow_id}, and /?name=actor:TYPE lists them with the workflows."""
+        name = None if type is None else ACTOR_PREFIX + type
+        records = await self.store.list_actors(workflow_name=name, limit=min(limit, MAX_LIMIT))
+        return {"actors": [actor_summary(record) for record in records]}
 
     async def api_workflow(self, workflow_id: str) -> dict[str, JSON]:
         """One workflow: status, input, state, error, step, children, activity calls, the

@@ -436,3 +436,15 @@ async def test_circuit_breakers_on_the_api_the_page_and_metrics(dashboard: Any) 
     assert 'loom_circuit_breaker_opened_total{activity="<b>flaky</b>"} 2' in metrics
     page = (await client.get("/activities")).text
     assert "&lt;b&gt;flaky&lt;/b&gt;" in page and "<b>flaky</b>" not in page
+
+
+async def test_actors_are_listed_with_a_type_filter(dashboard: Any) -> None:
+    client, _, _ = dashboard
+    await loom.send("Cart", "alice", "add", "book")  # created by name; no worker needed
+    await loom.send("Ledger", "bob", "add", 1)
+    listed = (await client.get("/api/actors")).json()["actors"]
+    assert [(a["actor_type"], a["key"]) for a in listed] == [("Cart", "alice"), ("Ledger", "bob")]
+    carts = (await client.get("/api/actors", params={"type": "Cart"})).json()["actors"]
+    assert [a["workflow_id"] for a in carts] == ["actor:Cart:alice"]
+    page = await client.get("/api/workflows", params={"name": "actor:Cart"})
+    assert [w["workflow_id"] for w in page.json()["workflows"]] == ["actor:Cart:alice"]

@@ -66,6 +66,8 @@ class ActorStart:
     source_hash: str
     total_steps: int
     seed: int
+    owner: str | None = None
+    """Who the actor works for, set by the message that creates it (see `loom.get_progress`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,14 +215,16 @@ async def send(
     handler: str,
     payload: JSON = None,
     *,
+    owner: str | None = None,
     database: str | None = None,
 ) -> None:
     """Put a message in the mailbox of actor (`actor`, `key`), creating the actor if absent.
 
     Durable once this returns; a worker serving the actor handles it exactly once, after
-    every message sent to that key before it.
+    every message sent to that key before it. `owner` is who an actor created by this
+    message works for: it then shows in `loom.get_progress(owner)`.
     """
-    await _deliver(get_store(database), actor, key, handler, payload, None)
+    await _deliver(get_store(database), actor, key, handler, payload, None, owner)
 
 
 async def ask(
@@ -232,6 +234,7 @@ async def ask(
     payload: JSON = None,
     *,
     timeout: float | None = None,
+    owner: str | None = None,
     database: str | None = None,
 ) -> Any:
     """Send a message and return the handler's return value.
@@ -241,7 +244,7 @@ async def ask(
     """
     store = get_store(database)
     reply_id = uuid.uuid4().hex
-    await _deliver(store, actor, key, handler, payload, {"reply_id": reply_id})
+    await _deliver(store, actor, key, handler, payload, {"reply_id": reply_id}, owner)
     body = await _wait_reply(store, reply_id, timeout)
     return mailbox.reply_value(body)
 
@@ -253,8 +256,9 @@ async def _deliver(
     handler: str,
     payload: JSON,
     reply: dict[str, JSON] | None,
+    owner: str | None = None,
 ) -> None:
-    start = mailbox.actor_start(actor, key)
+    start = mailbox.actor_start(actor, key, owner)
     body = mailbox.message(actor, handler, payload, reply)
     client_limits().check(f"message to actor {start.workflow_id!r}", body, "max_signal_bytes")
     await store.deliver_message(actor_spec(start), body)

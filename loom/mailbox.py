@@ -39,7 +39,7 @@ def actor_id(actor: Any, key: str) -> str:
     return f"{ACTOR_PREFIX}{actor_type(actor)}:{key}"
 
 
-def actor_start(actor: Any, key: str) -> ActorStart:
+def actor_start(actor: Any, key: str, owner: str | None = None) -> ActorStart:
     """How the first message creates the actor. Its seed comes from its id, so every
     sender creates the same actor; a name alone records no code (a worker serves it)."""
     workflow_id = actor_id(actor, key)
@@ -48,7 +48,7 @@ def actor_start(actor: Any, key: str) -> ActorStart:
     actor_input: dict[str, JSON] = {"type": name, "key": key, "handled": 0, "snapshots": 0}
     if isinstance(actor, str):
         return ActorStart(
-            workflow_id, ACTOR_PREFIX + name, ACTOR_VERSION, actor_input, {}, "", 1, seed
+            workflow_id, ACTOR_PREFIX + name, ACTOR_VERSION, actor_input, {}, "", 1, seed, owner
         )
     compiled = actor.compile()
     return ActorStart(
@@ -60,6 +60,7 @@ def actor_start(actor: Any, key: str) -> ActorStart:
         compiled.source_hash,
         len(compiled.steps),
         seed,
+        owner,
     )
 
 

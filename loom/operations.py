@@ -1763,6 +1763,7 @@ def actor_spec(actor: ActorStart) -> NewWorkflow:
         source_hash=actor.source_hash,
         total_steps=actor.total_steps,
         seed=actor.seed,
+        owner=actor.owner,
     )
 
 

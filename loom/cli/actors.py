@@ -75,14 +75,17 @@ def list_(actor_type: str | None, limit: int, as_json: bool, database: str) -> N
 @click.argument("key")
 @click.argument("handler")
 @_payload_option
+@click.option("--owner", help="Who an actor this message creates works for (loom.get_progress).")
 @database_option
-def send(actor_type: str, key: str, handler: str, payload: str, database: str) -> None:
+def send(
+    actor_type: str, key: str, handler: str, payload: str, owner: str | None, database: str
+) -> None:
     """Put a message for HANDLER in the mailbox of actor TYPE KEY (created if absent)."""
     from loom.actor import send as send_message
 
     value = read_json(payload, "--payload")
     open_store(database, create=True)
-    run(lambda: send_message(actor_type, key, handler, value, database=database))
+    run(lambda: send_message(actor_type, key, handler, value, owner=owner, database=database))
     click.echo(f"sent {handler} to {actor_type}[{key}]", err=True)
 
 

@@ -106,6 +106,21 @@ async def test_sum_of_sends_equals_ask_total(worker: Any, cache: int) -> None:
         assert await loom.ask(Tally, "a", "add", 1, timeout=60) == sum(range(1, 31)) + 1
 
 
+async def test_an_actor_created_for_an_owner_shows_in_its_progress(worker: Any) -> None:
+    async with worker(APP, [slow_double]):
+        await loom.send(Tally, "mine", "add", 2, owner="ann")
+        await loom.send(Tally, "mine", "add", 3, owner="bob")  # exists: its owner stays
+        assert await loom.ask(Tally, "mine", "total", timeout=60) == 5
+        progress = await loom.get_progress("ann")
+        [row] = [w for w in progress["workflows"] if w["workflow_id"] == actor_id(Tally, "mine")]
+        assert row["status"] == "RUNNING"
+        assert not [
+            w
+            for w in (await loom.get_progress("bob"))["workflows"]
+            if w["workflow_id"] == actor_id(Tally, "mine")
+        ]
+
+
 async def test_two_keys_are_independent(worker: Any) -> None:
     async with worker(APP, [slow_double]):
         await asyncio.gather(

@@ -472,13 +472,22 @@ async def resolve(store: Store, spec: str) -> CompiledDefinition:
     return _compiled(record.document, f"{name} {record.version}")
 
 
+_PINNED: dict[tuple[str, str], CompiledDefinition] = {}
+"""Compiled stored versions by (name, source hash). Versions are immutable and addressed by
+their content, so one compiled once stays right for every store and every later call."""
+
+
 async def pinned(store: Store, name: str, source_hash: str) -> CompiledDefinition | None:
-    """The stored version a workflow started with (its source hash), compiled; None when no
-    such version is registered here."""
-    record = await store.get_definition(name, sha256_prefix=source_hash)
-    if record is None:
-        return None
-    return _compiled(record.document, f"{name} {record.version}")
+    """The stored version a workflow started with (its source hash, or the whole sha256),
+    compiled once per process; None when no such version is registered here."""
+    key = (name, source_hash[:16])
+    compiled = _PINNED.get(key)
+    if compiled is None:
+        record = await store.get_definition(name, sha256_prefix=key[1])
+        if record is None:
+            return None
+        compiled = _PINNED[key] = _compiled(record.document, f"{name} {record.version}")
+    return compiled
 
 
 def _compiled(document: JSON, source: str) -> CompiledDefinition:

@@ -192,7 +192,6 @@ class Worker:
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
         self._diverged: dict[str, tuple[str, int, NonDeterministicWorkflowError]] = {}
-        self._definitions: dict[tuple[str, str], WorkflowDefinition[Any, Any]] = {}
         self._handed_back: dict[str, int] = {}  # task key -> our hand-backs (unknown names)
         self._avoid: dict[str, float] = {}  # task key -> monotonic time to claim it again
         # A suspect (a task whose last worker died running it) runs alone: see _isolate.
@@ -632,15 +631,9 @@ class Worker:
         """A declarative definition registered in the database (`loom wdl register`), in the
         exact version the workflow started with: so a worker needs no `--app` for them, and
         registering a new version never changes a running workflow's code."""
-        key = (name, source_hash)
-        compiled = self._definitions.get(key)
-        if compiled is None:
-            from loom import wdl  # the definition language only when one is met
+        from loom import wdl  # the definition language only when one is met
 
-            compiled = await wdl.pinned(store, name, source_hash)
-            if compiled is not None:
-                self._definitions[key] = compiled
-        return compiled
+        return await wdl.pinned(store, name, source_hash)
 
     async def _leave_for_its_code(
         self,

@@ -175,7 +175,6 @@ class Dashboard:
         self.templates.env.filters["pretty"] = views.pretty
         self.templates.env.filters["when"] = _when
         self.usage = views.UsageCache()
-        self._stored: dict[tuple[str, str], CompiledWorkflow[Any, Any]] = {}
 
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -256,16 +255,10 @@ class Dashboard:
         self, name: str, source_hash: str
     ) -> CompiledWorkflow[Any, Any] | None:
         """A definition registered in the database (`loom wdl register`), in the version a
-        workflow pinned or, with the sha256 of a listing, that version; compiled once."""
+        workflow pinned or, with the sha256 of a listing, that version."""
         from loom import wdl
 
-        key = (name, source_hash[:16])
-        if key not in self._stored:
-            compiled = await wdl.pinned(self.store, name, key[1])
-            if compiled is None:
-                return None
-            self._stored[key] = compiled
-        return self._stored[key]
+        return await wdl.pinned(self.store, name, source_hash)
 
     async def all_definitions(self) -> list[CompiledWorkflow[Any, Any]]:
         """The `--app` definitions, then the latest registered version of every other name."""

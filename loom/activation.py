@@ -55,8 +55,9 @@ class ChildStart:
 
 
 @dataclass(frozen=True, slots=True)
-class ActorStart:
-    """What creates an actor's workflow on its first message (start-if-absent)."""
+class NewWorkflow:
+    """A workflow to create: what a client's start, a parent's child start and an actor's
+    first message all hand the store."""
 
     workflow_id: str
     workflow_name: str
@@ -67,14 +68,19 @@ class ActorStart:
     total_steps: int
     seed: int
     owner: str | None = None
-    """Who the actor works for, set by the message that creates it (see `loom.get_progress`)."""
+    agent: str | None = None
+    parent_id: str | None = None
+    parent_seq: int | None = None
+    trace: dict[str, str] | None = None
+    """The starter's W3C trace context, kept in WORKFLOW_STARTED for every later task."""
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     """A message for an actor's mailbox, committed with the activation that sent it."""
 
-    actor: ActorStart
+    actor: NewWorkflow
+    """The actor's workflow, created by this message if absent (start-if-absent)."""
     payload: dict[str, JSON]
 
 

@@ -23,7 +23,6 @@ from loom.client import client_limits, get_store
 from loom.context import WorkflowContext
 from loom.exceptions import WorkflowDefinitionError
 from loom.history import encode_error
-from loom.operations import actor_spec
 from loom.store import Store, reply_key
 from loom.workflow import Workflow, WorkflowInfo, step
 
@@ -261,7 +260,7 @@ async def _deliver(
     start = mailbox.actor_start(actor, key, owner)
     body = mailbox.message(actor, handler, payload, reply)
     client_limits().check(f"message to actor {start.workflow_id!r}", body, "max_signal_bytes")
-    await store.deliver_message(actor_spec(start), body)
+    await store.deliver_message(start, body)
 
 
 async def _wait_reply(store: Store, reply_id: str, timeout: float | None) -> dict[str, JSON]:

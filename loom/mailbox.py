@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from loom._json import JSON, dumps, is_json, loads
-from loom.activation import ACTOR_PREFIX, ActorStart
+from loom.activation import ACTOR_PREFIX, NewWorkflow
 from loom.exceptions import ActorHandlerError
 
 ACTOR_VERSION = "actor"
@@ -39,7 +39,7 @@ def actor_id(actor: Any, key: str) -> str:
     return f"{ACTOR_PREFIX}{actor_type(actor)}:{key}"
 
 
-def actor_start(actor: Any, key: str, owner: str | None = None) -> ActorStart:
+def actor_start(actor: Any, key: str, owner: str | None = None) -> NewWorkflow:
     """How the first message creates the actor. Its seed comes from its id, so every
     sender creates the same actor; a name alone records no code (a worker serves it)."""
     workflow_id = actor_id(actor, key)
@@ -47,11 +47,11 @@ def actor_start(actor: Any, key: str, owner: str | None = None) -> ActorStart:
     name = actor_type(actor)
     actor_input: dict[str, JSON] = {"type": name, "key": key, "handled": 0, "snapshots": 0}
     if isinstance(actor, str):
-        return ActorStart(
+        return NewWorkflow(
             workflow_id, ACTOR_PREFIX + name, ACTOR_VERSION, actor_input, {}, "", 1, seed, owner
         )
     compiled = actor.compile()
-    return ActorStart(
+    return NewWorkflow(
         workflow_id,
         compiled.name,
         compiled.version,

@@ -26,7 +26,6 @@ from loom.activation import (
     TIMER_TASK,
     WORKFLOW_TASK,
     Activation,
-    ActorStart,
     ChildStart,
     Restart,
     workflow_task_key,
@@ -1753,26 +1752,12 @@ async def _deliver(
     return created, None
 
 
-def actor_spec(actor: ActorStart) -> NewWorkflow:
-    return NewWorkflow(
-        workflow_id=actor.workflow_id,
-        workflow_name=actor.workflow_name,
-        workflow_version=actor.workflow_version,
-        input=actor.input,
-        state=actor.state,
-        source_hash=actor.source_hash,
-        total_steps=actor.total_steps,
-        seed=actor.seed,
-        owner=actor.owner,
-    )
-
-
 async def _deliver_mail(conn: Connection, activation: Activation, now: int) -> None:
     """The messages an activation sent and the replies it answered, in its transaction,
     so a crash either loses the activation and them or keeps both (exactly once)."""
     for message in activation.messages:
         # A message to a closed actor is dropped: the sender's commit must not fail for it.
-        await _deliver(conn, actor_spec(message.actor), message.payload, now)
+        await _deliver(conn, message.actor, message.payload, now)
     for reply in activation.replies:
         if reply.workflow_id is None:
             await conn.execute(

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from loom._json import JSON
 from loom.activation import Activation
+from loom.activation import NewWorkflow as NewWorkflow  # where the store API took it from
 from loom.breaker import Breaker, BreakerCall, BreakerResult, BreakerState
 from loom.clock import StoreClock
 from loom.cron import Schedule
@@ -22,24 +23,6 @@ from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 
 CursorLookup = Callable[[str], tuple[int, int] | None]
 """workflow_id -> (cursor, epoch) of a cached run, so a claim loads only unseen events."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewWorkflow:
-    workflow_id: str
-    workflow_name: str
-    workflow_version: str
-    input: JSON
-    state: dict[str, JSON]
-    source_hash: str
-    total_steps: int
-    seed: int
-    owner: str | None = None
-    agent: str | None = None
-    parent_id: str | None = None
-    parent_seq: int | None = None
-    trace: dict[str, str] | None = None
-    """The starter's W3C trace context, kept in WORKFLOW_STARTED for every later task."""
 
 
 def started_payload(spec: NewWorkflow) -> dict[str, JSON]:

@@ -316,7 +316,6 @@ class Worker:
         now = store.now_ms()
         run = WorkflowRun(compiled, spec.workflow_id, limits=self.limits)
         started = Event(1, EventKind.WORKFLOW_STARTED, started_payload(spec), now)
-        telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
         with _workflow_span(run, spec.trace, is_replay=False):
             run.apply([started])
             activation = run.take_activation()
@@ -332,8 +331,9 @@ class Worker:
                 eager_lease_ms=self._eager_lease_ms(),
             )
         if result is None:
-            run.close()
+            run.close()  # it existed already: an idempotent start, nothing started
         else:
+            telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
             self._committed(store, run, activation.status, result)
         return record, created
 

@@ -24,6 +24,7 @@ from loom.clock import REANCHOR_SECONDS, StoreClock, monotonic_ms, wall_ms
 from loom.dialect import POSTGRESQL, Dialect, Mode, Rollback
 from loom.exceptions import LoomError
 from loom.schema import SCHEMA_COMPONENT, migrations
+from loom.sql_store import Outcome, hand_over
 
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -81,8 +82,6 @@ async def migrate(conn: Connection) -> int:
 
 _Op = Callable[..., Coroutine[Any, Any, Any]]
 _Call = tuple[_Op, tuple[Any, ...], "asyncio.Future[Any]"]
-_Outcome = tuple[bool, Any]
-"""(True, result) or (False, the exception to raise in the caller)."""
 
 
 class PostgresConnection:
@@ -142,6 +141,9 @@ class _Database:
         self._listener_pid = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._batch: list[_Call] = []
+        self._inbox: list[tuple[_Op, tuple[Any, ...], Mode, asyncio.Future[Any]]] = []
+        self._inbox_lock = threading.Lock()
+        self._inbox_woken = False
         self._writing = False
         self._notifying = False
         self._tasks_pending = False
@@ -244,7 +246,19 @@ class _Database:
         `Mode.TRANSACTION` (else each statement commits by itself); the result arrives on
         the caller's loop."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._loop.call_soon_threadsafe(self._start, fn, args, mode, future)
+        with self._inbox_lock:
+            self._inbox.append((fn, args, mode, future))
+            if self._inbox_woken:
+                return future
+            self._inbox_woken = True
+        # One wake-up of the DB loop takes every operation submitted until it runs: a wake-up
+        # is a write to its self-pipe and a turn of its loop, and callers submit in bursts.
+        try:
+            self._loop.call_soon_threadsafe(self._take_inbox)
+        except RuntimeError:  # the loop is closed: this caller and the next are told so
+            with self._inbox_lock:
+                self._inbox_woken = False
+            raise
         return future
 
     def notify(self, closed_workflow_id: str | None = None) -> None:
@@ -266,6 +280,12 @@ class _Database:
             self._loop.close()
 
     # -- on the DB thread ----------------------------------------------------------------
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            inbox, self._inbox, self._inbox_woken = self._inbox, [], False
+        for call in inbox:
+            self._start(*call)
 
     def _start(
         self, fn: _Op, args: tuple[Any, ...], mode: Mode, future: asyncio.Future[Any]
@@ -305,18 +325,21 @@ class _Database:
         try:
             while self._batch:
                 batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+                # In the order of the workflow rows they lock first: two processes' batches
+                # then take those locks in one order, and cannot wait on each other in a cycle.
+                batch.sort(key=_lock_key)
                 try:
                     outcomes = await self._commit(batch)
                 except Exception as err:  # the connection broke, or COMMIT failed: all fail
                     outcomes = [(False, err)] * len(batch)
                 except BaseException:  # cancelled: callers must never wait forever
-                    _hand_over([call[2] for call in batch], [_closed() for _ in batch])
+                    hand_over([call[2] for call in batch], [_closed() for _ in batch])
                     raise
-                _hand_over([call[2] for call in batch], outcomes)
+                hand_over([call[2] for call in batch], outcomes)
         finally:
             self._writing = False
 
-    async def _commit(self, batch: list[_Call]) -> list[_Outcome]:
+    async def _commit(self, batch: list[_Call]) -> list[Outcome]:
         """One transaction for the whole batch. Optimistic, as SQLite's writer: a member that
         raises (a Rollback included: its writes must go) is rolled back with the rest, keeps
         its outcome, and the others run again without it; no savepoint per member. A lock
@@ -325,11 +348,11 @@ class _Database:
             return [await _outcome_of(self._run(*batch[0][:2], transaction=True))]
         if self._closing:
             raise LoomError("the PostgreSQL store is closed")
-        failed: dict[int, _Outcome] = {}
+        failed: dict[int, Outcome] = {}
         async with self._pool.acquire() as conn:
             connection = PostgresConnection(conn)
             while len(failed) < len(batch):
-                results: list[_Outcome] = []
+                results: list[Outcome] = []
                 transaction = conn.transaction()
                 await transaction.start()
                 try:
@@ -425,16 +448,26 @@ async def _keep_session(conn: Connection) -> None:
     connection needs no reset query: one round trip less per operation."""
 
 
-def _closed() -> _Outcome:
+def _lock_key(call: _Call) -> str:
+    """The workflow whose row an operation locks first: its first argument's (a task, a new
+    workflow) or that argument itself (an id); "" when it names none."""
+    first = call[1][0] if call[1] else None
+    if isinstance(first, str):
+        return first
+    key = getattr(first, "workflow_id", "")
+    return key if isinstance(key, str) else ""
+
+
+def _closed() -> Outcome:
     return (False, LoomError("the PostgreSQL store was closed during the operation"))
 
 
-def _failure(err: Exception) -> _Outcome:
+def _failure(err: Exception) -> Outcome:
     """What the caller of a failed member gets: its error, or a Rollback's result."""
     return (True, err.result) if isinstance(err, Rollback) else (False, err)
 
 
-async def _outcome_of(run: Coroutine[Any, Any, Any]) -> _Outcome:
+async def _outcome_of(run: Coroutine[Any, Any, Any]) -> Outcome:
     try:
         return (True, await run)
     except Exception as err:
@@ -448,25 +481,4 @@ def _hand_back(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
         outcome = (False, error)
     else:
         outcome = (True, done.result())
-    _hand_over([future], [outcome])
-
-
-def _hand_over(futures: list[asyncio.Future[Any]], outcomes: list[_Outcome]) -> None:
-    """Resolve each future on its own loop: one wake-up per loop, however many futures."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
-    for future, outcome in zip(futures, outcomes, strict=True):
-        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-    for loop, items in by_loop.items():
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, items)
-
-
-def _deliver(items: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
-    for future, (ok, value) in items:
-        if future.cancelled():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    hand_over([future], [outcome])

@@ -9,6 +9,8 @@ Cases (one process: the client and one worker share it, as `async with Worker` d
 
 With --db postgresql://... (a fresh schema in that database, dropped afterwards):
   postgres-commit raw asyncpg: single-row commits/s on one connection
+  cpu/workflow    this process's CPU time per workflow (client, worker and DB thread all in
+                  it), PostgreSQL against SQLite in alternating rounds, and the ratio
   throughput      workflows/s with the worker in this process (as above)
   processes-N     workflows/s with N = 1, 2, 4 `loom worker` subprocesses (the client here)
   latency         single workflow start -> result, p50/p99, worker in this process
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -191,6 +194,36 @@ async def postgres_baseline(url: str, seconds: float = 1.0) -> float:
         await conn.close()
 
 
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+async def cpu_per_workflow(database: Path | str, count: int) -> float:
+    """Milliseconds of this process's CPU per workflow, the worker in this process."""
+    loom.configure(database=database)
+    try:
+        async with bench_worker():
+            await throughput(200)  # warm-up: pool, caches, compiled workflows
+            start = process_cpu_s()
+            await throughput(count)
+            return (process_cpu_s() - start) * 1000 / count
+    finally:
+        loom.configure(database=None)
+
+
+async def cpu_rounds(args: argparse.Namespace, url: str, results: dict[str, Any]) -> None:
+    """SQLite and PostgreSQL in turn, so both see the same load from whatever else runs."""
+    sqlite, postgres = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.reps):
+            sqlite.append(await cpu_per_workflow(Path(tmp) / f"cpu-{round_}.db", args.workflows))
+            postgres.append(await cpu_per_workflow(url, args.workflows))
+    results["cpu_ms_per_wf_sqlite"] = sqlite
+    results["cpu_ms_per_wf_postgres"] = postgres
+    results["cpu_ratio"] = [p / s for p, s in zip(postgres, sqlite, strict=True)]
+
+
 def spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "loom", "worker", "--app", "throughput", "--db", url]
     return [
@@ -207,6 +240,8 @@ def spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
 async def postgres_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
     loom.configure(database=url)
     results: dict[str, Any] = {"postgres_commits_per_s": await postgres_baseline(url)}
+    await cpu_rounds(args, url, results)
+    loom.configure(database=url)
     async with bench_worker():
         await throughput_and_latency(args, results)
     for processes in (1, 2, 4):
@@ -249,6 +284,14 @@ def postgres_main(args: argparse.Namespace) -> None:
         return
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; {args.db}")
     print(f"postgres-commit raw asyncpg {results['postgres_commits_per_s']:8.0f} commits/s")
+    sqlite, postgres = results["cpu_ms_per_wf_sqlite"], results["cpu_ms_per_wf_postgres"]
+    ratios = results["cpu_ratio"]
+    print(
+        f"cpu/workflow   postgres {statistics.median(postgres):.2f} ms  sqlite "
+        f"{statistics.median(sqlite):.2f} ms  ratio {statistics.median(ratios):.2f} "
+        f"({min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} alternating rounds; "
+        "target <= 1.7)"
+    )
     print(
         f"throughput     {results['throughput_wf_per_s']:8.0f} workflows/s "
         "(3 activities each; worker in this process)"

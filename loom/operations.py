@@ -28,11 +28,12 @@ from loom.activation import (
     Activation,
     ChildStart,
     Restart,
+    TaskSpec,
     workflow_task_key,
 )
 from loom.breaker import Breaker, BreakerCall, BreakerResult, BreakerState, CircuitBreaker
 from loom.cron import Catchup, Overlap, Schedule
-from loom.dialect import Connection, Dialect, Rollback
+from loom.dialect import POSTGRESQL, Connection, Dialect, Rollback
 from loom.exceptions import (
     DefinitionConflictError,
     ScheduleNotFoundError,
@@ -269,14 +270,26 @@ _INSERT_STARTED = (
     "SELECT $1, 1, $14, $15, $13"
 )
 _INSERT_FIRST_TASK = (
-    "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
-    "SELECT $16, $1, $17, '{}', $13"
+    "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, lease_owner, "
+    "lease_expires_at) SELECT $16, $1, $17, '{}', CAST($18 AS BIGINT), CAST($19 AS BIGINT), "
+    "CAST($20 AS TEXT), CAST($21 AS BIGINT)"
 )
 
 
 async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> bool:
     """Insert the row, its WORKFLOW_STARTED event and its first task; False if it exists."""
+    inserted, _ = await _insert_leased(conn, spec, now, None)
+    return inserted
+
+
+async def _insert_leased(
+    conn: Connection, spec: NewWorkflow, now: int, lease: tuple[str, int] | None
+) -> tuple[bool, int | None]:
+    """`_insert_workflow`; on PostgreSQL, with `lease` (owner, expiry), its first task goes in
+    already claimed and its id comes back: an eager start saves the claiming UPDATE."""
     started = started_payload(spec)
+    leased = lease is not None and conn.dialect.writable_ctes
+    owner, expires = lease if lease is not None and leased else (None, None)
     args = (
         spec.workflow_id,
         spec.workflow_name,
@@ -295,34 +308,47 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
         dumps(started),
         workflow_task_key(spec.workflow_id),
         WORKFLOW_TASK,
+        now if expires is None else expires,
+        1 if leased else 0,
+        owner,
+        expires,
     )
     if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
-        inserted = await conn.fetchval(
+        row = await conn.fetchrow(
             f"WITH w AS ({_INSERT_WORKFLOW}), "
             f"e AS ({_INSERT_STARTED} FROM w), "
-            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING) "
-            "SELECT COUNT(*) FROM w",
+            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING "
+            "RETURNING task_id) "
+            "SELECT (SELECT COUNT(*) FROM w), (SELECT task_id FROM t)",
             *args,
         )
-        return bool(inserted)
+        return bool(row[0]), row[1] if leased else None
     if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
-        return False
+        return False, None
     await conn.execute(_INSERT_STARTED, *args)
     await conn.execute(f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args)
-    return True
+    return True, None
 
 
 async def create_workflow(
     conn: Connection, spec: NewWorkflow, now: int
 ) -> tuple[WorkflowRecord, bool]:
-    if not await _insert_workflow(conn, spec, now):
+    record, created, _ = await _create(conn, spec, now, None)
+    return record, created
+
+
+async def _create(
+    conn: Connection, spec: NewWorkflow, now: int, lease: tuple[str, int] | None
+) -> tuple[WorkflowRecord, bool, int | None]:
+    created, task_id = await _insert_leased(conn, spec, now, lease)
+    if not created:
         existing = await get_workflow(conn, spec.workflow_id)
         assert existing is not None  # workflows are never deleted
         if existing.workflow_name != spec.workflow_name:
             raise WorkflowAlreadyExistsError(
                 spec.workflow_id, existing.workflow_name, spec.workflow_name
             )
-        return existing, False
+        return existing, False, None
     record = WorkflowRecord(
         workflow_id=spec.workflow_id,
         workflow_name=spec.workflow_name,
@@ -344,7 +370,7 @@ async def create_workflow(
         created_at=now,
         updated_at=now,
     )
-    return record, True
+    return record, True, task_id
 
 
 async def create_and_commit(
@@ -358,18 +384,23 @@ async def create_and_commit(
     eager_lease_ms: int,
     now: int,
 ) -> tuple[WorkflowRecord, bool, CommitResult | None]:
-    record, created = await create_workflow(conn, spec, now)
+    record, created, task_id = await _create(conn, spec, now, (owner, now + lease_ms))
     if not created:
         return record, False, None
     key = workflow_task_key(spec.workflow_id)
-    row = await conn.fetchrow(
-        "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
-        "attempts = attempts + 1 WHERE task_key = $3 RETURNING task_id, payload, attempts",
-        owner,
-        now + lease_ms,
-        key,
-    )
-    task = ClaimedTask(row[0], key, WORKFLOW_TASK, spec.workflow_id, loads(row[1]), row[2], owner)
+    if task_id is None:  # SQLite, or a task row left behind: claim it
+        row = await conn.fetchrow(
+            "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
+            "attempts = attempts + 1 WHERE task_key = $3 RETURNING task_id, payload, attempts",
+            owner,
+            now + lease_ms,
+            key,
+        )
+        task = ClaimedTask(
+            row[0], key, WORKFLOW_TASK, spec.workflow_id, loads(row[1]), row[2], owner
+        )
+    else:
+        task = ClaimedTask(task_id, key, WORKFLOW_TASK, spec.workflow_id, {}, 1, owner)
     task.workflow = TaskWorkflow(spec.workflow_name, 0, 0, spec.owner, spec.source_hash)
     result = await commit_workflow_task(
         conn, task, activation, seen_sequence, step, eager_lease_ms, now
@@ -550,8 +581,10 @@ async def commit_workflow_task(
     # committed since (the epoch moved), it would overwrite newer state: refuse, and make
     # the task due again at once so a fresh claim replays the current history.
     epoch = None if task.workflow is None else task.workflow.epoch
-    row = await _update_workflow(conn, task, activation, 0, seen_sequence, step, now, epoch=epoch)
-    if row is None:
+    committed = await _commit_activation(
+        conn, task, activation, (), seen_sequence, step, eager_lease_ms, now, epoch=epoch
+    )
+    if committed is None:
         await conn.execute(
             "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
             "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4",
@@ -561,9 +594,7 @@ async def commit_workflow_task(
             task.attempt,
         )
         return CommitResult(is_committed=False)
-    return await _apply_activation(
-        conn, task, activation, row, (), seen_sequence, eager_lease_ms, now
-    )
+    return committed
 
 
 _OPEN_GUARD = (
@@ -572,8 +603,7 @@ _OPEN_GUARD = (
 )
 
 
-async def _update_workflow(
-    conn: Connection,
+def _update_workflow(
     task: ClaimedTask,
     activation: Activation,
     leading: int,
@@ -582,12 +612,13 @@ async def _update_workflow(
     now: int,
     expected: tuple[int, int] | None = None,
     epoch: int | None = None,
-) -> Any | None:
-    """Write the activation's row, which locks it first (see lock order).
+) -> tuple[str, tuple[object, ...]]:
+    """The UPDATE writing the activation's row, which locks it first (see lock order), and
+    its arguments; it returns (last_sequence, epoch, parent_id, parent_seq).
 
     With `expected`, only if the history still ends at (last sequence, epoch) and no workflow
-    task exists; None otherwise. Whoever creates a workflow task also bumps last_sequence or
-    epoch in that transaction, so the re-checked row catches one committed while we waited.
+    task exists; no row otherwise. Whoever creates a workflow task also bumps last_sequence
+    or epoch in that transaction, so the re-checked row catches one committed while we waited.
     """
     guard = " AND status <> 'SUSPENDED'" if expected is None else _OPEN_GUARD
     extra: tuple[object, ...] = ()
@@ -595,7 +626,7 @@ async def _update_workflow(
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
         guard, extra = f"{guard} AND epoch = $13", (epoch,)
-    return await conn.fetchrow(
+    sql = (
         "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, "
         # No state given: the stored one stays, and readers fold the state events after it.
         "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
@@ -604,7 +635,9 @@ async def _update_workflow(
         "step_description = COALESCE($7, step_description), processed_sequence = $8, "
         "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
         f"WHERE workflow_id = $10{guard} "
-        "RETURNING last_sequence, epoch, parent_id, parent_seq",
+        "RETURNING last_sequence, epoch, parent_id, parent_seq"
+    )
+    args = (
         leading + len(activation.events),
         activation.status.value,
         None if activation.state is None else dumps(activation.state),
@@ -619,6 +652,102 @@ async def _update_workflow(
         any(event.kind in STATE_KINDS for event in activation.events),
         *extra,
     )
+    return sql, args
+
+
+async def _commit_activation(
+    conn: Connection,
+    task: ClaimedTask,
+    activation: Activation,
+    leading: Sequence[NewEvent],
+    processed_sequence: int,
+    step: StepProgress | None,
+    eager_lease_ms: int,
+    now: int,
+    *,
+    expected: tuple[int, int] | None = None,
+    epoch: int | None = None,
+) -> CommitResult | None:
+    """Write the activation's row (guarded as `_update_workflow` says), fence `task`, append
+    `leading` and the activation's events and apply its effects; None when the guard refused
+    (nothing written). On PostgreSQL the row, the fence, the events and the new tasks are one
+    statement: the hot path of every workflow step, one round trip instead of two."""
+    events = [*leading, *activation.events]
+    closed = activation.status is not WorkflowStatus.RUNNING
+    lease_ms = 0 if closed else eager_lease_ms
+    update, args = _update_workflow(
+        task, activation, len(leading), processed_sequence, step, now, expected, epoch
+    )
+    eager: tuple[ClaimedTask, ...] | None
+    # A close in the statement deletes the workflow's tasks (`c`). That sees the statement's
+    # snapshot, taken before the row lock was granted; a guard on the epoch or last sequence
+    # refuses the commit if anyone wrote the workflow (and so its tasks) meanwhile.
+    closing = closed and (expected is not None or epoch is not None)
+    if conn.dialect.writable_ctes:
+        specs: Sequence[TaskSpec] = () if closing else activation.tasks
+        first = len(args) + 1  # the fence's task, its events and new tasks: parameters after
+        row = await conn.fetchrow(
+            _update_and_fence(update, first, closing=closing),
+            *args,
+            task.task_id,
+            task.owner,
+            task.attempt,
+            *conn.dialect.columns(
+                [e.kind.value for e in events], [dumps(e.payload) for e in events]
+            ),
+            *_task_columns(conn.dialect, task, specs, lease_ms, now),
+        )
+        if row is None:
+            return None
+        eager = (
+            None
+            if not row[4]
+            else _eager_tasks(task, specs, dict(zip(row[6], row[5], strict=True)))
+        )
+    else:
+        row = await conn.fetchrow(update, *args)
+        if row is None:
+            return None
+        after = int(row[0]) - len(events)
+        eager = await _fence_and_insert(conn, task, activation, after, events, lease_ms, now)
+    if eager is None:
+        # Lost to a re-claim: roll back the row update; complete_and_continue (which brings
+        # the activity result as `leading`) recorded nothing either.
+        raise Rollback(CommitResult(is_committed=False, is_recorded=not leading))
+    has_tasks = not (closing and conn.dialect.writable_ctes)
+    return await _apply_activation(
+        conn, task, activation, row, eager, len(events), processed_sequence, now, has_tasks
+    )
+
+
+@functools.cache
+def _update_and_fence(update: str, first: int, *, closing: bool) -> str:
+    """PostgreSQL: `update`, then (only if it wrote the row) the fence on the task in
+    `$first`..`$first+2`, the events in `$first+3`, `$first+4` numbered after the row's
+    previous last sequence, and the tasks from `$first+5` on; with `closing`, every other task
+    of the workflow deleted. No row when the update's guard refused; else the update's
+    columns, the fence's count and the eager tasks' ids and keys."""
+    written = "EXISTS (SELECT 1 FROM u)"
+    events = POSTGRESQL.rows(
+        "e", (("kind", "text"), ("payload", "text")), first + 3, ordinality="n"
+    )
+    fence = (
+        f"DELETE FROM tasks WHERE task_id = ${first} AND lease_owner = ${first + 1} "
+        f"AND attempts = ${first + 2} AND {written} RETURNING 1"
+    )
+    close = (
+        f", c AS (DELETE FROM tasks WHERE workflow_id = $10 AND task_id <> ${first} AND {written})"
+    )
+    return (
+        f"WITH u AS ({update}), fence AS ({fence}), "
+        "e AS (INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
+        f"SELECT $10, u.last_sequence - $1 + n, kind, payload, $9 FROM u, {events}), "
+        f"t AS ({_insert_tasks(POSTGRESQL, 10, first + 5, written)}){close if closing else ''} "
+        "SELECT u.last_sequence, u.epoch, u.parent_id, u.parent_seq, "
+        "(SELECT COUNT(*) FROM fence), "
+        "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
+        "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL) FROM u"
+    )
 
 
 async def _apply_activation(
@@ -626,23 +755,18 @@ async def _apply_activation(
     task: ClaimedTask,
     activation: Activation,
     row: Any,
-    leading: Sequence[NewEvent],
+    eager: tuple[ClaimedTask, ...],
+    appended: int,
     processed_sequence: int,
-    eager_lease_ms: int,
     now: int,
+    has_tasks: bool,
 ) -> CommitResult:
-    """Append `leading` events, then the activation's, and apply its effects."""
+    """The activation's effects, once its row, events and tasks are written (`appended`
+    events, ending at the row's last sequence); `has_tasks`: a close must delete them."""
     workflow_id = task.workflow_id
-    events = [*leading, *activation.events]
     last_sequence, epoch = int(row[0]), int(row[1])
     closed = activation.status is not WorkflowStatus.RUNNING
-    after = last_sequence - len(events)
-    lease_ms = 0 if closed else eager_lease_ms
-    eager = await _fence_and_insert(conn, task, activation, after, events, lease_ms, now)
-    if eager is None:
-        # Lost to a re-claim: roll back the row update; complete_and_continue (which brings
-        # the activity result as `leading`) recorded nothing either.
-        raise Rollback(CommitResult(is_committed=False, is_recorded=not leading))
+    after = last_sequence - appended
     d = conn.dialect
     if activation.cancel_task_keys:
         await conn.execute(
@@ -665,7 +789,9 @@ async def _apply_activation(
             ),
         )
     if closed:
-        await _close_workflow(conn, workflow_id, row[2], row[3], activation, now)
+        await _close_workflow(
+            conn, workflow_id, row[2], row[3], activation, now, has_tasks=has_tasks
+        )
         return CommitResult(is_committed=True, epoch=epoch, last_sequence=last_sequence)
     if activation.restart is not None:
         arrived = (processed_sequence, after)
@@ -704,11 +830,10 @@ async def complete_and_continue(
     task is pending or running elsewhere. Otherwise only the result is recorded, as usual.
     """
     processed = expected[0] + 1
-    row = await _update_workflow(conn, task, activation, 1, processed, step, now, expected)
-    if row is not None:
-        committed = await _apply_activation(
-            conn, task, activation, row, [result], processed, eager_lease_ms, now
-        )
+    committed = await _commit_activation(
+        conn, task, activation, [result], processed, step, eager_lease_ms, now, expected=expected
+    )
+    if committed is not None:
         await _record_breaker(conn, breaker, now)
         return committed
     # The history moved on (or another run holds the workflow task): record the result only.
@@ -742,63 +867,65 @@ async def _fence_and_insert(
     eager_lease_ms: int,
     now: int,
 ) -> tuple[ClaimedTask, ...] | None:
-    """Delete `task` under its lease (the fence), append `events` after sequence `after` and
-    create the activation's tasks, activity tasks leased to `task.owner` when eager (on
-    PostgreSQL in one statement). Returns the eager tasks, or None when the lease was lost
-    (the caller rolls back: the inserts then vanish with the transaction)."""
-    workflow_id = task.workflow_id
-    expires = now + eager_lease_ms
+    """SQLite's half of `_commit_activation`: delete `task` under its lease (the fence),
+    append `events` after sequence `after` and create the activation's tasks, activity tasks
+    leased to `task.owner` when eager. Returns the eager tasks, or None when the lease was
+    lost (the caller rolls back: the inserts then vanish with the transaction)."""
     specs = activation.tasks
-    is_eager = [bool(eager_lease_ms) and t.kind == ACTIVITY_TASK for t in specs]
     d = conn.dialect
     args = (
         task.task_id,
         task.owner,
         task.attempt,
-        workflow_id,
+        task.workflow_id,
         after,
         now,
         *d.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
-        *d.columns(
-            [t.key for t in specs],
-            [t.kind for t in specs],
-            [dumps(t.payload) for t in specs],
-            [
-                expires if eager else t.run_at or now
-                for t, eager in zip(specs, is_eager, strict=True)
-            ],
-            [1 if eager else 0 for eager in is_eager],
-            [task.owner if eager else None for eager in is_eager],
-            [expires if eager else None for eager in is_eager],
-        ),
+        *_task_columns(d, task, specs, eager_lease_ms, now),
     )
-    insert_tasks = (
+    if await conn.fetchval(_FENCE, *args) is None:
+        return None
+    if events:
+        await conn.execute(_insert_events(d, 4), *args)
+    inserted = await conn.fetch(_insert_tasks(d, 4, 9, "true"), *args) if specs else []
+    return _eager_tasks(task, specs, {r[1]: r[0] for r in inserted if r[2] is not None})
+
+
+def _task_columns(
+    d: Dialect, task: ClaimedTask, specs: Sequence[TaskSpec], eager_lease_ms: int, now: int
+) -> tuple[Any, ...]:
+    """The parameters of `_insert_tasks`: activity tasks leased to `task.owner` when eager."""
+    expires = now + eager_lease_ms
+    is_eager = [bool(eager_lease_ms) and t.kind == ACTIVITY_TASK for t in specs]
+    return d.columns(
+        [t.key for t in specs],
+        [t.kind for t in specs],
+        [dumps(t.payload) for t in specs],
+        [expires if eager else t.run_at or now for t, eager in zip(specs, is_eager, strict=True)],
+        [1 if eager else 0 for eager in is_eager],
+        [task.owner if eager else None for eager in is_eager],
+        [expires if eager else None for eager in is_eager],
+    )
+
+
+@functools.cache
+def _insert_tasks(d: Dialect, workflow: int, first: int, condition: str) -> str:
+    """Insert the tasks of `_task_columns` (from `$first`) for the workflow `$workflow`,
+    where `condition` holds; returns each new task's id, key and lease owner."""
+    return (
         "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, "
-        "lease_owner, lease_expires_at) SELECT key, $4, kind, payload, run_at, attempts, "
-        f"owner, expires FROM {conn.dialect.rows('t', _TASK_COLUMNS, 9)} WHERE true "
+        f"lease_owner, lease_expires_at) SELECT key, ${workflow}, kind, payload, run_at, "
+        f"attempts, owner, expires FROM {d.rows('t', _TASK_COLUMNS, first)} WHERE {condition} "
         "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key, lease_owner"
     )
-    if conn.dialect.writable_ctes:
-        row = await conn.fetchrow(
-            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn.dialect, 4)}), "
-            f"t AS ({insert_tasks}) "
-            "SELECT (SELECT COUNT(*) FROM fence), "
-            "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
-            "ARRAY(SELECT task_key FROM t WHERE lease_owner IS NOT NULL)",
-            *args,
-        )
-        if not row[0]:
-            return None
-        ids = dict(zip(row[2], row[1], strict=True))
-    else:
-        if await conn.fetchval(_FENCE, *args) is None:
-            return None
-        if events:
-            await conn.execute(_insert_events(conn.dialect, 4), *args)
-        inserted = await conn.fetch(insert_tasks, *args) if specs else []
-        ids = {r[1]: r[0] for r in inserted if r[2] is not None}
+
+
+def _eager_tasks(
+    task: ClaimedTask, specs: Sequence[TaskSpec], ids: dict[str, int]
+) -> tuple[ClaimedTask, ...]:
+    """The created tasks leased to `task.owner`, from their ids by key."""
     return tuple(
-        ClaimedTask(ids[t.key], t.key, t.kind, workflow_id, t.payload, 1, task.owner)
+        ClaimedTask(ids[t.key], t.key, t.kind, task.workflow_id, t.payload, 1, task.owner)
         for t in specs
         if t.key in ids
     )
@@ -833,8 +960,12 @@ async def _close_workflow(
     parent_seq: int | None,
     activation: Activation,
     now: int,
+    *,
+    has_tasks: bool = True,
 ) -> None:
-    await conn.execute("DELETE FROM tasks WHERE workflow_id = $1", workflow_id)
+    """`has_tasks`: False when the commit's own statement already deleted them."""
+    if has_tasks:
+        await conn.execute("DELETE FROM tasks WHERE workflow_id = $1", workflow_id)
     if parent_id:
         base: dict[str, JSON] = {"seq": parent_seq, "workflow_id": workflow_id}
         if activation.status is WorkflowStatus.COMPLETED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +41,30 @@ from loom.store import (
 T = TypeVar("T")
 Operation = Callable[..., Coroutine[Any, Any, T]]
 """`op(conn, *args)`: one function of `loom.operations`."""
+Outcome = tuple[bool, Any]
+"""What a DB thread hands back for one operation: (True, result) or (False, the error)."""
+
+
+def hand_over(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Outcome]) -> None:
+    """From a backend's DB thread, resolve each future on its own loop: one wake-up per
+    loop however many futures (a wake-up is a self-pipe write and a turn of that loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+    for future, outcome in zip(futures, outcomes, strict=True):
+        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    for loop, items in by_loop.items():
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    for future, (ok, value) in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class SQLStore(Store):
@@ -450,4 +475,4 @@ class SQLStore(Store):
         return await self._run(Mode.READ, ops.llm_token_totals)
 
 
-__all__ = ["Connection", "Mode", "Operation", "SQLStore"]
+__all__ = ["Connection", "Mode", "Operation", "Outcome", "SQLStore", "hand_over"]

@@ -1,9 +1,11 @@
 """PostgreSQL store (asyncpg): the scale-out backend, with SQLite's tables and semantics.
 
 A DB thread runs an event loop that owns the connection pool and a LISTEN connection, so the
-store serves callers on any event loop, as SQLite's writer thread does. Each operation is one
-transaction on a pooled connection; tasks are claimed with `FOR UPDATE SKIP LOCKED`; commits
-fence by deleting the task under its lease; `NOTIFY loom_tasks` wakes other processes' workers.
+store serves callers on any event loop, as SQLite's writer thread does. Write transactions
+waiting together are group-committed in one transaction by the DB thread's writer, reads and
+single statements run alongside on other pooled connections; tasks are claimed with `FOR
+UPDATE SKIP LOCKED`; commits fence by deleting the task under its lease; `NOTIFY loom_tasks`
+wakes other processes' workers.
 
 Lock order: a write on a workflow locks its `workflows` row before any of its task rows.
 Claims lock task rows only and never wait for a workflow row, so the two cannot deadlock; the

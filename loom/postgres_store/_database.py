@@ -1,8 +1,12 @@
 """The PostgreSQL DB thread: an event loop owning the pool, the LISTEN connection and NOTIFY.
 
-Callers on any event loop submit operations; each runs as one transaction on a pooled
-connection (deadlocks and serialization failures are retried) and its result is handed back
-to the caller's loop. Knows nothing of workflows beyond the schema it migrates.
+Callers on any event loop submit operations and get their results back on their own loop.
+Reads and single statements run at once, in parallel on pooled connections. Transactions
+are group-committed like SQLite's writer batches: one writer runs the ones waiting together
+in one transaction on one connection, so BEGIN, COMMIT and the pool's hand-over are paid once
+per batch instead of once per operation (they were a third of the round trips of a
+workflow). Deadlocks and serialization failures are retried. Knows nothing of workflows
+beyond the schema it migrates.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from loom.clock import REANCHOR_SECONDS, StoreClock, monotonic_ms, wall_ms
 from loom.dialect import POSTGRESQL, Dialect, Mode, Rollback
 from loom.exceptions import LoomError
 from loom.schema import SCHEMA_COMPONENT, migrations
+from loom.sql_store import Outcome, hand_over
 
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -34,6 +39,9 @@ DEFAULT_POOL_SIZE = 4
 MAX_POOL_SIZE = 16
 """Per process: four workers at full concurrency stay well under max_connections = 100."""
 RETRIES = 10
+MAX_BATCH = 64
+"""Transactions committed together at most: each holds its workflow's row lock until the
+batch commits, so a batch's length bounds how long other processes wait on one."""
 OPEN_TIMEOUT = 30.0
 URL_SCHEMES = ("postgres://", "postgresql://")
 
@@ -73,6 +81,7 @@ async def migrate(conn: Connection) -> int:
 
 
 _Op = Callable[..., Coroutine[Any, Any, Any]]
+_Call = tuple[_Op, tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 class PostgresConnection:
@@ -131,6 +140,11 @@ class _Database:
         self._listener: Connection | None = None
         self._listener_pid = 0
         self._running: set[asyncio.Task[Any]] = set()
+        self._batch: list[_Call] = []
+        self._inbox: list[tuple[_Op, tuple[Any, ...], Mode, asyncio.Future[Any]]] = []
+        self._inbox_lock = threading.Lock()
+        self._inbox_woken = False
+        self._writing = False
         self._notifying = False
         self._tasks_pending = False
         self._closed_pending: list[str] = []
@@ -232,7 +246,19 @@ class _Database:
         `Mode.TRANSACTION` (else each statement commits by itself); the result arrives on
         the caller's loop."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._loop.call_soon_threadsafe(self._start, fn, args, mode, future)
+        with self._inbox_lock:
+            self._inbox.append((fn, args, mode, future))
+            if self._inbox_woken:
+                return future
+            self._inbox_woken = True
+        # One wake-up of the DB loop takes every operation submitted until it runs: a wake-up
+        # is a write to its self-pipe and a turn of its loop, and callers submit in bursts.
+        try:
+            self._loop.call_soon_threadsafe(self._take_inbox)
+        except RuntimeError:  # the loop is closed: this caller and the next are told so
+            with self._inbox_lock:
+                self._inbox_woken = False
+            raise
         return future
 
     def notify(self, closed_workflow_id: str | None = None) -> None:
@@ -255,13 +281,25 @@ class _Database:
 
     # -- on the DB thread ----------------------------------------------------------------
 
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            inbox, self._inbox, self._inbox_woken = self._inbox, [], False
+        for call in inbox:
+            self._start(*call)
+
     def _start(
         self, fn: _Op, args: tuple[Any, ...], mode: Mode, future: asyncio.Future[Any]
     ) -> None:
-        task = self._spawn(self._run(fn, args, mode is Mode.TRANSACTION))
+        if mode is Mode.TRANSACTION:
+            self._batch.append((fn, args, future))
+            if not self._writing:
+                self._writing = True
+                self._spawn(self._write())
+            return
+        task = self._spawn(self._run(fn, args, transaction=False))
         task.add_done_callback(lambda done: _hand_back(done, future))
 
-    async def _run(self, fn: _Op, args: tuple[Any, ...], transaction: bool) -> Any:
+    async def _run(self, fn: _Op, args: tuple[Any, ...], *, transaction: bool) -> Any:
         if self._closing:
             raise LoomError("the PostgreSQL store is closed")
         for attempt in range(RETRIES):
@@ -280,6 +318,75 @@ class _Database:
                         raise
             await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _write(self) -> None:
+        """The writer: commits the waiting transactions batch by batch, one at a time (two
+        batches of one process running at once could lock each other's workflows)."""
+        try:
+            while self._batch:
+                batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+                # In the order of the workflow rows they lock first: two processes' batches
+                # then take those locks in one order, and cannot wait on each other in a cycle.
+                batch.sort(key=_lock_key)
+                try:
+                    outcomes = await self._commit(batch)
+                except Exception as err:  # the connection broke, or COMMIT failed: all fail
+                    outcomes = [(False, err)] * len(batch)
+                except BaseException:  # cancelled: callers must never wait forever
+                    hand_over([call[2] for call in batch], [_closed() for _ in batch])
+                    raise
+                hand_over([call[2] for call in batch], outcomes)
+        finally:
+            self._writing = False
+
+    async def _commit(self, batch: list[_Call]) -> list[Outcome]:
+        """One transaction for the whole batch. Optimistic, as SQLite's writer: a member that
+        raises (a Rollback included: its writes must go) is rolled back with the rest, keeps
+        its outcome, and the others run again without it; no savepoint per member. A lock
+        cycle sends every member to run alone, with the retries of `_run`."""
+        if len(batch) == 1:
+            return [await _outcome_of(self._run(*batch[0][:2], transaction=True))]
+        if self._closing:
+            raise LoomError("the PostgreSQL store is closed")
+        failed: dict[int, Outcome] = {}
+        async with self._pool.acquire() as conn:
+            connection = PostgresConnection(conn)
+            while len(failed) < len(batch):
+                results: list[Outcome] = []
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    for index, (fn, args, _) in enumerate(batch):
+                        if index in failed:
+                            results.append(failed[index])
+                            continue
+                        try:
+                            results.append((True, await fn(connection, *args)))
+                        except _RETRYABLE:
+                            raise
+                        except Exception as err:
+                            failed[index] = _failure(err)
+                            break
+                    else:
+                        await transaction.commit()
+                        return results
+                except _RETRYABLE:
+                    await transaction.rollback()
+                    break
+                except BaseException:
+                    if not conn.is_closed():
+                        await transaction.rollback()
+                    raise
+                await transaction.rollback()
+            else:
+                return [failed[index] for index in range(len(batch))]
+        # A lock cycle: each member alone, retried, as if it had never been batched.
+        return [
+            failed[index]
+            if index in failed
+            else await _outcome_of(self._run(fn, args, transaction=True))
+            for index, (fn, args, _) in enumerate(batch)
+        ]
 
     def _request_notify(self, closed_workflow_id: str | None) -> None:
         if closed_workflow_id is None:
@@ -341,20 +448,37 @@ async def _keep_session(conn: Connection) -> None:
     connection needs no reset query: one round trip less per operation."""
 
 
+def _lock_key(call: _Call) -> str:
+    """The workflow whose row an operation locks first: its first argument's (a task, a new
+    workflow) or that argument itself (an id); "" when it names none."""
+    first = call[1][0] if call[1] else None
+    if isinstance(first, str):
+        return first
+    key = getattr(first, "workflow_id", "")
+    return key if isinstance(key, str) else ""
+
+
+def _closed() -> Outcome:
+    return (False, LoomError("the PostgreSQL store was closed during the operation"))
+
+
+def _failure(err: Exception) -> Outcome:
+    """What the caller of a failed member gets: its error, or a Rollback's result."""
+    return (True, err.result) if isinstance(err, Rollback) else (False, err)
+
+
+async def _outcome_of(run: Coroutine[Any, Any, Any]) -> Outcome:
+    try:
+        return (True, await run)
+    except Exception as err:
+        return (False, err)
+
+
 def _hand_back(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
-    loop = future.get_loop()
-    if loop.is_closed():
-        return
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_deliver, done, future)
-
-
-def _deliver(done: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
-    if future.cancelled():
-        return
     if done.cancelled():
-        future.set_exception(LoomError("the PostgreSQL store was closed during the operation"))
+        outcome = _closed()
     elif (error := done.exception()) is not None:
-        future.set_exception(error)
+        outcome = (False, error)
     else:
-        future.set_result(done.result())
+        outcome = (True, done.result())
+    hand_over([future], [outcome])

@@ -25,6 +25,7 @@ from loom.clock import boot_id, monotonic_ms, wall_ms
 from loom.dialect import SQLITE, Dialect, Rollback, run_now
 from loom.exceptions import LoomError, StoreFullError
 from loom.schema import MIGRATIONS, SCHEMA_COMPONENT
+from loom.sql_store import hand_over
 
 BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 512
@@ -239,13 +240,7 @@ class _Writer:
                 break
         else:
             results = [(False, LoomError("database stayed locked by another process"))] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, _, future, _), (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
-        for loop, items in by_loop.items():
-            if not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver, items)
+        hand_over([future for _, _, future, _ in batch], results)
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
         """Run the batch in one transaction; an operation that raises is dropped and the rest
@@ -302,13 +297,3 @@ def _store_error(err: Exception) -> Exception:
 
 def _is_busy(err: sqlite3.OperationalError) -> bool:
     return "locked" in str(err) or "busy" in str(err)
-
-
-def _deliver(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in items:
-        if future.cancelled():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from loom.activation import ACTIVITY_TASK, Activation, TaskSpec
+from loom.exceptions import WorkflowClosedError
 from loom.history import EventKind, NewEvent, WorkflowStatus
 from loom.postgres_store import MAX_POOL_SIZE, PostgresStore
 from loom.sqlite_store import SQLiteStore
-from loom.store import ClaimedTask, NewWorkflow, Store
+from loom.store import ClaimedTask, CommitResult, NewWorkflow, Store
 from tests.conftest import POSTGRES_URL, is_postgres, run_sql
 
 
@@ -209,3 +210,43 @@ async def test_a_lost_listener_reconnects(store: Store, other: Store) -> None:
         assert other._db._listener_pid != pid
     finally:
         unsubscribe()
+
+
+async def test_a_failing_member_of_a_group_commit_neither_fails_nor_loses_the_others(
+    store: Store, other: Store
+) -> None:
+    """Transactions submitted together commit as one batch on both backends: one that rolls
+    back (a lost lease) and one that raises (a signal to a closed workflow) keep their own
+    outcomes, and every other member still commits."""
+    await store.create_workflow(_spec("closed"))
+    assert (
+        await store.commit_workflow_task(await _claim_one(store, "a"), _done(), 1, None)
+    ).is_committed
+    await store.create_workflow(_spec("stale"))
+    stale = await _claim_one(store, "a", lease_ms=1)
+    await asyncio.sleep(0.01)
+    assert (await _claim_one(other, "b")).attempt == 2  # the expired lease is taken over
+    for n in range(4):
+        await store.create_workflow(_spec(f"w{n}"))
+
+    outcomes = await asyncio.gather(
+        store.signal_workflow("w0", "go", 0),
+        store.commit_workflow_task(stale, _schedule("stale"), 1, None),
+        store.signal_workflow("w1", "go", 1),
+        store.signal_workflow("closed", "go", None),
+        store.signal_workflow("w2", "go", 2),
+        store.signal_workflow("w3", "go", 3),
+        return_exceptions=True,
+    )
+
+    assert isinstance(outcomes[1], CommitResult) and not outcomes[1].is_committed
+    assert isinstance(outcomes[3], WorkflowClosedError)
+    assert [outcomes[i] for i in (0, 2, 4, 5)] == [None] * 4
+    assert [e.kind for e in await store.list_events("stale")] == [EventKind.WORKFLOW_STARTED]
+    for n in range(4):
+        signals = [
+            e.payload
+            for e in await store.list_events(f"w{n}")
+            if e.kind is EventKind.SIGNAL_RECEIVED
+        ]
+        assert signals == [{"name": "go", "payload": n}]

@@ -38,6 +38,9 @@ nothing closed: each reads the status of every waiter, and at 10,000 waiters it 
 the CPU."""
 PUSHED_POLL_INTERVAL = 5.0
 """Safety-net poll when the store pushes every process's closes (PostgreSQL LISTEN)."""
+UNNUMBERED_POLL_INTERVAL = 30.0
+"""Where closes are numbered, the status of every waiter is still read this often: a worker
+process of a version before the numbering closes without a number (a rolling upgrade)."""
 CLOSE_SCAN_LIMIT = 1000
 """Closes one `closed_since` read returns; more are read at once by the next."""
 
@@ -409,13 +412,17 @@ class _ClosedWatcher:
                 self._mark = self._version = None
 
     async def _poll_closes(self) -> None:
-        interval = POLL_INTERVAL
+        loop = asyncio.get_running_loop()
+        interval, statuses_due = POLL_INTERVAL, loop.time() + UNNUMBERED_POLL_INTERVAL
         while self._waiting:
             await asyncio.sleep(interval)
             scan = await self._store.closed_since(self._mark, self._version, CLOSE_SCAN_LIMIT)
             self._mark, self._version = scan.mark, scan.version
             self._wake(scan.workflow_ids)
             interval = POLL_INTERVAL if scan.is_complete else 0
+            if loop.time() >= statuses_due and self._waiting:
+                await self._wake_closed(list(self._waiting))
+                statuses_due = loop.time() + UNNUMBERED_POLL_INTERVAL
 
     async def _poll_statuses(self) -> None:
         interval = POLL_INTERVAL
@@ -426,10 +433,14 @@ class _ClosedWatcher:
             ids = list(self._waiting)
             if not ids:
                 break
-            statuses = await self._store.get_statuses(ids)
-            found = self._wake([i for i, status in statuses.items() if status.is_closed])
+            found = await self._wake_closed(ids)
             # Closes only polling found come from elsewhere: keep looking often then.
             interval = POLL_INTERVAL if found else min(interval * 2, MAX_POLL_INTERVAL)
+
+    async def _wake_closed(self, workflow_ids: list[str]) -> bool:
+        """Read the statuses of `workflow_ids` and wake the waiters of the closed ones."""
+        statuses = await self._store.get_statuses(workflow_ids)
+        return self._wake([i for i, status in statuses.items() if status.is_closed])
 
     def _wake(self, closed: list[str]) -> bool:
         """Wake the waiters of `closed` (they read the record); whether there were any."""

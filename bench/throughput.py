@@ -7,6 +7,11 @@ Cases (one process: the client and one worker share it, as `async with Worker` d
   per-step        cost per activity step in a 10-step and a 1,000-step workflow (ratio)
   replay          cold replay of a ~1,000-event history (WorkflowRun.apply), p50
 
+With --processes (SQLite): processes-N, workflows/s with N = 1, 2, 4 `loom worker`
+subprocesses and the client here (no worker of its own), alternated in the same run: `now`;
+`sqlite-busy-handler`, workers waiting for the write lock with SQLite's busy handler; and
+`status-poll`, the client's handles reading every waiter's status per poll (both as before).
+
 With --db postgresql://... (a fresh schema in that database, dropped afterwards):
   postgres-commit raw asyncpg: single-row commits/s on one connection
   cpu/workflow    this process's CPU time per workflow (client, worker and DB thread all in
@@ -39,10 +44,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loom
-from loom.client import get_store
+from loom.client import database_url, get_store
 from loom.replay import WorkflowRun
+from loom.sqlite_store import SQLiteStore, _writer
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK_WAIT = "LOOM_BENCH_LOCK_WAIT"
+"""Set to `sqlite` in a worker this bench spawns: it waits for the write lock with SQLite's
+own busy handler (the baseline of processes-N), not the writer's short retries."""
+if os.environ.get(LOCK_WAIT) == "sqlite":
+    _writer.LOCK_RETRY_S = None
 
 
 @loom.activity
@@ -224,17 +235,58 @@ async def cpu_rounds(args: argparse.Namespace, url: str, results: dict[str, Any]
     results["cpu_ratio"] = [p / s for p, s in zip(postgres, sqlite, strict=True)]
 
 
-def spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
-    command = [sys.executable, "-m", "loom", "worker", "--app", "throughput", "--db", url]
+def spawn_workers(
+    url: str | Path, count: int, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "loom", "worker", "--app", "throughput", "--db", str(url)]
     return [
         subprocess.Popen(
             [*command, "--concurrency", "500"],
             cwd=ROOT / "bench",
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stderr=subprocess.DEVNULL,
         )
         for _ in range(count)
     ]
+
+
+async def processes_throughput(
+    args: argparse.Namespace, processes: int, env: dict[str, str] | None = None
+) -> float:
+    procs = spawn_workers(database_url(), processes, env)
+    try:
+        return await median_throughput(args)  # the warm-up waits for every worker
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+
+
+SQLITE_MODES = {
+    "now": ({}, True),
+    "sqlite-busy-handler": ({LOCK_WAIT: "sqlite"}, True),
+    "status-poll": ({}, False),
+}
+"""processes-N variants: (worker environment, whether the client polls numbered closes)."""
+
+
+async def sqlite_processes(args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    loom.configure(database=db)
+    results: dict[str, list[float]] = {}
+    numbering = SQLiteStore.is_numbering_closes
+    try:
+        for _ in range(args.reps):
+            for processes in (1, 2, 4):
+                for mode, (env, numbered) in SQLITE_MODES.items():  # alternated, same run
+                    polls_statuses = property(lambda self: False)
+                    chosen = numbering if numbered else polls_statuses
+                    SQLiteStore.is_numbering_closes = chosen  # type: ignore[method-assign]
+                    rate = await processes_throughput(args, processes, env)
+                    results.setdefault(f"processes_{processes}_{mode}", []).append(rate)
+    finally:
+        SQLiteStore.is_numbering_closes = numbering  # type: ignore[method-assign]
+    return results
 
 
 async def postgres_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
@@ -245,15 +297,7 @@ async def postgres_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
     async with bench_worker():
         await throughput_and_latency(args, results)
     for processes in (1, 2, 4):
-        procs = spawn_workers(url, processes)
-        try:
-            key = f"processes_{processes}_wf_per_s"
-            results[key] = await median_throughput(args)  # the warm-up waits for every worker
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait()
+        results[f"processes_{processes}_wf_per_s"] = await processes_throughput(args, processes)
     return results
 
 
@@ -312,11 +356,29 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--db", help="postgresql://... to measure the PostgreSQL backend")
+    parser.add_argument("--processes", action="store_true", help="SQLite worker subprocesses")
     args = parser.parse_args()
     if args.db:
         if not args.db.startswith(("postgres://", "postgresql://")):
             parser.error("--db takes a postgresql:// URL; the default run measures SQLite")
         postgres_main(args)
+        return
+    if args.processes:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = asyncio.run(sqlite_processes(args, Path(tmp) / "loom.db"))
+            loom.configure(database=None)
+        if args.json:
+            print(json.dumps(results, indent=2))
+            return
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; SQLite")
+        for key, rates in results.items():
+            mode = key.split("_", 2)[2]
+            baseline = results[key.replace(mode, "now")]
+            ratios = [r / b for r, b in zip(rates, baseline, strict=True)]
+            print(
+                f"{key:34} {statistics.median(rates):6.0f} workflows/s "
+                f"({min(rates):.0f}-{max(rates):.0f}; vs now x{min(ratios):.2f}-{max(ratios):.2f})"
+            )
         return
     with tempfile.TemporaryDirectory() as tmp:
         commits, rows = sqlite_baseline(Path(tmp) / "raw.db")

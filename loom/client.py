@@ -29,13 +29,20 @@ StateT = TypeVar("StateT")
 
 DEFAULT_DATABASE = "./loom.db"
 POLL_INTERVAL = 0.1
-"""First fallback poll for closes made in other processes (in-process closes wake at once)."""
+"""First fallback poll for closes made in other processes (in-process closes wake at once);
+on a store that numbers its closes (SQLite) every poll, which reads no rows while no other
+process has committed."""
 MAX_POLL_INTERVAL = 1.0
-"""The fallback poll backs off to this while rounds find nothing closed: with a worker in
-this process its closes are pushed, so the poll (one status read of every waiter through
-the store) mostly finds nothing, and at 10,000 waiters it was 15% of the CPU."""
+"""The status poll (stores that do not number closes) backs off to this while rounds find
+nothing closed: each reads the status of every waiter, and at 10,000 waiters it was 15% of
+the CPU."""
 PUSHED_POLL_INTERVAL = 5.0
 """Safety-net poll when the store pushes every process's closes (PostgreSQL LISTEN)."""
+UNNUMBERED_POLL_INTERVAL = 30.0
+"""Where closes are numbered, the status of every waiter is still read this often: a worker
+process of a version before the numbering closes without a number (a rolling upgrade)."""
+CLOSE_SCAN_LIMIT = 1000
+"""Closes one `closed_since` read returns; more are read at once by the next."""
 
 _configured: str | None = None
 _configured_limits: Limits | None = None
@@ -238,16 +245,12 @@ class WorkflowHandle(Generic[StateT]):
         NonDeterministicWorkflowError, WorkflowCancelledError) or WorkflowStillRunningError
         when `timeout` seconds pass first.
         """
-        status = (await self._store.get_statuses([self.workflow_id])).get(self.workflow_id)
-        if status is None:
-            raise WorkflowNotFoundError(self.workflow_id)
-        if not status.is_closed:
-            try:
-                outcome = await _watcher(self._store).wait(self.workflow_id, timeout)
-            except TimeoutError:
-                outcome = None
-            if outcome is not None:
-                return self._finish(outcome.status, outcome.state, outcome.error, "")
+        try:
+            outcome = await _watcher(self._store).wait(self.workflow_id, timeout)
+        except TimeoutError:
+            outcome = None
+        if outcome is not None:
+            return self._finish(outcome.status, outcome.state, outcome.error, "")
         record = await self._record()
         if not record.status.is_closed:
             raise WorkflowStillRunningError(self.workflow_id, record.status.value)
@@ -352,20 +355,38 @@ _INFO_FIELDS = (
 
 
 class _ClosedWatcher:
-    """Waits for workflows to finish: woken at once in-process, and one query per poll for
-    all waiters together across processes (not one query per waiting handle)."""
+    """Waits for workflows to finish: woken at once in-process, and across processes by one
+    poll for all waiters together: the closes since the last one seen where the store
+    numbers them (O(closed since), nothing read while nothing changed), else the statuses
+    of all waiters in one query."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._waiting: dict[str, list[asyncio.Future[Outcome | None]]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._mark: int | None = None
+        self._version: int | None = None
+        self._marking: asyncio.Task[None] | None = None
 
     async def wait(self, workflow_id: str, timeout: float | None) -> Outcome | None:
+        """The outcome the closing commit pushed, None when it closed without one (or had
+        closed already: read the record), or TimeoutError after `timeout` seconds."""
         future = self._store.wakeups.closed_future(workflow_id)
         self._waiting.setdefault(workflow_id, []).append(future)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
         try:
+            # Registered, then the mark, then the status: a close after the status read has
+            # a number above the mark, or wakes the future in-process.
+            if self._store.is_numbering_closes and self._mark is None:
+                if self._marking is None or self._marking.done():
+                    self._marking = asyncio.get_running_loop().create_task(self._read_mark())
+                await asyncio.shield(self._marking)
+            status = (await self._store.get_statuses([workflow_id])).get(workflow_id)
+            if status is None:
+                raise WorkflowNotFoundError(workflow_id)
+            if status.is_closed:
+                return None
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.get_running_loop().create_task(self._poll())
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         finally:
             self._store.wakeups.forget(workflow_id, future)
@@ -375,7 +396,35 @@ class _ClosedWatcher:
             if not waiters:
                 self._waiting.pop(workflow_id, None)
 
+    async def _read_mark(self) -> None:
+        scan = await self._store.closed_since(None, None, 0)
+        self._mark, self._version = scan.mark, scan.version
+
     async def _poll(self) -> None:
+        try:
+            if self._store.is_numbering_closes:
+                await self._poll_closes()
+            else:
+                await self._poll_statuses()
+        finally:
+            # Nobody waits: the next waiter reads a fresh mark rather than every close since.
+            if not self._waiting:
+                self._mark = self._version = None
+
+    async def _poll_closes(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval, statuses_due = POLL_INTERVAL, loop.time() + UNNUMBERED_POLL_INTERVAL
+        while self._waiting:
+            await asyncio.sleep(interval)
+            scan = await self._store.closed_since(self._mark, self._version, CLOSE_SCAN_LIMIT)
+            self._mark, self._version = scan.mark, scan.version
+            self._wake(scan.workflow_ids)
+            interval = POLL_INTERVAL if scan.is_complete else 0
+            if loop.time() >= statuses_due and self._waiting:
+                await self._wake_closed(list(self._waiting))
+                statuses_due = loop.time() + UNNUMBERED_POLL_INTERVAL
+
+    async def _poll_statuses(self) -> None:
         interval = POLL_INTERVAL
         while self._waiting:
             if self._store.is_pushing_closes:
@@ -384,16 +433,24 @@ class _ClosedWatcher:
             ids = list(self._waiting)
             if not ids:
                 break
-            statuses = await self._store.get_statuses(ids)
-            found = False
-            for workflow_id, status in statuses.items():
-                if status.is_closed:
-                    for future in self._waiting.pop(workflow_id, []):
-                        found = True
-                        if not future.done():
-                            future.set_result(None)
+            found = await self._wake_closed(ids)
             # Closes only polling found come from elsewhere: keep looking often then.
             interval = POLL_INTERVAL if found else min(interval * 2, MAX_POLL_INTERVAL)
+
+    async def _wake_closed(self, workflow_ids: list[str]) -> bool:
+        """Read the statuses of `workflow_ids` and wake the waiters of the closed ones."""
+        statuses = await self._store.get_statuses(workflow_ids)
+        return self._wake([i for i, status in statuses.items() if status.is_closed])
+
+    def _wake(self, closed: list[str]) -> bool:
+        """Wake the waiters of `closed` (they read the record); whether there were any."""
+        found = False
+        for workflow_id in closed:
+            for future in self._waiting.pop(workflow_id, []):
+                found = True
+                if not future.done():
+                    future.set_result(None)
+        return found
 
 
 _watchers: dict[tuple[int, asyncio.AbstractEventLoop], _ClosedWatcher] = {}

@@ -60,6 +60,15 @@ class Dialect:
     """Appended to a SELECT that must lock its rows until commit."""
     skip_locked: str
     """Appended to a SELECT whose locked rows others may take instead of waiting."""
+    next_close: str | None
+    """The `closed_seq` a closing workflow takes: the next number on SQLite, whose one write
+    lock (across processes) orders closes as they commit, so a reader that has seen number
+    n has seen every close up to n. None (the column stays NULL) on PostgreSQL: concurrent
+    writers would commit numbers out of order, and its closes reach other processes over
+    NOTIFY."""
+    change_counter: str | None
+    """A read of what changes whenever another connection commits (SQLite's
+    `PRAGMA data_version`): one cheap statement that says whether anything could have closed."""
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 -- two module-level dialects, kept anyway
     def any(self, column: str, param: int, sql_type: str = "text") -> str:
@@ -121,8 +130,19 @@ POSTGRESQL = Dialect(
     writable_ctes=True,
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
+    next_close=None,
+    change_counter=None,
 )
-SQLITE = Dialect(name="sqlite", writable_ctes=False, for_update="", skip_locked="")
+SQLITE = Dialect(
+    name="sqlite",
+    writable_ctes=False,
+    for_update="",
+    skip_locked="",
+    # ORDER BY ... LIMIT 1 reads one entry of the partial index (MAX with a WHERE walks it).
+    next_close="COALESCE((SELECT closed_seq + 1 FROM workflows WHERE closed_seq IS NOT NULL "
+    "ORDER BY closed_seq DESC LIMIT 1), 1)",
+    change_counter="PRAGMA data_version",
+)
 
 
 class Row(Protocol):

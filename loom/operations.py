@@ -59,6 +59,7 @@ from loom.store import (
     WAIT_KINDS,
     Admission,
     ClaimedTask,
+    CloseScan,
     CommitResult,
     Completion,
     CursorLookup,
@@ -160,6 +161,44 @@ async def get_statuses(conn: Connection, workflow_ids: list[str]) -> dict[str, W
         workflow_ids,
     )
     return {row[0]: WorkflowStatus(row[1]) for row in rows}
+
+
+async def closed_since(
+    conn: Connection, mark: int | None, version: int | None, limit: int
+) -> CloseScan:
+    """The workflows closed after close number `mark`, oldest first, at most `limit`.
+
+    No mark: only the current one (the caller waits from here). With the `version` the last
+    scan returned and a change counter that has not moved, nothing can have closed in
+    another process, and no row is read. The mark and the rows come from one read
+    transaction, and numbers commit in order (see `Dialect.next_close`), so a close that
+    commits after this read has a number above the returned mark: the next scan finds it.
+    """
+    d = conn.dialect
+    if d.next_close is None:
+        raise ValueError(f"the {d.name} store does not number closes: wait on its NOTIFY")
+    now = None if d.change_counter is None else int(await conn.fetchval(d.change_counter))
+    if mark is None:
+        top = await conn.fetchval(
+            "SELECT closed_seq FROM workflows WHERE closed_seq IS NOT NULL "
+            "ORDER BY closed_seq DESC LIMIT 1"
+        )
+        return CloseScan(mark=int(top or 0), version=now, workflow_ids=[], is_complete=True)
+    if now is not None and now == version:
+        return CloseScan(mark=mark, version=now, workflow_ids=[], is_complete=True)
+    rows = await conn.fetch(
+        "SELECT workflow_id, closed_seq FROM workflows WHERE closed_seq > $1 "
+        "ORDER BY closed_seq LIMIT $2",
+        mark,
+        limit,
+    )
+    is_complete = len(rows) < limit  # else cut: drop the counter, so the next scan reads on
+    return CloseScan(
+        mark=int(rows[-1][1]) if rows else mark,
+        version=now if is_complete else None,
+        workflow_ids=[row[0] for row in rows],
+        is_complete=is_complete,
+    )
 
 
 async def list_workflows(
@@ -603,7 +642,17 @@ _OPEN_GUARD = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _numbering(dialect: Dialect, template: str) -> str:
+    """`closed_seq = ...,` for an UPDATE that may close a workflow, with the dialect's next
+    close number put into `template`; nothing where closes are not numbered."""
+    if dialect.next_close is None:
+        return ""
+    return f"closed_seq = {template.format(dialect.next_close)}, "
+
+
 def _update_workflow(
+    dialect: Dialect,
     task: ClaimedTask,
     activation: Activation,
     leading: int,
@@ -626,8 +675,9 @@ def _update_workflow(
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
         guard, extra = f"{guard} AND epoch = $13", (epoch,)
+    numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
     sql = (
-        "UPDATE workflows SET last_sequence = last_sequence + $1, status = $2, "
+        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
         # No state given: the stored one stays, and readers fold the state events after it.
         "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
         "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
@@ -676,7 +726,7 @@ async def _commit_activation(
     closed = activation.status is not WorkflowStatus.RUNNING
     lease_ms = 0 if closed else eager_lease_ms
     update, args = _update_workflow(
-        task, activation, len(leading), processed_sequence, step, now, expected, epoch
+        conn.dialect, task, activation, len(leading), processed_sequence, step, now, expected, epoch
     )
     eager: tuple[ClaimedTask, ...] | None
     # A close in the statement deletes the workflow's tasks (`c`). That sees the statement's
@@ -1104,7 +1154,8 @@ async def _cancel_suspended(conn: Connection, workflow_id: str, event: NewEvent,
     closing = NewEvent(EventKind.WORKFLOW_CANCELED, {"error": error})
     await _append_events(conn, workflow_id, [event, closing], now)
     row = await conn.fetchrow(
-        "UPDATE workflows SET status = 'CANCELED', error = $1, epoch = epoch + 1 "
+        f"UPDATE workflows SET {_numbering(conn.dialect, '{}')}status = 'CANCELED', error = $1, "
+        "epoch = epoch + 1 "
         "WHERE workflow_id = $2 RETURNING parent_id, parent_seq, state",
         dumps(error),
         workflow_id,

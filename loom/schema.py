@@ -150,6 +150,15 @@ _MIGRATIONS = [
         created_at BIGINT NOT NULL
     );
     """,
+    # Cross-process waiters (issue 16): on SQLite every close takes the next number under
+    # the database's one write lock, so a client finds the closes since the last number it
+    # saw in the index (O(closed since), not one status read per waiting handle).
+    # PostgreSQL leaves it NULL: its closes reach other processes over NOTIFY.
+    """
+    ALTER TABLE workflows ADD COLUMN closed_seq BIGINT;
+    CREATE INDEX IF NOT EXISTS workflows_by_closed_seq ON workflows (closed_seq)
+        WHERE closed_seq IS NOT NULL;
+    """,
 ]
 
 

@@ -25,6 +25,7 @@ from loom.history import Event, EventKind, NewEvent, WorkflowStatus
 from loom.store import (
     Admission,
     ClaimedTask,
+    CloseScan,
     CommitResult,
     Completion,
     CursorLookup,
@@ -416,6 +417,9 @@ class SQLStore(Store):
 
     async def get_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
         return await self._run(Mode.READ, ops.get_statuses, list(workflow_ids))
+
+    async def closed_since(self, mark: int | None, version: int | None, limit: int) -> CloseScan:
+        return await self._run(Mode.READ, ops.closed_since, mark, version, limit)
 
     async def list_events(self, workflow_id: str) -> list[Event]:
         return await self._run(Mode.READ, ops.load_events, workflow_id, 0)

@@ -269,6 +269,12 @@ class Store(abc.ABC):
         while it LISTENs): waiting handles then need polling only as a safety net."""
         return False
 
+    @property
+    def is_numbering_closes(self) -> bool:
+        """Whether every close takes the next number in commit order (SQLite), so waiting
+        handles can poll `closed_since` (O(closed since)) instead of their statuses."""
+        return False
+
     @abc.abstractmethod
     async def create_workflow(self, spec: NewWorkflow) -> tuple[WorkflowRecord, bool]:
         """Insert a workflow with its WORKFLOW_STARTED event and first task.
@@ -503,6 +509,12 @@ class Store(abc.ABC):
         """Status of each existing workflow among `workflow_ids` (one light query)."""
 
     @abc.abstractmethod
+    async def closed_since(self, mark: int | None, version: int | None, limit: int) -> CloseScan:
+        """The workflows any process closed after close number `mark` (None: just the
+        current mark), where `is_numbering_closes`; `version` is the last scan's, which lets
+        a scan that finds nothing changed read no rows."""
+
+    @abc.abstractmethod
     async def list_events(self, workflow_id: str) -> list[Event]: ...
 
     @abc.abstractmethod
@@ -683,6 +695,20 @@ def reply_key(reply_id: str) -> str:
     """The key `Wakeups.closed_future` waits on for the reply to an `ask` (not an id any
     workflow can have: ids of actors start with `actor:`, this with `reply:`)."""
     return f"reply:{reply_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseScan:
+    """What one `Store.closed_since` read found."""
+
+    mark: int
+    """The highest close number seen: pass it to the next scan."""
+    version: int | None
+    """The change counter as of this read (None: read the rows next time regardless)."""
+    workflow_ids: list[str]
+    """Closed after the previous mark, oldest first."""
+    is_complete: bool
+    """False when the limit cut the rows short: scan again at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,10 @@ class SQLiteStore(SQLStore):
         self._writer = _Writer(self.path)
         self.clock = StoreClock(*self._writer.clock_anchor)
 
+    @property
+    def is_numbering_closes(self) -> bool:
+        return True
+
     async def _run(self, mode: Mode, op: Operation[T], *args: Any) -> T:
         # Every write goes through the one writer thread, so even STATEMENTS writes join its
         # batch transaction (BEGIN IMMEDIATE); reads share a deferred one.

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import loom
 from loom.history import EventKind
 from loom.replay import WorkflowRun
+from loom.sqlite_store import SQLiteStore, connect
 from loom.store import Store
+from tests.loom.test_postgres_store import _spec
 from tests.loom.test_worker import Calc
 
 heartbeat_runs: list[int] = []
@@ -80,3 +84,19 @@ async def test_heartbeat_keeps_a_long_activity_leased(db_path, make_worker) -> N
         handle = await LongActivity.start({})
         assert await handle.result(timeout=20) == {"value": 7}
     assert heartbeat_runs == [7]  # never reclaimed and run a second time
+
+
+async def test_a_write_waits_for_the_lock_another_process_holds(store: Store, db_path) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite only: one write lock per database")
+    holder = connect(str(db_path))  # another process, as far as locks go
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        creating = asyncio.create_task(store.create_workflow(_spec("late")))
+        await asyncio.sleep(0.05)  # let the writer retry a few times against the lock
+        assert not creating.done()
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    _, created = await asyncio.wait_for(creating, 20)
+    assert created

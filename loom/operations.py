@@ -274,10 +274,13 @@ _INSERT_FIRST_TASK = (
 )
 
 
-async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> bool:
-    """Insert the row, its WORKFLOW_STARTED event and its first task; False if it exists."""
+async def _insert_workflow(
+    conn: Connection, spec: NewWorkflow, now: int, *, first_task: bool = True
+) -> bool:
+    """Insert the row, its WORKFLOW_STARTED event and (unless an eager start commits the
+    first activation in this transaction) its first task; False if it exists."""
     started = started_payload(spec)
-    args = (
+    args: tuple[object, ...] = (
         spec.workflow_id,
         spec.workflow_name,
         spec.workflow_version,
@@ -296,26 +299,34 @@ async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> boo
         workflow_task_key(spec.workflow_id),
         WORKFLOW_TASK,
     )
+    if not first_task:
+        args = args[:15]
     if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
-        inserted = await conn.fetchval(
-            f"WITH w AS ({_INSERT_WORKFLOW}), "
-            f"e AS ({_INSERT_STARTED} FROM w), "
+        task = (
             f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING) "
-            "SELECT COUNT(*) FROM w",
+            if first_task
+            else ""
+        )
+        inserted = await conn.fetchval(
+            f"WITH w AS ({_INSERT_WORKFLOW}), e AS ({_INSERT_STARTED} FROM w){',' * first_task} "
+            f"{task}SELECT COUNT(*) FROM w",
             *args,
         )
         return bool(inserted)
     if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
         return False
     await conn.execute(_INSERT_STARTED, *args)
-    await conn.execute(f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args)
+    if first_task:
+        await conn.execute(
+            f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args
+        )
     return True
 
 
 async def create_workflow(
-    conn: Connection, spec: NewWorkflow, now: int
+    conn: Connection, spec: NewWorkflow, now: int, *, first_task: bool = True
 ) -> tuple[WorkflowRecord, bool]:
-    if not await _insert_workflow(conn, spec, now):
+    if not await _insert_workflow(conn, spec, now, first_task=first_task):
         existing = await get_workflow(conn, spec.workflow_id)
         assert existing is not None  # workflows are never deleted
         if existing.workflow_name != spec.workflow_name:
@@ -358,22 +369,20 @@ async def create_and_commit(
     eager_lease_ms: int,
     now: int,
 ) -> tuple[WorkflowRecord, bool, CommitResult | None]:
-    record, created = await create_workflow(conn, spec, now)
+    # The first workflow task would be inserted, leased and fenced away again in this one
+    # transaction: it is never written (three statements fewer), and its commit has
+    # nothing to fence, since nobody else can have seen a workflow created just now.
+    record, created = await create_workflow(conn, spec, now, first_task=False)
     if not created:
         return record, False, None
     key = workflow_task_key(spec.workflow_id)
-    row = await conn.fetchrow(
-        "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
-        "attempts = attempts + 1 WHERE task_key = $3 RETURNING task_id, payload, attempts",
-        owner,
-        now + lease_ms,
-        key,
-    )
-    task = ClaimedTask(row[0], key, WORKFLOW_TASK, spec.workflow_id, loads(row[1]), row[2], owner)
+    task = ClaimedTask(_UNWRITTEN, key, WORKFLOW_TASK, spec.workflow_id, {}, 1, owner)
     task.workflow = TaskWorkflow(spec.workflow_name, 0, 0, spec.owner, spec.source_hash)
     result = await commit_workflow_task(
         conn, task, activation, seen_sequence, step, eager_lease_ms, now
     )
+    if not result.is_committed:  # never expected; a workflow must never be left taskless
+        await _ensure_workflow_task(conn, spec.workflow_id, now)
     return record, True, result
 
 
@@ -722,6 +731,11 @@ async def complete_and_continue(
 
 
 _FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
+_UNWRITTEN = 0
+"""The id of a workflow task committed in the transaction that created its workflow (an
+eager start): it was never written, so there is no lease to fence (ids start at 1)."""
+_NO_FENCE = "SELECT $1::bigint, $2::text, $3::bigint"
+"""What stands for the fence then: one row, with the parameters' types PostgreSQL needs."""
 _TASK_COLUMNS = (
     ("key", "text"),
     ("kind", "text"),
@@ -778,9 +792,11 @@ async def _fence_and_insert(
         f"owner, expires FROM {conn.dialect.rows('t', _TASK_COLUMNS, 9)} WHERE true "
         "ON CONFLICT (task_key) DO NOTHING RETURNING task_id, task_key, lease_owner"
     )
+    fenced = task.task_id != _UNWRITTEN
     if conn.dialect.writable_ctes:
         row = await conn.fetchrow(
-            f"WITH fence AS ({_FENCE}), e AS ({_insert_events(conn.dialect, 4)}), "
+            f"WITH fence AS ({_FENCE if fenced else _NO_FENCE}), "
+            f"e AS ({_insert_events(conn.dialect, 4)}), "
             f"t AS ({insert_tasks}) "
             "SELECT (SELECT COUNT(*) FROM fence), "
             "ARRAY(SELECT task_id FROM t WHERE lease_owner IS NOT NULL), "
@@ -791,7 +807,7 @@ async def _fence_and_insert(
             return None
         ids = dict(zip(row[2], row[1], strict=True))
     else:
-        if await conn.fetchval(_FENCE, *args) is None:
+        if fenced and await conn.fetchval(_FENCE, *args) is None:
             return None
         if events:
             await conn.execute(_insert_events(conn.dialect, 4), *args)

@@ -102,19 +102,17 @@ class Dialect:
         """A row set from the parameters `columns(...)` made, starting at `first`, one column
         per (name, type); `ordinality` names a 1-based row-number column.
 
-        PostgreSQL unnests parallel arrays. SQLite reads one JSON array of rows: joining one
-        `json_each` per column on its index re-parsed every array for every row (measured 3x
-        slower for three rows, the engine's hot path)."""
+        PostgreSQL unnests parallel arrays. On SQLite the spelling depends on how many rows
+        there are, which only the statement's arguments tell: the text is a `{rows ...}`
+        token that the SQLite connection spells at execute time (`loom.sqlite_store`), as
+        `VALUES` for the few rows of the hot path and a JSON array of rows beyond."""
         names = [c for c, _ in columns]
         if self.name == "postgresql":
             arrays = ", ".join(f"${first + i}::{t}[]" for i, (_, t) in enumerate(columns))
             number = " WITH ORDINALITY" if ordinality else ""
             listed = ", ".join([*names, ordinality] if ordinality else names)
             return f"unnest({arrays}){number} AS {alias} ({listed})"
-        selected = [f"json_extract(r.value, '$[{i}]') AS {c}" for i, c in enumerate(names)]
-        if ordinality:
-            selected.append(f"r.key + 1 AS {ordinality}")
-        return f"(SELECT {', '.join(selected)} FROM json_each(${first}) r) AS {alias}"
+        return f"{{rows {first} {alias} {','.join(names)} {ordinality or '-'}}}"
 
     def columns(self, *arrays: Sequence[Any]) -> tuple[Any, ...]:
         """The parameters of a `rows` set from its columns' values (all the same length):

@@ -309,27 +309,18 @@ _INSERT_STARTED = (
     "SELECT $1, 1, $14, $15, $13"
 )
 _INSERT_FIRST_TASK = (
-    "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at, attempts, lease_owner, "
-    "lease_expires_at) SELECT $16, $1, $17, '{}', CAST($18 AS BIGINT), CAST($19 AS BIGINT), "
-    "CAST($20 AS TEXT), CAST($21 AS BIGINT)"
+    "INSERT INTO tasks (task_key, workflow_id, kind, payload, run_at) "
+    "SELECT $16, $1, $17, '{}', $13"
 )
 
 
-async def _insert_workflow(conn: Connection, spec: NewWorkflow, now: int) -> bool:
-    """Insert the row, its WORKFLOW_STARTED event and its first task; False if it exists."""
-    inserted, _ = await _insert_leased(conn, spec, now, None)
-    return inserted
-
-
-async def _insert_leased(
-    conn: Connection, spec: NewWorkflow, now: int, lease: tuple[str, int] | None
-) -> tuple[bool, int | None]:
-    """`_insert_workflow`; on PostgreSQL, with `lease` (owner, expiry), its first task goes in
-    already claimed and its id comes back: an eager start saves the claiming UPDATE."""
+async def _insert_workflow(
+    conn: Connection, spec: NewWorkflow, now: int, *, first_task: bool = True
+) -> bool:
+    """Insert the row, its WORKFLOW_STARTED event and (unless an eager start commits the
+    first activation in this transaction) its first task; False if it exists."""
     started = started_payload(spec)
-    leased = lease is not None and conn.dialect.writable_ctes
-    owner, expires = lease if lease is not None and leased else (None, None)
-    args = (
+    args: tuple[object, ...] = (
         spec.workflow_id,
         spec.workflow_name,
         spec.workflow_version,
@@ -347,47 +338,42 @@ async def _insert_leased(
         dumps(started),
         workflow_task_key(spec.workflow_id),
         WORKFLOW_TASK,
-        now if expires is None else expires,
-        1 if leased else 0,
-        owner,
-        expires,
     )
+    if not first_task:
+        args = args[:15]
     if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
-        row = await conn.fetchrow(
-            f"WITH w AS ({_INSERT_WORKFLOW}), "
-            f"e AS ({_INSERT_STARTED} FROM w), "
-            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING "
-            "RETURNING task_id) "
-            "SELECT (SELECT COUNT(*) FROM w), (SELECT task_id FROM t)",
+        task = (
+            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING) "
+            if first_task
+            else ""
+        )
+        inserted = await conn.fetchval(
+            f"WITH w AS ({_INSERT_WORKFLOW}), e AS ({_INSERT_STARTED} FROM w){',' * first_task} "
+            f"{task}SELECT COUNT(*) FROM w",
             *args,
         )
-        return bool(row[0]), row[1] if leased else None
+        return bool(inserted)
     if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
-        return False, None
+        return False
     await conn.execute(_INSERT_STARTED, *args)
-    await conn.execute(f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args)
-    return True, None
+    if first_task:
+        await conn.execute(
+            f"{_INSERT_FIRST_TASK} WHERE true ON CONFLICT (task_key) DO NOTHING", *args
+        )
+    return True
 
 
 async def create_workflow(
-    conn: Connection, spec: NewWorkflow, now: int
+    conn: Connection, spec: NewWorkflow, now: int, *, first_task: bool = True
 ) -> tuple[WorkflowRecord, bool]:
-    record, created, _ = await _create(conn, spec, now, None)
-    return record, created
-
-
-async def _create(
-    conn: Connection, spec: NewWorkflow, now: int, lease: tuple[str, int] | None
-) -> tuple[WorkflowRecord, bool, int | None]:
-    created, task_id = await _insert_leased(conn, spec, now, lease)
-    if not created:
+    if not await _insert_workflow(conn, spec, now, first_task=first_task):
         existing = await get_workflow(conn, spec.workflow_id)
         assert existing is not None  # workflows are never deleted
         if existing.workflow_name != spec.workflow_name:
             raise WorkflowAlreadyExistsError(
                 spec.workflow_id, existing.workflow_name, spec.workflow_name
             )
-        return existing, False, None
+        return existing, False
     record = WorkflowRecord(
         workflow_id=spec.workflow_id,
         workflow_name=spec.workflow_name,
@@ -409,7 +395,7 @@ async def _create(
         created_at=now,
         updated_at=now,
     )
-    return record, True, task_id
+    return record, True
 
 
 async def create_and_commit(
@@ -423,27 +409,20 @@ async def create_and_commit(
     eager_lease_ms: int,
     now: int,
 ) -> tuple[WorkflowRecord, bool, CommitResult | None]:
-    record, created, task_id = await _create(conn, spec, now, (owner, now + lease_ms))
+    # The first workflow task would be inserted, leased and fenced away again in this one
+    # transaction: it is never written (three statements fewer), and its commit has
+    # nothing to fence, since nobody else can have seen a workflow created just now.
+    record, created = await create_workflow(conn, spec, now, first_task=False)
     if not created:
         return record, False, None
     key = workflow_task_key(spec.workflow_id)
-    if task_id is None:  # SQLite, or a task row left behind: claim it
-        row = await conn.fetchrow(
-            "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2, run_at = $2, "
-            "attempts = attempts + 1 WHERE task_key = $3 RETURNING task_id, payload, attempts",
-            owner,
-            now + lease_ms,
-            key,
-        )
-        task = ClaimedTask(
-            row[0], key, WORKFLOW_TASK, spec.workflow_id, loads(row[1]), row[2], owner
-        )
-    else:
-        task = ClaimedTask(task_id, key, WORKFLOW_TASK, spec.workflow_id, {}, 1, owner)
+    task = ClaimedTask(_UNWRITTEN, key, WORKFLOW_TASK, spec.workflow_id, {}, 1, owner)
     task.workflow = TaskWorkflow(spec.workflow_name, 0, 0, spec.owner, spec.source_hash)
     result = await commit_workflow_task(
         conn, task, activation, seen_sequence, step, eager_lease_ms, now
     )
+    if not result.is_committed:  # never expected; a workflow must never be left taskless
+        await _ensure_workflow_task(conn, spec.workflow_id, now)
     return record, True, result
 
 
@@ -737,7 +716,7 @@ async def _commit_activation(
         specs: Sequence[TaskSpec] = () if closing else activation.tasks
         first = len(args) + 1  # the fence's task, its events and new tasks: parameters after
         row = await conn.fetchrow(
-            _update_and_fence(update, first, closing=closing),
+            _update_and_fence(update, first, closing=closing, fenced=task.task_id != _UNWRITTEN),
             *args,
             task.task_id,
             task.owner,
@@ -771,7 +750,7 @@ async def _commit_activation(
 
 
 @functools.cache
-def _update_and_fence(update: str, first: int, *, closing: bool) -> str:
+def _update_and_fence(update: str, first: int, *, closing: bool, fenced: bool) -> str:
     """PostgreSQL: `update`, then (only if it wrote the row) the fence on the task in
     `$first`..`$first+2`, the events in `$first+3`, `$first+4` numbered after the row's
     previous last sequence, and the tasks from `$first+5` on; with `closing`, every other task
@@ -784,6 +763,10 @@ def _update_and_fence(update: str, first: int, *, closing: bool) -> str:
     fence = (
         f"DELETE FROM tasks WHERE task_id = ${first} AND lease_owner = ${first + 1} "
         f"AND attempts = ${first + 2} AND {written} RETURNING 1"
+        if fenced
+        # An unwritten task (see _UNWRITTEN): one row if the update wrote, with the types
+        # PostgreSQL needs for the parameters it would have fenced on.
+        else f"SELECT ${first}::bigint, ${first + 1}::text, ${first + 2}::bigint FROM u"
     )
     close = (
         f", c AS (DELETE FROM tasks WHERE workflow_id = $10 AND task_id <> ${first} AND {written})"
@@ -897,6 +880,9 @@ async def complete_and_continue(
 
 
 _FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
+_UNWRITTEN = 0
+"""The id of a workflow task committed in the transaction that created its workflow (an
+eager start): it was never written, so there is no lease to fence (ids start at 1)."""
 _TASK_COLUMNS = (
     ("key", "text"),
     ("kind", "text"),
@@ -933,7 +919,7 @@ async def _fence_and_insert(
         *d.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
         *_task_columns(d, task, specs, eager_lease_ms, now),
     )
-    if await conn.fetchval(_FENCE, *args) is None:
+    if task.task_id != _UNWRITTEN and await conn.fetchval(_FENCE, *args) is None:
         return None
     if events:
         await conn.execute(_insert_events(d, 4), *args)

@@ -42,7 +42,11 @@ statement, and taking it back waits for the event loop thread to yield it: by de
 5 ms per statement, while every workflow of the process waits on this one thread. 0.5 ms
 measured +20-30% workflows/s (bench/throughput.py); the interval is only ever lowered."""
 _PARAMETER = re.compile(r"\$(\d+)")
-_ARRAYS = (list, tuple)  # array parameters, bound as JSON text for json_each
+_ROWSET = re.compile(r"\{rows (\d+) (\w+) ([\w,]+) (\w+|-)\}")
+"""A `Dialect.rows` set: `{rows PARAM ALIAS COLUMN,... ORDINALITY-or-dash}`."""
+MAX_INLINE_ROWS = 16
+_ARRAY_PARAMETER = re.compile(r"json_each\(\$(\d+)\)")
+"""An array parameter (`Dialect.any`, `none_of`, many rows): bound as JSON text."""
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
@@ -121,10 +125,20 @@ class SQLiteConnection:
         self._conn = conn
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
-        text, count = _translate(sql)
+        rowsets = _rowset_parameters(sql)
+        sizes = tuple(len(args[p - 1]) for p in rowsets)
+        text, count, arrays, unused, inline = _spell(sql, sizes)
         # A statement binds parameters 1..count: operations pass one argument list to the
-        # several statements of one write, each using part of it.
-        params = [dumps(a) if isinstance(a, _ARRAYS) else a for a in args[:count]]
+        # several statements of one write, each using part of it. Those it does not use are
+        # bound as NULL, not encoded; small row sets are bound value by value after them.
+        params = list(args[:count])
+        for i in arrays:
+            params[i] = dumps(params[i])
+        for i in unused:
+            params[i] = None
+        for p in inline:
+            for row in args[p - 1]:
+                params.extend(row)
         return self._conn.execute(text, params)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -159,10 +173,66 @@ class SQLiteConnection:
 
 
 @functools.lru_cache(maxsize=1024)
-def _translate(sql: str) -> tuple[str, int]:
-    """SQLite's spelling of `sql` and the highest parameter number it uses."""
-    count = max((int(n) for n in _PARAMETER.findall(sql)), default=0)
-    return _PARAMETER.sub(r"?\1", sql), count
+def _rowset_parameters(sql: str) -> tuple[int, ...]:
+    """The parameters holding the rows of each `Dialect.rows` set in `sql`, in order."""
+    return tuple(int(m[1]) for m in _ROWSET.finditer(sql))
+
+
+@functools.lru_cache(maxsize=1024)
+def _spell(
+    sql: str, sizes: tuple[int, ...]
+) -> tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """SQLite's text of `sql` for row sets of `sizes` rows; the count of parameters it
+    binds before any inline rows; the (0-based) positions of the arrays it reads as JSON
+    (`json_each`) and of the parameters it does not use; and the row-set parameters spelled
+    inline as `VALUES`, whose values are bound, row after row, after parameter `count`.
+
+    A few rows as `VALUES` bind their values directly: measured about half the cost of
+    parsing a JSON array of rows (whose payloads, JSON text themselves, were escaped twice).
+    Many rows stay one JSON array: one statement text, and no limit on bound variables."""
+    spelled_as_json = (
+        int(m[1])
+        for m, rows in zip(_ROWSET.finditer(sql), sizes, strict=True)
+        if rows > MAX_INLINE_ROWS
+    )
+    count = max((*(int(n) for n in _PARAMETER.findall(sql)), *spelled_as_json), default=0)
+    inline: list[int] = []
+    bound = count
+    rowsets = iter(sizes)
+
+    def rowset(match: re.Match[str]) -> str:
+        nonlocal bound
+        param, alias, ordinality = int(match[1]), match[2], match[4]
+        names = match[3].split(",")
+        rows = next(rowsets)
+        if rows > MAX_INLINE_ROWS:
+            selected = [f"json_extract(r.value, '$[{i}]') AS {c}" for i, c in enumerate(names)]
+            if ordinality != "-":
+                selected.append(f"r.key + 1 AS {ordinality}")
+            return f"(SELECT {', '.join(selected)} FROM json_each(${param}) r) AS {alias}"
+        inline.append(param)
+        if not rows:
+            nulls = ", ".join(f"NULL AS {c}" for c in [*names, ordinality] if c != "-")
+            return f"(SELECT {nulls} WHERE false) AS {alias}"
+        values = []
+        for n in range(1, rows + 1):
+            cells = [f"?{bound + i + 1}" for i in range(len(names))]
+            bound += len(names)
+            values.append(f"({', '.join([*cells, str(n)] if ordinality != '-' else cells)})")
+        columns = [*names, ordinality] if ordinality != "-" else names
+        renamed = ", ".join(f"column{i + 1} AS {c}" for i, c in enumerate(columns))
+        return f"(SELECT {renamed} FROM (VALUES {', '.join(values)})) AS {alias}"
+
+    text = _ROWSET.sub(rowset, sql)
+    used = {int(n) for n in _PARAMETER.findall(text)}
+    arrays = {int(n) for n in _ARRAY_PARAMETER.findall(text)}
+    return (
+        _PARAMETER.sub(r"?\1", text),
+        count,
+        tuple(n - 1 for n in sorted(arrays)),
+        tuple(n - 1 for n in range(1, count + 1) if n not in used),
+        tuple(inline),
+    )
 
 
 Operation = Callable[..., Coroutine[Any, Any, Any]]

@@ -87,7 +87,9 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
     """
 
     def __init__(self) -> None:
-        self._ready: deque[asyncio.Handle] = deque()
+        # A list swapped out per round, not a deque: an empty deque allocates a 64-slot
+        # block, and every parked run holds one of these loops.
+        self._ready: list[asyncio.Handle] = []
         self.errors: list[BaseException] = []
 
     def run_until_quiet(self) -> None:
@@ -95,9 +97,15 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         asyncio.events._set_running_loop(self)
         try:
             while self._ready:
-                handle = self._ready.popleft()
-                if not handle.cancelled():
-                    handle._run()
+                ready, self._ready = self._ready, []
+                for index, handle in enumerate(ready):  # what these schedule runs next round
+                    if handle.cancelled():
+                        continue
+                    try:
+                        handle._run()
+                    except BaseException:  # SystemExit and the like: keep what was not run
+                        self._ready[:0] = ready[index + 1 :]
+                        raise
         finally:
             asyncio.events._set_running_loop(previous)
 
@@ -176,6 +184,51 @@ def _command_key(kind: EventKind, payload: Mapping[str, JSON]) -> str:
 class WorkflowRun:
     """One workflow's live execution; feed it events with `apply`, collect `take_activation`."""
 
+    # A worker keeps thousands of these parked: slots spare each its instance dict.
+    __slots__ = (
+        "_cancel_reason",
+        "_cancelled",
+        "_failure",
+        "_has_snapshot",
+        "_is_state_changed",
+        "_is_state_refused",
+        "_main",
+        "_out",
+        "_patch",
+        "_pending",
+        "_random",
+        "_recorded",
+        "_refusals",
+        "_restart_input",
+        "_seed",
+        "_seq",
+        "_shielded",
+        "_signal_buffer",
+        "_signal_waiters",
+        "_state_bytes",
+        "_unsaved_bytes",
+        "compiled",
+        "ctx",
+        "cursor",
+        "epoch",
+        "input",
+        "is_replaying",
+        "limits",
+        "loop",
+        "now_ms",
+        "pins",
+        "registry",
+        "replay_until",
+        "started",
+        "started_at_ms",
+        "started_by",
+        "state",
+        "state_data",
+        "step_index",
+        "trace",
+        "workflow_id",
+    )
+
     def __init__(
         self,
         compiled: WorkflowDefinition[Any, Any],
@@ -203,7 +256,9 @@ class WorkflowRun:
         self.replay_until = replay_until
         self.is_replaying = replay_until > 0
         self.now_ms = 0
-        self.random = random.Random(0)
+        self._seed = 0
+        self._random: random.Random | None = None
+        """Made on first use (see `random`): 2.5 KiB of generator state per parked run."""
         self.input: JSON = None
         self.step_index = 0
         self.started = False
@@ -217,7 +272,7 @@ class WorkflowRun:
         self._recorded: deque[_Recorded] = deque()
         self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[JSON], Any]]] = {}
         self._signal_buffer: dict[str, deque[JSON]] = {}
-        self._signal_waiters: dict[str, deque[int]] = {}
+        self._signal_waiters: dict[str, list[int]] = {}
         self._patch: list[tuple[str, dict[str, JSON]]] = []
         """In-place edits since the last command: (state field, JSON Patch op)."""
         self._cancel_reason: str | None = None
@@ -227,7 +282,7 @@ class WorkflowRun:
         self._main: asyncio.Task[None] | None = None
         self._out = Activation()
         self._failure: BaseException | None = None
-        self._refusals: deque[NewEvent] = deque()
+        self._refusals: list[NewEvent] = []
         self._is_state_changed = False
         self._is_state_refused = False
         self._state_bytes: int | None = None
@@ -238,6 +293,13 @@ class WorkflowRun:
         STATE_SNAPSHOT_MIN_BYTES); None-sized runs (just built) hand it over at once."""
         self._has_snapshot = False
         self._restart_input: JSON = _MISSING
+
+    @property
+    def random(self) -> random.Random:
+        """The run's deterministic generator, seeded from WORKFLOW_STARTED; made on first use."""
+        if self._random is None:
+            self._random = random.Random(self._seed)
+        return self._random
 
     # -- feeding history ------------------------------------------------------------------
 
@@ -324,7 +386,8 @@ class WorkflowRun:
         self.started_at_ms = self.now_ms
         self.trace = payload.get("trace")
         self.input = payload["input"]
-        self.random = random.Random(int(payload["seed"]))
+        self._seed = int(payload["seed"])
+        self._random = None
         snapshot = payload.get("snapshot")
         if isinstance(snapshot, dict):  # an epoch continued-as-new starts from its state
             self.state_data.clear()
@@ -476,7 +539,7 @@ class WorkflowRun:
     def _deliver_refusals(self) -> None:
         self.is_replaying = False  # refusals come only from new commands
         while self._refusals and not self.is_finished:
-            refused = self._refusals.popleft()
+            refused = self._refusals.pop(0)
             self._deliver(Event(self.cursor, refused.kind, refused.payload, self.now_ms))
             self.loop.run_until_quiet()
             self._check_loop_errors()
@@ -622,7 +685,7 @@ class WorkflowRun:
     def _signal(self, name: str, payload: JSON) -> None:
         waiters = self._signal_waiters.get(name)
         if waiters:
-            seq = waiters.popleft()
+            seq = waiters.pop(0)
             self._out.cancel_task_keys.append(f"t:{self.workflow_id}:{seq}")
             self._resolve(seq, payload)
         else:
@@ -633,7 +696,7 @@ class WorkflowRun:
         if buffered:
             self._resolve(seq, buffered.popleft())
         elif seq in self._pending:
-            self._signal_waiters.setdefault(name, deque()).append(seq)
+            self._signal_waiters.setdefault(name, []).append(seq)
 
     def _cancel(self, reason: JSON) -> None:
         if self._cancelled:

@@ -1,0 +1,101 @@
+"""Workflows parked in numbers (issue 16): runs evicted from a small cache resume correctly
+when woken, nothing per workflow outlives its completion, and a burst of starts holds a
+bounded number of live runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+import loom
+import loom.worker
+from loom.client import _watchers, get_store
+from loom.history import EventKind
+from tests.loom.test_breaker import eventually
+
+
+@loom.activity
+async def reserve(item: int) -> int:
+    return item + 1
+
+
+@loom.workflow(name="ParkedDraw")
+class ParkedDraw(loom.Workflow[dict, dict]):  # type: ignore[type-arg]
+    @loom.step
+    async def run(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.state.item = await ctx.activity(reserve, ctx.input["n"])
+        ctx.state.before = ctx.random()
+        ctx.state.approval = await ctx.wait_for_signal("approve")
+        ctx.state.after = ctx.random()
+
+
+async def parked(count: int) -> bool:
+    stats = await get_store().collect_stats()
+    return stats.workflows["RUNNING"] == count and not any(stats.tasks.values())
+
+
+async def test_evicted_parked_runs_resume_after_a_signal(db_path, make_worker) -> None:
+    async with make_worker([ParkedDraw], [reserve], max_cached_workflows=2) as worker:
+        handles = [await ParkedDraw.start({"n": n}) for n in range(6)]
+        await eventually(lambda: parked(6), "all six parked on their signal")
+        assert len(worker._cache) <= 2  # the other four were evicted while parked
+        await asyncio.gather(*(h.signal("approve", {"n": i}) for i, h in enumerate(handles)))
+        states = [await h.result(timeout=30) for h in handles]
+    for n, (handle, state) in enumerate(zip(handles, states, strict=True)):
+        assert state["item"] == n + 1
+        assert state["approval"] == {"n": n}
+        events = await get_store().list_events(handle.workflow_id)
+        started = next(e for e in events if e.kind is EventKind.WORKFLOW_STARTED)
+        stream = random.Random(int(started.payload["seed"]))  # the run's generator, replayed
+        assert (state["before"], state["after"]) == (stream.random(), stream.random())
+
+
+async def test_nothing_per_workflow_is_left_after_completion(db_path, make_worker) -> None:
+    store = get_store()
+    async with make_worker([ParkedDraw], [reserve]) as worker:
+        handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(20)))
+        waits = [asyncio.ensure_future(h.result(timeout=30)) for h in handles]
+        await eventually(lambda: parked(20), "all twenty parked on their signal")
+
+        async def registered() -> bool:  # one in-process wake-up per waiting handle
+            return len(store.wakeups._closed) == 20
+
+        await eventually(registered, "every handle waiting for its close")
+        await asyncio.gather(*(h.signal("approve") for h in handles))
+        await asyncio.gather(*waits)
+        assert not worker._cache and not worker._advancing and not worker._inflight
+        assert not store.wakeups._closed
+        watcher = _watchers[(id(store), asyncio.get_running_loop())]
+        assert not watcher._waiting
+
+
+async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(
+    db_path, make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loom.worker, "MAX_STARTING", 3)
+    store = get_store()
+    committing = peak = calls = 0
+    create_and_commit = store.create_and_commit
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal committing, peak, calls
+        committing += 1
+        calls += 1
+        peak = max(peak, committing)
+        try:
+            return await create_and_commit(*args, **kwargs)
+        finally:
+            committing -= 1
+
+    monkeypatch.setattr(store, "create_and_commit", counted)
+    async with make_worker([ParkedDraw], [reserve], concurrency=100):
+        handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(30)))
+        await eventually(lambda: parked(30), "all thirty parked on their signal")
+        await asyncio.gather(*(h.signal("approve") for h in handles))
+        states = await asyncio.gather(*(h.result(timeout=30) for h in handles))
+    assert [s["item"] for s in states] == [n + 1 for n in range(30)]
+    assert calls == 30  # every start waited for a slot and still started eagerly
+    assert 1 < peak <= 3

@@ -1,11 +1,12 @@
 """What truly differs between the two SQL stores, and nothing else.
 
-The store's operations (`loom.operations`) are written once, as coroutines over a
-`Connection`. SQL is written in PostgreSQL's numbered-placeholder style (`$1`); the few
-constructs the dialects spell differently come from the connection's `Dialect`: arrays as
-parameters (`= ANY($1::text[])` against `IN (SELECT value FROM json_each(?1))`), row sets
-built from parallel arrays (`unnest` against `json_each`), row locks (SQLite has one writer
-and needs none) and writable CTEs (PostgreSQL folds several writes into one round trip).
+The store's operations (the `loom.operations` package, one private module per noun) are
+written once, as coroutines over a `Connection`. SQL is written in PostgreSQL's
+numbered-placeholder style (`$1`); the few constructs the dialects spell differently come
+from the connection's `Dialect`: arrays as parameters (`= ANY($1::text[])` against
+`IN (SELECT value FROM json_each(?1))`), row sets built from parallel arrays (`unnest`
+against `json_each`), row locks (SQLite has one writer and needs none) and writable CTEs
+(PostgreSQL folds several writes into one round trip).
 
 The SQLite connection runs each statement synchronously inside its writer thread's batch
 transaction, so an operation coroutine there never really suspends (`run_now` drives it);

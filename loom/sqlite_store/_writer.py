@@ -45,6 +45,7 @@ _PARAMETER = re.compile(r"\$(\d+)")
 _ROWSET = re.compile(r"\{rows (\d+) (\w+) ([\w,]+) (\w+|-)\}")
 """A `Dialect.rows` set: `{rows PARAM ALIAS COLUMN,... ORDINALITY-or-dash}`."""
 MAX_INLINE_ROWS = 16
+_MANY = MAX_INLINE_ROWS + 1
 _ARRAY_PARAMETER = re.compile(r"json_each\(\$(\d+)\)")
 """An array parameter (`Dialect.any`, `none_of`, many rows): bound as JSON text."""
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
@@ -126,7 +127,8 @@ class SQLiteConnection:
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         rowsets = _rowset_parameters(sql)
-        sizes = tuple(len(args[p - 1]) for p in rowsets)
+        # Past MAX_INLINE_ROWS every size spells the same text: one cache entry, not one each.
+        sizes = tuple(min(len(args[p - 1]), _MANY) for p in rowsets)
         text, count, arrays, unused, inline = _spell(sql, sizes)
         # A statement binds parameters 1..count: operations pass one argument list to the
         # several statements of one write, each using part of it. Those it does not use are

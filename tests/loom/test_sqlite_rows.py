@@ -1,0 +1,58 @@
+"""SQLite spells `Dialect.rows` sets at execute time: `VALUES` for a few rows, a JSON array of
+rows beyond. Both spellings must insert the same rows, in order, with the same numbering."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from loom.dialect import SQLITE, run_now
+from loom.sqlite_store._writer import MAX_INLINE_ROWS, SQLiteConnection, _spell
+
+
+def _insert(conn: SQLiteConnection, rows: list[tuple[str, int]]) -> None:
+    items = SQLITE.rows("r", (("name", "text"), ("size", "bigint")), 3, ordinality="n")
+    kinds = SQLITE.any("name", 5)
+
+    async def op() -> None:
+        await conn.execute(
+            f"INSERT INTO items (batch, position, name, size) SELECT $1, $2 + n, name, size "
+            f"FROM {items} WHERE NOT {kinds}",
+            "b",
+            100,
+            *SQLITE.columns([name for name, _ in rows], [size for _, size in rows]),
+            ["skipped"],
+        )
+
+    run_now(op())
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, MAX_INLINE_ROWS, MAX_INLINE_ROWS + 1, 300])
+def test_row_sets_of_every_size_insert_the_same_rows(count: int) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE items (batch TEXT, position INT, name TEXT, size INT)")
+    rows = [(f"item-{i}", i * 10) for i in range(count)] + [("skipped", -1)]
+    _insert(SQLiteConnection(db), rows)
+    stored = db.execute("SELECT position, name, size FROM items ORDER BY position").fetchall()
+    assert stored == [(100 + i + 1, f"item-{i}", i * 10) for i in range(count)]
+
+
+def test_small_sets_are_values_and_large_ones_one_json_array() -> None:
+    sql = f"SELECT * FROM {SQLITE.rows('r', (('a', 'text'),), 2)} WHERE $1"
+    small, _, _, _, inline = _spell(sql, (3,))
+    assert "VALUES" in small and "json_each" not in small and inline == (2,)
+    large, _, arrays, _, inline = _spell(sql, (MAX_INLINE_ROWS + 1,))
+    assert "json_each(?2)" in large and arrays == (1,) and inline == ()
+
+
+def test_parameters_a_statement_does_not_use_are_bound_null_not_encoded() -> None:
+    conn = SQLiteConnection(sqlite3.connect(":memory:", isolation_level=None))
+
+    class Unencodable:
+        """Would fail `dumps` and sqlite3's binding alike, were it touched."""
+
+    async def op() -> object:
+        return await conn.fetchval("SELECT $2 + 1", Unencodable(), 41)
+
+    assert run_now(op()) == 42  # sqlite3 cannot bind an Unencodable: parameter 1 was NULL

@@ -12,7 +12,7 @@ Usage: python bench/parked.py [--workflows 10000] [--json]
 
 At 100,000: 556 MB parked (5.1 KiB each) and 239-245 MB settled from a 60 MB baseline; it
 was 1,846-1,864 MB (18.3 KiB each) while every gathered start held its live run until its
-commit (now at most loom.worker.MAX_STARTING do). The settled excess is pymalloc arenas kept
+commit (now at most loom.worker._worker.MAX_STARTING do). The settled excess is pymalloc arenas kept
 by a few survivors, not objects.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import loom
-import loom.worker
+import loom.worker._worker
 from loom.client import _watchers, get_store
 from loom.history import EventKind
 from tests.loom.test_breaker import eventually
@@ -75,7 +75,7 @@ async def test_nothing_per_workflow_is_left_after_completion(db_path, make_worke
 async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(
     db_path, make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loom.worker, "MAX_STARTING", 3)
+    monkeypatch.setattr(loom.worker._worker, "MAX_STARTING", 3)  # read there
     store = get_store()
     committing = peak = calls = 0
     create_and_commit = store.create_and_commit

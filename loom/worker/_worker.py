@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import itertools
 import logging
@@ -19,42 +18,33 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from activity_registry import (
     ActivityNotFoundError,
-    ActivityVersion,
-    CircuitBreakerPolicy,
-    CorruptModuleError,
     Registry,
     RegistryError,
-    RetryPolicy,
     parse_spec,
 )
 from loom import telemetry
 from loom._json import JSON, is_json
 from loom._memory import give_back
-from loom.activation import ACTIVITY_TASK, TIMER_TASK, Activation
+from loom.activation import ACTIVITY_TASK, TIMER_TASK
 from loom.activity import Activity, RetryOptions
 from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBreaker
 from loom.client import database_url, get_store
-from loom.clock import wall_ms
 from loom.definition import WorkflowDefinition
 from loom.exceptions import (
     CircuitOpenError,
     NonDeterministicWorkflowError,
     PayloadTooLargeError,
-    PoisonPillError,
     UnknownWorkflowError,
 )
 from loom.history import (
-    COMMAND_KINDS,
     Event,
     EventKind,
     NewEvent,
@@ -70,12 +60,29 @@ from loom.store import (
     CommitResult,
     Completion,
     NewWorkflow,
-    StepProgress,
     Store,
     WorkflowRecord,
     started_payload,
 )
-from loom.usage import check_prices, llm_usage
+from loom.usage import check_prices
+from loom.worker._activities import (
+    _breaker_result,
+    _describe_tools,
+    _manifest_breaker,
+    _register_natives,
+    _resolve,
+    _with_usage,
+)
+from loom.worker._outage import _backoff, _Outage
+from loom.worker._runs import (
+    _continues,
+    _foreign_code,
+    _poison,
+    _step_progress,
+    _stored_definition,
+    _suspension_error,
+)
+from loom.worker._spans import _activity_span, _stamp_activities, _workflow_span
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
 
@@ -98,9 +105,6 @@ after the commits, left the heap fragmented (1.8 GB RSS for 10k cached runs)."""
 GIVE_BACK_AFTER_RUNS = 1_000
 """A worker whose run cache held at least this many runs and has since shrunk to a quarter
 gives the freed heap back to the OS at its next heartbeat (see `loom._memory`)."""
-STORE_BACKOFF_SECONDS = (0.1, 5.0)
-"""First and longest pause of the claim loop while the store fails (a full disk, a database
-restart): the worker waits it out and resumes instead of exiting."""
 DEPLOY_RETRY_DELAY_MS = (500, 60_000)
 """Backoff of a workflow task this worker's code cannot replay (another version started it)."""
 ISOLATION_SECONDS = 10.0
@@ -117,6 +121,11 @@ DEFAULT_HANDBACKS = 4
 """Hand-backs (0.5 s, 1 s, 2 s, 4 s apart) of a task this worker cannot run (other code, an
 unknown workflow or activity) before it suspends the workflow: long enough for a worker
 that can to take it during a rolling deploy, short enough that a broken deploy shows."""
+
+_CLOSING = {
+    WorkflowStatus.COMPLETED: telemetry.WORKFLOW_COMPLETED,
+    WorkflowStatus.FAILED: telemetry.WORKFLOW_FAILED,
+}
 
 
 class Worker:
@@ -540,7 +549,7 @@ class Worker:
     async def _process(self, store: Store, task: ClaimedTask) -> None:
         try:
             if task.recoveries >= self.max_recoveries:
-                await self._suspend(store, task, self._poison(task))
+                await self._suspend(store, task, _poison(task))
             elif task.kind == ACTIVITY_TASK:
                 await self._run_activity(store, task)
             elif task.kind == TIMER_TASK:
@@ -571,7 +580,7 @@ class Worker:
     async def _advance(self, store: Store, task: ClaimedTask) -> None:
         record = task.workflow
         assert record is not None and task.events is not None
-        compiled = self._workflows.get(record.workflow_name) or await self._stored_definition(
+        compiled = self._workflows.get(record.workflow_name) or await _stored_definition(
             store, record.workflow_name, record.source_hash
         )
         if compiled is None:
@@ -639,16 +648,6 @@ class Worker:
                 self._committed(store, run, activation.status, result)
         finally:
             self._advancing.pop(task.workflow_id, None)  # back in the cache, or gone
-
-    async def _stored_definition(
-        self, store: Store, name: str, source_hash: str
-    ) -> WorkflowDefinition[Any, Any] | None:
-        """A declarative definition registered in the database (`loom wdl register`), in the
-        exact version the workflow started with: so a worker needs no `--app` for them, and
-        registering a new version never changes a running workflow's code."""
-        from loom import wdl  # the definition language only when one is met
-
-        return await wdl.pinned(store, name, source_hash)
 
     async def _leave_for_its_code(
         self,
@@ -719,16 +718,7 @@ class Worker:
 
     async def _suspend(self, store: Store, task: ClaimedTask, err: Exception) -> None:
         """Park the workflow with `err` kept; `task` stays for `loom resume`."""
-        error = encode_error(
-            err,
-            max_chars=self.limits.max_error_chars,
-            task=task.task_key,
-            attempt=task.attempt,
-            worker=self.worker_id,
-        )
-        for key in ("activity_name", "spec", "workflow_name", "recoveries"):
-            if hasattr(err, key):
-                error["details"][key] = getattr(err, key)
+        error = _suspension_error(err, task, self.worker_id, self.limits.max_error_chars)
         self._diverged.pop(task.workflow_id, None)
         self._handed_back.pop(task.task_key, None)
         self._avoid.pop(task.task_key, None)
@@ -742,14 +732,6 @@ class Worker:
                 type(err).__name__,
                 self._clip(err),
             )
-
-    def _poison(self, task: ClaimedTask) -> PoisonPillError:
-        what = f"workflow code of {task.workflow_id!r}"
-        if task.kind == ACTIVITY_TASK:
-            what = f"activity {task.payload.get('name')!r}"
-        elif task.kind == TIMER_TASK:
-            what = "a timer"
-        return PoisonPillError(task.workflow_id, task.task_key, what, task.recoveries)
 
     def _eager_lease_ms(self) -> int:
         has_room = len(self._inflight) < self.concurrency
@@ -925,32 +907,7 @@ class Worker:
     async def _tool_definitions(self, specs: list[str]) -> list[dict[str, JSON]]:
         """The TOOLS_ACTIVITY: each spec's tool definition (name, description, input schema)
         as the registry resolves it now; a spec only a test double serves takes any object."""
-        registry = await self._registry()
-        definitions: list[dict[str, JSON]] = []
-        for spec in specs:
-            name, _ = parse_spec(spec)
-            try:
-                found = await registry.resolve(spec)
-            except ActivityNotFoundError:
-                if name not in self._overrides:
-                    raise
-                double = self._overrides[name]
-                definitions.append(
-                    {
-                        "name": name,
-                        "description": double.description,
-                        "parameters": {"type": "object"},
-                    }
-                )
-                continue
-            definitions.append(
-                {
-                    "name": found.name,
-                    "description": found.description,
-                    "parameters": found.input_schema,
-                }
-            )
-        return definitions
+        return await _describe_tools(await self._registry(), self._overrides, specs)
 
     def _override(self, spec: str) -> Activity[..., Any] | None:
         name, _ = parse_spec(spec)  # the spec was validated when the workflow issued it
@@ -1004,64 +961,14 @@ class Worker:
     async def _registry(self) -> Registry:
         if self._activity_registry is None:
             self._activity_registry = Registry(self.database)
-            for activity in self._activities.values():
-                await self._activity_registry.register_native(
-                    activity.name,
-                    description=activity.description,
-                    input_schema=activity.input_schema(),
-                    output_schema=activity.output_schema(),
-                    retry=RetryPolicy(
-                        max_attempts=activity.retry.max_attempts,
-                        initial_interval_ms=int(activity.retry.initial_interval * 1000),
-                        backoff=activity.retry.backoff,
-                        max_interval_ms=int(activity.retry.max_interval * 1000),
-                    ),
-                    circuit_breaker=_breaker_policy(activity.circuit_breaker),
-                )
+            await _register_natives(self._activity_registry, self._activities.values())
         return self._activity_registry
-
-    async def _resolve(
-        self, store: Store, registry: Registry, task: ClaimedTask
-    ) -> ActivityVersion:
-        """The version this call runs: the workflow's pin for this spec, else a fresh resolve."""
-        pin = task.payload.get("pin")
-        if isinstance(pin, dict):
-            name, _ = parse_spec(str(task.payload["name"]))
-            activity = await registry.get(name, str(pin["version"]))
-            if activity.sha256 != pin.get("sha256"):
-                raise CorruptModuleError(
-                    f"{activity.ref} now has sha256 {activity.sha256}, but this workflow is "
-                    f"pinned to {pin.get('sha256')}; versions must stay immutable"
-                )
-            return activity
-        as_of = task.payload.get("as_of")
-        if isinstance(as_of, int):
-            # The workflow's clock is the store's; the registry stamps its reads with this
-            # process's wall clock, which may have stepped away from it.
-            as_of += wall_ms() - store.now_ms()
-        spec = str(task.payload["name"])
-        try:
-            activity = await registry.resolve(
-                spec, as_of_ms=as_of if isinstance(as_of, int) else None
-            )
-        except ActivityNotFoundError:
-            if not isinstance(as_of, int):
-                raise
-            # The cached listing may predate a registration made to fix this (then a
-            # resume): not finding it is rare enough to read the registry again.
-            activity = await registry.resolve(spec)
-        if activity.is_native:
-            raise ActivityNotFoundError(
-                str(task.payload["name"]),
-                reason="it is a native activity that no running worker serves",
-            )
-        return activity
 
     async def _run_registered(self, store: Store, task: ClaimedTask) -> str:
         payload = task.payload
         registry = await self._registry()
         try:
-            activity = await self._resolve(store, registry, task)
+            activity = await _resolve(store, registry, task)
         except ActivityNotFoundError as err:
             # Another worker may serve it, or an operator may register it: not a failure.
             await self._hand_back(store, task, err)
@@ -1126,194 +1033,3 @@ class Worker:
             _breaker_result(activity.name, policy, is_success=True),
         )
         return "completed"
-
-
-_CLOSING = {
-    WorkflowStatus.COMPLETED: telemetry.WORKFLOW_COMPLETED,
-    WorkflowStatus.FAILED: telemetry.WORKFLOW_FAILED,
-}
-
-
-def _workflow_span(
-    run: WorkflowRun, parent: JSON, *, is_replay: bool
-) -> contextlib.AbstractContextManager[None]:
-    """`RunWorkflow:{name}` for one workflow task, in the starter's trace; the workflow's
-    log lines inside carry its ids. Only the log fields when no SDK is installed."""
-    fields = telemetry.log_context(workflow_id=run.workflow_id, workflow_name=run.compiled.name)
-    if not telemetry.is_enabled():
-        return fields
-    return _traced(
-        fields,
-        f"RunWorkflow:{run.compiled.name}",
-        parent or telemetry.workflow_context(run.workflow_id),
-        SpanKind.INTERNAL,
-        {
-            "loom.workflow.id": run.workflow_id,
-            "loom.workflow.name": run.compiled.name,
-            "loom.replay": is_replay,
-        },
-    )
-
-
-def _activity_span(task: ClaimedTask, name: str) -> contextlib.AbstractContextManager[None]:
-    """`RunActivity:{name}` for one attempt, a child of the workflow task that scheduled it;
-    log lines inside carry the workflow, activity and attempt."""
-    workflow_name = task.payload.get("workflow_name")
-    fields = telemetry.log_context(
-        workflow_id=task.workflow_id,
-        workflow_name=workflow_name,
-        activity=name,
-        attempt=task.attempt,
-    )
-    if not telemetry.is_enabled():
-        return fields
-    attributes: dict[str, str | int | bool] = {
-        "loom.workflow.id": task.workflow_id,
-        "loom.activity.name": name,
-        "loom.activity.attempt": task.attempt,
-        "loom.replay": False,
-    }
-    if isinstance(workflow_name, str):
-        attributes["loom.workflow.name"] = workflow_name
-    return _traced(
-        fields, f"RunActivity:{name}", task.payload.get("trace"), SpanKind.CONSUMER, attributes
-    )
-
-
-@contextlib.contextmanager
-def _traced(
-    fields: telemetry.log_context,
-    name: str,
-    parent: JSON | otel_context.Context,
-    kind: SpanKind,
-    attributes: dict[str, str | int | bool],
-) -> Iterator[None]:
-    with (
-        fields,
-        telemetry.tracer().start_as_current_span(
-            name,
-            context=parent
-            if isinstance(parent, otel_context.Context)
-            else telemetry.context_of(parent),
-            kind=kind,
-            attributes=attributes,
-            record_exception=False,  # an exception's message may repeat an input
-        ),
-    ):
-        yield
-
-
-def _stamp_activities(store: Store, run: WorkflowRun, activation: Activation) -> None:
-    """Give each new activity task the scheduling span's context and time (task payloads
-    only: history stays as it was), so its attempts join the trace on any worker; and each
-    child workflow the same context, in its WORKFLOW_STARTED."""
-    if not (activation.tasks or activation.children) or not telemetry.is_enabled():
-        return
-    stamp: dict[str, JSON] = {"scheduled_at": store.now_ms(), "workflow_name": run.compiled.name}
-    carrier = telemetry.current_carrier()
-    if carrier is not None:
-        stamp["trace"] = dict(carrier)
-        for index, child in enumerate(activation.children):
-            activation.children[index] = dataclasses.replace(child, trace=carrier)
-    for index, spec in enumerate(activation.tasks):
-        if spec.kind == ACTIVITY_TASK:
-            activation.tasks[index] = dataclasses.replace(spec, payload={**spec.payload, **stamp})
-
-
-def _with_usage(completed: dict[str, JSON]) -> dict[str, JSON]:
-    """A completion with the tokens (and cost) of the model call it records, if it is one."""
-    record = llm_usage(completed["result"])
-    return completed if record is None else {**completed, "llm_usage": record}
-
-
-def _breaker_result(
-    name: str, policy: CircuitBreaker | None, *, is_success: bool
-) -> BreakerResult | None:
-    return None if policy is None else BreakerResult(name, policy, is_success)
-
-
-def _breaker_policy(policy: CircuitBreaker | None) -> CircuitBreakerPolicy | None:
-    """A native activity's breaker as the registry lists it."""
-    if policy is None:
-        return None
-    return CircuitBreakerPolicy(
-        failures=policy.failures,
-        window_ms=policy.window_ms,
-        reset_after_ms=policy.reset_after_ms,
-    )
-
-
-def _manifest_breaker(activity: ActivityVersion) -> CircuitBreaker | None:
-    given = activity.circuit_breaker
-    if given is None:
-        return None
-    return CircuitBreaker.from_ms(given.failures, given.window_ms, given.reset_after_ms)
-
-
-def _step_progress(compiled: WorkflowDefinition[Any, Any], step_index: int) -> StepProgress:
-    info = compiled.steps[min(step_index, len(compiled.steps) - 1)].info
-    return StepProgress(info.name, info.description)
-
-
-def _continues(run: WorkflowRun, task: ClaimedTask, epoch: int) -> bool:
-    """Whether the claim's events continue the cached `run`.
-
-    Same epoch: nothing committed since the run did. A claim made while the run's commit
-    was in flight loaded from the cursor the run had before it; what lies between that and
-    the run's cursor now must be the run's own commands (anything else would be news the
-    run never saw)."""
-    if task.is_full_history or run.epoch != epoch or run.cursor < task.history_after:
-        return False
-    return all(e.kind in COMMAND_KINDS for e in task.events or () if e.sequence <= run.cursor)
-
-
-def _foreign_code(
-    run: WorkflowRun, compiled: WorkflowDefinition[Any, Any], current_code: str
-) -> str | None:
-    """The source_hash of the other code a replay diverged from, or None.
-
-    Non-determinism under code other than the code that last ran the workflow is a deploy
-    question, not a workflow bug: the same code replaying differently still fails."""
-    code = current_code or run.started_by
-    if isinstance(run.failure, NonDeterministicWorkflowError) and code != compiled.source_hash:
-        return code or None
-    return None
-
-
-def _backoff(bounds: tuple[float, float], attempt: int) -> float:
-    """`first` doubled per attempt after the first, capped at `longest`."""
-    first, longest = bounds
-    return float(min(longest, first * 2.0 ** min(attempt - 1, 16)))
-
-
-class _Outage:
-    """Reports a failing store once when it starts failing and once when it recovers, not
-    on every retry (a full disk would otherwise flood the log it cannot write either)."""
-
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-        self._failures = 0
-        self._since = 0.0
-
-    def failed(self, err: Exception) -> float:
-        """Note one failure; returns how long to wait before the next try."""
-        if self._failures == 0:
-            self._since = time.monotonic()
-            logger.error(
-                "the store failed while %s (%s: %s); retrying with backoff until it recovers",
-                self._doing,
-                type(err).__name__,
-                err,
-            )
-        self._failures += 1
-        return _backoff(STORE_BACKOFF_SECONDS, self._failures)
-
-    def recovered(self) -> None:
-        if self._failures:
-            logger.warning(
-                "the store recovered after %.1fs (%d failed attempts at %s)",
-                time.monotonic() - self._since,
-                self._failures,
-                self._doing,
-            )
-            self._failures = 0

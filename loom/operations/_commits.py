@@ -22,6 +22,7 @@ from loom.exceptions import WorkflowCancelledError, WorkflowClosedError, Workflo
 from loom.history import STATE_KINDS, EventKind, NewEvent, WorkflowStatus, encode_error
 from loom.operations._actors import _deliver_mail, _restart
 from loom.operations._breakers import _record_breaker
+from loom.operations._claims import release_claims
 from loom.operations._reads import load_events
 from loom.operations._rows import _NOT_CLOSED, _OPEN
 from loom.operations._workflows import (
@@ -105,14 +106,7 @@ async def commit_workflow_task(
         conn, task, activation, (), seen_sequence, step, eager_lease_ms, now, epoch=epoch
     )
     if committed is None:
-        await conn.execute(
-            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
-            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4",
-            now,
-            task.task_id,
-            task.owner,
-            task.attempt,
-        )
+        await release_claims(conn, [task], now)
         return CommitResult(is_committed=False)
     return committed
 

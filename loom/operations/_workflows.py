@@ -60,16 +60,10 @@ async def _insert_workflow(
     if not first_task:
         args = args[:15]
     if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
-        task = (
-            f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING) "
-            if first_task
-            else ""
-        )
-        inserted = await conn.fetchval(
-            f"WITH w AS ({_INSERT_WORKFLOW}), e AS ({_INSERT_STARTED} FROM w){',' * first_task} "
-            f"{task}SELECT COUNT(*) FROM w",
-            *args,
-        )
+        parts = [f"w AS ({_INSERT_WORKFLOW})", f"e AS ({_INSERT_STARTED} FROM w)"]
+        if first_task:
+            parts.append(f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING)")
+        inserted = await conn.fetchval(f"WITH {', '.join(parts)} SELECT COUNT(*) FROM w", *args)
         return bool(inserted)
     if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
         return False

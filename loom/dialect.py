@@ -48,8 +48,12 @@ class Rollback(Exception):
         self.result = result
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Dialect:
+    """One of the two module-level dialects below, compared and hashed by identity: its
+    memoized methods hash it on every call, and a field-by-field hash cost a tuple of six
+    each time on the writer thread's hot path."""
+
     name: str
     """`sqlite` or `postgresql`: the backend `loom doctor` reports.
 
@@ -121,7 +125,7 @@ class Dialect:
         others unused), so both spell the same statement with the same numbering."""
         if self.name == "postgresql":
             return arrays
-        return ([list(row) for row in zip(*arrays, strict=True)], *([None] * (len(arrays) - 1)))
+        return (list(zip(*arrays, strict=True)), *([None] * (len(arrays) - 1)))
 
 
 POSTGRESQL = Dialect(

@@ -128,8 +128,10 @@ class SQLiteConnection:
     def _execute(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         rowsets = _rowset_parameters(sql)
         # Past MAX_INLINE_ROWS every size spells the same text: one cache entry, not one each.
-        sizes = tuple(min(len(args[p - 1]), _MANY) for p in rowsets)
+        sizes = tuple(min(len(args[p - 1]), _MANY) for p in rowsets) if rowsets else ()
         text, count, arrays, unused, inline = _spell(sql, sizes)
+        if not (arrays or unused or inline) and count == len(args):
+            return self._conn.execute(text, args)  # most statements: the arguments as given
         # A statement binds parameters 1..count: operations pass one argument list to the
         # several statements of one write, each using part of it. Those it does not use are
         # bound as NULL, not encoded; small row sets are bound value by value after them.
@@ -151,8 +153,8 @@ class SQLiteConnection:
         return rows[0] if rows else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else row[0]
+        rows = self._execute(sql, args).fetchall()  # not through fetchrow: one coroutine less
+        return rows[0][0] if rows else None
 
     async def execute(self, sql: str, *args: Any) -> None:
         self._execute(sql, args).fetchall()

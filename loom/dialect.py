@@ -165,7 +165,9 @@ class Connection(Protocol):
 
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
-    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def execute(self, sql: str, *args: Any) -> int:
+        """The number of rows the statement wrote: a fence reads it, where `RETURNING`
+        would cost SQLite an ephemeral table per execution."""
 
     async def notify_tasks(self) -> None:
         """Tell other processes, at commit, that tasks became runnable (SQLite: no-op, its

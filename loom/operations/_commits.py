@@ -73,6 +73,9 @@ async def create_and_commit(
     return record, True, result
 
 
+_FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3"
+
+
 async def _delete_leased(conn: Connection, task: ClaimedTask) -> bool:
     """Delete the task if this claim still holds it: the fence and the exactly-once guard.
 
@@ -80,13 +83,7 @@ async def _delete_leased(conn: Connection, task: ClaimedTask) -> bool:
     reclaimed task matches no row. Callers lock the workflow row first (lock order) and raise
     Rollback when this returns False, undoing what they wrote before it.
     """
-    deleted = await conn.fetchval(
-        "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1",
-        task.task_id,
-        task.owner,
-        task.attempt,
-    )
-    return deleted is not None
+    return await conn.execute(_FENCE, task.task_id, task.owner, task.attempt) == 1
 
 
 async def commit_workflow_task(
@@ -375,7 +372,6 @@ async def complete_and_continue(
     return CommitResult(is_committed=False)
 
 
-_FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
 _UNWRITTEN = 0
 """The id of a workflow task committed in the transaction that created its workflow (an
 eager start): it was never written, so there is no lease to fence (ids start at 1)."""
@@ -415,7 +411,7 @@ async def _fence_and_insert(
         *d.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
         *_task_columns(d, task, specs, eager_lease_ms, now),
     )
-    if task.task_id != _UNWRITTEN and await conn.fetchval(_FENCE, *args) is None:
+    if task.task_id != _UNWRITTEN and await conn.execute(_FENCE, *args) != 1:
         return None
     if events:
         await conn.execute(_insert_events(d, 4), *args)

@@ -156,8 +156,10 @@ class SQLiteConnection:
         rows = self._execute(sql, args).fetchall()  # not through fetchrow: one coroutine less
         return rows[0][0] if rows else None
 
-    async def execute(self, sql: str, *args: Any) -> None:
-        self._execute(sql, args).fetchall()
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = self._execute(sql, args)
+        cursor.fetchall()
+        return max(cursor.rowcount, 0)  # -1 for statements that write no rows
 
     async def notify_tasks(self) -> None:
         """Nothing to do: only this process's workers share the writer, and the store wakes

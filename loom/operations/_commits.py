@@ -141,24 +141,12 @@ def _update_workflow(
     task exists; no row otherwise. Whoever creates a workflow task also bumps last_sequence
     or epoch in that transaction, so the re-checked row catches one committed while we waited.
     """
-    guard = " AND status <> 'SUSPENDED'" if expected is None else _OPEN_GUARD
     extra: tuple[object, ...] = ()
     if expected is not None:
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
-        guard, extra = f"{guard} AND epoch = $13", (epoch,)
-    numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
-    sql = (
-        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
-        # No state given: the stored one stays, and readers fold the state events after it.
-        "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
-        "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
-        "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
-        "step_description = COALESCE($7, step_description), processed_sequence = $8, "
-        "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
-        f"WHERE workflow_id = $10{guard} "
-        "RETURNING last_sequence, epoch, parent_id, parent_seq"
-    )
+        extra = (epoch,)
+    sql = _update_sql(dialect, expected is not None, epoch is not None)
     args = (
         leading + len(activation.events),
         activation.status.value,
@@ -175,6 +163,27 @@ def _update_workflow(
         *extra,
     )
     return sql, args
+
+
+@functools.cache
+def _update_sql(dialect: Dialect, expected: bool, epoch: bool) -> str:
+    """`_update_workflow`'s statement, built once per guard: every workflow step runs it,
+    and a new 700-character text per call was hashed again by every cache it met."""
+    guard = " AND status <> 'SUSPENDED'" if not expected else _OPEN_GUARD
+    if not expected and epoch:
+        guard = f"{guard} AND epoch = $13"
+    numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
+    return (
+        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
+        # No state given: the stored one stays, and readers fold the state events after it.
+        "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
+        "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
+        "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
+        "step_description = COALESCE($7, step_description), processed_sequence = $8, "
+        "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
+        f"WHERE workflow_id = $10{guard} "
+        "RETURNING last_sequence, epoch, parent_id, parent_seq"
+    )
 
 
 async def _commit_activation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
+from json.encoder import encode_basestring
 from typing import Annotated, Any, TypeAlias
 
 import typing_extensions
@@ -20,14 +21,39 @@ _canonical = json.JSONEncoder(
 loads = json.loads
 
 
+def _made_once(sort_keys: bool) -> Any:
+    """A compact C encoder made once (None without the json C accelerator).
+
+    `JSONEncoder.encode` makes a new one, and a dict of the containers seen, for every value:
+    most of the cost of the ~17 payloads encoded per workflow. Without that dict a circular
+    value ends in RecursionError, which `_encode` tells as a ValueError."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # private: typeshed omits it
+    if make is None:
+        return None
+    return make(None, _encoder.default, encode_basestring, None, ":", ",", sort_keys, False, False)
+
+
+_compact = _made_once(sort_keys=False)
+_sorted = _made_once(sort_keys=True)
+
+
+def _encode(encoder: Any, fallback: json.JSONEncoder, value: JSON) -> str:
+    if encoder is None or isinstance(value, str):
+        return fallback.encode(value)
+    try:
+        return "".join(encoder(value, 0))
+    except RecursionError:
+        raise ValueError("the value is circular or nested too deeply for JSON") from None
+
+
 def dumps(value: JSON) -> str:
     """Compact JSON; raises TypeError/ValueError for values JSON cannot hold."""
-    return _encoder.encode(value)
+    return _encode(_compact, _encoder, value)
 
 
 def digest(value: JSON) -> str:
     """Short stable digest of a JSON value, used to match activity arguments on replay."""
-    return hashlib.sha256(_canonical.encode(value).encode()).hexdigest()[:16]
+    return hashlib.sha256(_encode(_sorted, _canonical, value).encode()).hexdigest()[:16]
 
 
 def measured_digest(value: JSON) -> tuple[str, int]:
@@ -35,7 +61,7 @@ def measured_digest(value: JSON) -> tuple[str, int]:
 
     Sorting keys does not change the length, so the canonical text measures `dumps(value)`.
     """
-    data = _canonical.encode(value).encode()
+    data = _encode(_sorted, _canonical, value).encode()
     return hashlib.sha256(data).hexdigest()[:16], len(data)
 
 

@@ -48,8 +48,12 @@ class Rollback(Exception):
         self.result = result
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Dialect:
+    """One of the two module-level dialects below, compared and hashed by identity: its
+    memoized methods hash it on every call, and a field-by-field hash cost a tuple of six
+    each time on the writer thread's hot path."""
+
     name: str
     """`sqlite` or `postgresql`: the backend `loom doctor` reports.
 
@@ -121,7 +125,7 @@ class Dialect:
         others unused), so both spell the same statement with the same numbering."""
         if self.name == "postgresql":
             return arrays
-        return ([list(row) for row in zip(*arrays, strict=True)], *([None] * (len(arrays) - 1)))
+        return (list(zip(*arrays, strict=True)), *([None] * (len(arrays) - 1)))
 
 
 POSTGRESQL = Dialect(
@@ -161,7 +165,9 @@ class Connection(Protocol):
 
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
-    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def execute(self, sql: str, *args: Any) -> int:
+        """The number of rows the statement wrote: a fence reads it, where `RETURNING`
+        would cost SQLite an ephemeral table per execution."""
 
     async def notify_tasks(self) -> None:
         """Tell other processes, at commit, that tasks became runnable (SQLite: no-op, its

@@ -23,6 +23,11 @@ if not any(ep.value == "loom._pytest" for ep in entry_points(group="pytest11")):
     # the installed package metadata loads the plugin itself.
     pytest_plugins = ["loom._pytest"]
 
+# A module's first compile is a child process with a 60 s limit (a guard against compile
+# bombs); on a loaded 2-core machine a large component took longer. Tests of the limit pass
+# their own; worker subprocesses inherit this.
+os.environ.setdefault("LOOM_COMPILE_TIMEOUT_S", "600")
+
 POSTGRES_URL = os.environ.get("LOOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -73,6 +73,9 @@ async def create_and_commit(
     return record, True, result
 
 
+_FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3"
+
+
 async def _delete_leased(conn: Connection, task: ClaimedTask) -> bool:
     """Delete the task if this claim still holds it: the fence and the exactly-once guard.
 
@@ -80,13 +83,7 @@ async def _delete_leased(conn: Connection, task: ClaimedTask) -> bool:
     reclaimed task matches no row. Callers lock the workflow row first (lock order) and raise
     Rollback when this returns False, undoing what they wrote before it.
     """
-    deleted = await conn.fetchval(
-        "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1",
-        task.task_id,
-        task.owner,
-        task.attempt,
-    )
-    return deleted is not None
+    return await conn.execute(_FENCE, task.task_id, task.owner, task.attempt) == 1
 
 
 async def commit_workflow_task(
@@ -144,24 +141,12 @@ def _update_workflow(
     task exists; no row otherwise. Whoever creates a workflow task also bumps last_sequence
     or epoch in that transaction, so the re-checked row catches one committed while we waited.
     """
-    guard = " AND status <> 'SUSPENDED'" if expected is None else _OPEN_GUARD
     extra: tuple[object, ...] = ()
     if expected is not None:
         extra = (*expected, workflow_task_key(task.workflow_id))
     elif epoch is not None:
-        guard, extra = f"{guard} AND epoch = $13", (epoch,)
-    numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
-    sql = (
-        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
-        # No state given: the stored one stays, and readers fold the state events after it.
-        "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
-        "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
-        "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
-        "step_description = COALESCE($7, step_description), processed_sequence = $8, "
-        "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
-        f"WHERE workflow_id = $10{guard} "
-        "RETURNING last_sequence, epoch, parent_id, parent_seq"
-    )
+        extra = (epoch,)
+    sql = _update_sql(dialect, expected is not None, epoch is not None)
     args = (
         leading + len(activation.events),
         activation.status.value,
@@ -178,6 +163,27 @@ def _update_workflow(
         *extra,
     )
     return sql, args
+
+
+@functools.cache
+def _update_sql(dialect: Dialect, expected: bool, epoch: bool) -> str:
+    """`_update_workflow`'s statement, built once per guard: every workflow step runs it,
+    and a new 700-character text per call was hashed again by every cache it met."""
+    guard = " AND status <> 'SUSPENDED'" if not expected else _OPEN_GUARD
+    if not expected and epoch:
+        guard = f"{guard} AND epoch = $13"
+    numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
+    return (
+        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
+        # No state given: the stored one stays, and readers fold the state events after it.
+        "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
+        "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
+        "error = $4, step_index = $5, current_step = COALESCE($6, current_step), "
+        "step_description = COALESCE($7, step_description), processed_sequence = $8, "
+        "epoch = epoch + 1, updated_at = $9, source_hash = COALESCE($11, source_hash) "
+        f"WHERE workflow_id = $10{guard} "
+        "RETURNING last_sequence, epoch, parent_id, parent_seq"
+    )
 
 
 async def _commit_activation(
@@ -375,7 +381,6 @@ async def complete_and_continue(
     return CommitResult(is_committed=False)
 
 
-_FENCE = "DELETE FROM tasks WHERE task_id = $1 AND lease_owner = $2 AND attempts = $3 RETURNING 1"
 _UNWRITTEN = 0
 """The id of a workflow task committed in the transaction that created its workflow (an
 eager start): it was never written, so there is no lease to fence (ids start at 1)."""
@@ -415,7 +420,7 @@ async def _fence_and_insert(
         *d.columns([e.kind.value for e in events], [dumps(e.payload) for e in events]),
         *_task_columns(d, task, specs, eager_lease_ms, now),
     )
-    if task.task_id != _UNWRITTEN and await conn.fetchval(_FENCE, *args) is None:
+    if task.task_id != _UNWRITTEN and await conn.execute(_FENCE, *args) != 1:
         return None
     if events:
         await conn.execute(_insert_events(d, 4), *args)

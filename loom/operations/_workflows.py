@@ -20,7 +20,7 @@ _INSERT_WORKFLOW = (
     "input, state, owner, agent, parent_id, parent_seq, source_hash, total_steps, "
     "last_sequence, created_at, updated_at) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13) "
-    "ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id"
+    "ON CONFLICT (workflow_id) DO NOTHING"
 )
 _INSERT_STARTED = (
     "INSERT INTO events (workflow_id, sequence, kind, payload, created_at) "
@@ -60,12 +60,15 @@ async def _insert_workflow(
     if not first_task:
         args = args[:15]
     if conn.dialect.writable_ctes:  # one round trip, atomic without a transaction
-        parts = [f"w AS ({_INSERT_WORKFLOW})", f"e AS ({_INSERT_STARTED} FROM w)"]
+        parts = [
+            f"w AS ({_INSERT_WORKFLOW} RETURNING workflow_id)",
+            f"e AS ({_INSERT_STARTED} FROM w)",
+        ]
         if first_task:
             parts.append(f"t AS ({_INSERT_FIRST_TASK} FROM w ON CONFLICT (task_key) DO NOTHING)")
         inserted = await conn.fetchval(f"WITH {', '.join(parts)} SELECT COUNT(*) FROM w", *args)
         return bool(inserted)
-    if await conn.fetchval(_INSERT_WORKFLOW, *args) is None:
+    if not await conn.execute(_INSERT_WORKFLOW, *args):  # the count: no RETURNING table
         return False
     await conn.execute(_INSERT_STARTED, *args)
     if first_task:

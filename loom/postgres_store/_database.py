@@ -102,8 +102,10 @@ class PostgresConnection:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self._conn.fetchval(sql, *args)
 
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(sql, *args)
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._conn.execute(sql, *args)  # the command tag: "DELETE 1"
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
 
     async def notify_tasks(self) -> None:
         """Delivered at commit: workers in other processes claim what became runnable."""

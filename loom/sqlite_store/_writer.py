@@ -46,6 +46,8 @@ _ROWSET = re.compile(r"\{rows (\d+) (\w+) ([\w,]+) (\w+|-)\}")
 """A `Dialect.rows` set: `{rows PARAM ALIAS COLUMN,... ORDINALITY-or-dash}`."""
 MAX_INLINE_ROWS = 16
 _MANY = MAX_INLINE_ROWS + 1
+_CELL = re.compile(r"@(\d+)")
+"""A value of an inline row set while `_spell` numbers them (`@` is free in engine SQL)."""
 _ARRAY_PARAMETER = re.compile(r"json_each\(\$(\d+)\)")
 """An array parameter (`Dialect.any`, `none_of`, many rows): bound as JSON text."""
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
@@ -128,16 +130,16 @@ class SQLiteConnection:
     def _execute(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         rowsets = _rowset_parameters(sql)
         # Past MAX_INLINE_ROWS every size spells the same text: one cache entry, not one each.
-        sizes = tuple(min(len(args[p - 1]), _MANY) for p in rowsets)
-        text, count, arrays, unused, inline = _spell(sql, sizes)
-        # A statement binds parameters 1..count: operations pass one argument list to the
-        # several statements of one write, each using part of it. Those it does not use are
-        # bound as NULL, not encoded; small row sets are bound value by value after them.
-        params = list(args[:count])
+        sizes = tuple(min(len(args[p - 1]), _MANY) for p in rowsets) if rowsets else ()
+        text, picks, arrays, inline, verbatim = _spell(sql, sizes)
+        if verbatim == len(args):
+            return self._conn.execute(text, args)  # most statements: the arguments as given
+        # Operations pass one argument list to the several statements of one write, each
+        # using part of it: only the parameters this one uses are bound (an unused one bound
+        # as NULL cost sqlite3 a failed adaptation each), then small row sets value by value.
+        params = [args[i] for i in picks]
         for i in arrays:
             params[i] = dumps(params[i])
-        for i in unused:
-            params[i] = None
         for p in inline:
             for row in args[p - 1]:
                 params.extend(row)
@@ -151,11 +153,13 @@ class SQLiteConnection:
         return rows[0] if rows else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else row[0]
+        rows = self._execute(sql, args).fetchall()  # not through fetchrow: one coroutine less
+        return rows[0][0] if rows else None
 
-    async def execute(self, sql: str, *args: Any) -> None:
-        self._execute(sql, args).fetchall()
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = self._execute(sql, args)
+        cursor.fetchall()
+        return max(cursor.rowcount, 0)  # -1 for statements that write no rows
 
     async def notify_tasks(self) -> None:
         """Nothing to do: only this process's workers share the writer, and the store wakes
@@ -183,27 +187,23 @@ def _rowset_parameters(sql: str) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=1024)
 def _spell(
     sql: str, sizes: tuple[int, ...]
-) -> tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """SQLite's text of `sql` for row sets of `sizes` rows; the count of parameters it
-    binds before any inline rows; the (0-based) positions of the arrays it reads as JSON
-    (`json_each`) and of the parameters it does not use; and the row-set parameters spelled
-    inline as `VALUES`, whose values are bound, row after row, after parameter `count`.
+) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """SQLite's text of `sql` for row sets of `sizes` rows, with its parameters renumbered
+    1..k over the ones it uses; the (0-based) positions of the arguments bound to them, in
+    order; which of those are arrays it reads as JSON (`json_each`); the row-set parameters
+    spelled inline as `VALUES`, whose values are bound, row after row, after them; and the
+    number of arguments that are bound just as given (all of them, in order, nothing to
+    encode or add), or -1.
 
     A few rows as `VALUES` bind their values directly: measured about half the cost of
     parsing a JSON array of rows (whose payloads, JSON text themselves, were escaped twice).
     Many rows stay one JSON array: one statement text, and no limit on bound variables."""
-    spelled_as_json = (
-        int(m[1])
-        for m, rows in zip(_ROWSET.finditer(sql), sizes, strict=True)
-        if rows > MAX_INLINE_ROWS
-    )
-    count = max((*(int(n) for n in _PARAMETER.findall(sql)), *spelled_as_json), default=0)
-    inline: list[int] = []
-    bound = count
+    cells = 0
     rowsets = iter(sizes)
+    inline: list[int] = []
 
     def rowset(match: re.Match[str]) -> str:
-        nonlocal bound
+        nonlocal cells
         param, alias, ordinality = int(match[1]), match[2], match[4]
         names = match[3].split(",")
         rows = next(rowsets)
@@ -218,22 +218,28 @@ def _spell(
             return f"(SELECT {nulls} WHERE false) AS {alias}"
         values = []
         for n in range(1, rows + 1):
-            cells = [f"?{bound + i + 1}" for i in range(len(names))]
-            bound += len(names)
-            values.append(f"({', '.join([*cells, str(n)] if ordinality != '-' else cells)})")
+            # `@n`: the n-th inline value, numbered after the parameters below
+            row = [f"@{cells + i + 1}" for i in range(len(names))]
+            cells += len(names)
+            values.append(f"({', '.join([*row, str(n)] if ordinality != '-' else row)})")
         columns = [*names, ordinality] if ordinality != "-" else names
         renamed = ", ".join(f"column{i + 1} AS {c}" for i, c in enumerate(columns))
         return f"(SELECT {renamed} FROM (VALUES {', '.join(values)})) AS {alias}"
 
     text = _ROWSET.sub(rowset, sql)
-    used = {int(n) for n in _PARAMETER.findall(text)}
+    used = sorted({int(n) for n in _PARAMETER.findall(text)})
+    number = {n: i for i, n in enumerate(used, start=1)}
     arrays = {int(n) for n in _ARRAY_PARAMETER.findall(text)}
+    text = _CELL.sub(lambda m: f"?{len(used) + int(m[1])}", text)
+    picks = tuple(n - 1 for n in used)
+    encoded = tuple(i for i, n in enumerate(used) if n in arrays)
+    as_given = not (encoded or inline) and picks == tuple(range(len(picks)))
     return (
-        _PARAMETER.sub(r"?\1", text),
-        count,
-        tuple(n - 1 for n in sorted(arrays)),
-        tuple(n - 1 for n in range(1, count + 1) if n not in used),
+        _PARAMETER.sub(lambda m: f"?{number[int(m[1])]}", text),
+        picks,
+        encoded,
         tuple(inline),
+        len(picks) if as_given else -1,
     )
 
 

@@ -46,6 +46,24 @@ def _assert_exactly_once(db: Path, ids: list[str]) -> None:
         conn.close()
 
 
+def _events(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _until_progress(db: Path, since: int, timeout: float = 90) -> None:
+    """Until a worker has written events past `since`: it is doing real work, whatever the
+    machine's load (a fixed sleep after "serving" killed idle workers at load 9)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _events(db) <= since:
+        assert loop.time() < deadline, "the worker made no progress"
+        await asyncio.sleep(0.02)
+
+
 def _leased_tasks(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
@@ -66,9 +84,11 @@ async def _sigkill_run(db_path: Path, spawn_worker, workflows: int, kills: int) 
     rng = random.Random(7)
     stranded = []
     for index in range(kills):
+        before = _events(db_path)
         proc = spawn_worker(db_path, "--lease-seconds", "1", "--concurrency", "4")
         await wait_serving(db_path.parent / f"worker-{index}.log", timeout=90)
-        await asyncio.sleep(rng.uniform(0.3, 1.0))  # kill at a random moment of real work
+        await _until_progress(db_path, before)
+        await asyncio.sleep(rng.uniform(0.0, 0.5))  # kill at a random moment of real work
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stranded.append(_leased_tasks(db_path))

@@ -144,7 +144,7 @@ def test_start_signal_inspect_list_against_a_worker(tmp_path: Path) -> None:
     assert "stopped" in (tmp_path / "worker-examples.quiz.log").read_text()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_worker_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     db = tmp_path / "loom.db"
     assert loom_cli("init", db=db).returncode == 0
@@ -152,7 +152,7 @@ def test_worker_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         log = tmp_path / "worker-examples.quiz.log"
         wait_for("the worker to start", lambda: "serving" in log.read_text())
         worker.send_signal(signal.SIGINT)
-        assert worker.wait(timeout=20) == 0
+        assert worker.wait(timeout=90) == 0  # it did exit 0, after 20 s, at load 9
     assert "Traceback" not in log.read_text()
 
 

@@ -40,13 +40,15 @@ def test_row_sets_of_every_size_insert_the_same_rows(count: int) -> None:
 
 def test_small_sets_are_values_and_large_ones_one_json_array() -> None:
     sql = f"SELECT * FROM {SQLITE.rows('r', (('a', 'text'),), 2)} WHERE $1"
-    small, _, _, _, inline = _spell(sql, (3,))
+    small, picks, _, inline, _ = _spell(sql, (3,))
     assert "VALUES" in small and "json_each" not in small and inline == (2,)
-    large, _, arrays, _, inline = _spell(sql, (MAX_INLINE_ROWS + 1,))
-    assert "json_each(?2)" in large and arrays == (1,) and inline == ()
+    # only $1 is bound as a parameter; the three rows' values follow it
+    assert picks == (0,) and "?4" in small and "?5" not in small
+    large, picks, arrays, inline, _ = _spell(sql, (MAX_INLINE_ROWS + 1,))
+    assert "json_each(?2)" in large and picks == (0, 1) and arrays == (1,) and inline == ()
 
 
-def test_parameters_a_statement_does_not_use_are_bound_null_not_encoded() -> None:
+def test_parameters_a_statement_does_not_use_are_not_bound() -> None:
     conn = SQLiteConnection(sqlite3.connect(":memory:", isolation_level=None))
 
     class Unencodable:
@@ -55,4 +57,21 @@ def test_parameters_a_statement_does_not_use_are_bound_null_not_encoded() -> Non
     async def op() -> object:
         return await conn.fetchval("SELECT $2 + 1", Unencodable(), 41)
 
-    assert run_now(op()) == 42  # sqlite3 cannot bind an Unencodable: parameter 1 was NULL
+    assert run_now(op()) == 42  # sqlite3 cannot bind an Unencodable: parameter 1 was left out
+
+
+def test_statements_renumber_their_parameters_around_unused_ones() -> None:
+    conn = SQLiteConnection(sqlite3.connect(":memory:", isolation_level=None))
+    pairs = SQLITE.rows("p", (("a", "text"), ("b", "bigint")), 4)
+
+    async def op() -> object:
+        return await conn.fetch(
+            f"SELECT $1, $3, a, b, $6 FROM {pairs} WHERE $3 IS NOT NULL",
+            "one",
+            "unused",
+            3,
+            *SQLITE.columns(["x", "y"], [10, 20]),
+            "six",
+        )
+
+    assert run_now(op()) == [("one", 3, "x", 10, "six"), ("one", 3, "y", 20, "six")]

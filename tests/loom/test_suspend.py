@@ -124,7 +124,9 @@ async def test_suspended_workflow_keeps_signals_and_timers_until_resumed(
 
 async def test_timer_due_while_suspended_fires_after_resume(store: Store, make_worker: Any) -> None:
     async with make_worker([Approval], [reserve]):
-        handle = await Approval.start({"nap": 0.3}, workflow_id="napper")
+        # Long enough that the suspension lands before the timer is due even on a loaded box
+        # (0.3 s was not, at load 9); checked below, so a late one fails as such.
+        handle = await Approval.start({"nap": 2.0}, workflow_id="napper")
         await handle.signal("approve", True)
         await _until(
             handle,
@@ -137,6 +139,12 @@ async def test_timer_due_while_suspended_fires_after_resume(store: Store, make_w
             if e.kind is EventKind.TIMER_STARTED
         )
         fire_at = int(started.payload["fire_at"])
+        suspended = next(
+            e
+            for e in await store.list_events(handle.workflow_id)
+            if e.kind is EventKind.WORKFLOW_SUSPENDED
+        )
+        assert suspended.created_at < fire_at, "suspended only after the timer was due"
         while store.now_ms() <= fire_at + 50:  # the clock passing the due time, not a sync
             await asyncio.sleep(0.05)
         assert await _nothing_claimable(store, handle.workflow_id)

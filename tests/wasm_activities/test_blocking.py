@@ -35,7 +35,9 @@ pytestmark = pytest.mark.timeout(600)  # the first test builds the module (zig c
 Prepared = Callable[[str], PreparedModule]
 LIMIT = Limits(timeout_ms=500)
 LATE_S = 2.0  # a 500 ms timeout ends within this, even on a loaded 2-core machine
-MAX_LAG_S = 0.25
+MAX_LAG_S = 0.45
+"""Under the shortest stall these tests catch (a call blocking the loop for its 500 ms
+timeout); 0.27 s was seen from scheduling alone with the 2-core box at load 9."""
 
 
 @asynccontextmanager

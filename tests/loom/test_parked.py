@@ -1,10 +1,12 @@
 """Workflows parked in numbers (issue 16): runs evicted from a small cache resume correctly
-when woken, nothing per workflow outlives its completion, and a burst of starts holds a
+when woken, nothing per workflow outlives its completion (nor waits for the cyclic garbage
+collector to free it), and a burst of starts holds a
 bounded number of live runs at once."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from typing import Any
 
@@ -70,6 +72,27 @@ async def test_nothing_per_workflow_is_left_after_completion(db_path, make_worke
         assert not store.wakeups._closed
         watcher = _watchers[(id(store), asyncio.get_running_loop())]
         assert not watcher._waiting
+
+
+async def test_a_finished_run_is_freed_without_the_cycle_collector(db_path, make_worker) -> None:
+    async with make_worker([ParkedDraw], [reserve], max_cached_workflows=2):
+        gc.collect()
+        gc.disable()
+        try:
+            handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(6)))
+            await eventually(lambda: parked(6), "all six parked on their signal")
+            # A dict payload becomes a tracked state value, which points back at its run.
+            await asyncio.gather(*(h.signal("approve", {"n": 1}) for h in handles))
+            await asyncio.gather(*(h.result(timeout=30) for h in handles))
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            garbage = {type(o).__qualname__ for o in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    # Evicted while parked, replayed, finished: each left through WorkflowRun.close.
+    assert not garbage & {"WorkflowRun", "WorkflowContext", "StateProxy", "TrackedDict"}
 
 
 async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(

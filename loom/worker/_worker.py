@@ -82,6 +82,7 @@ from loom.worker._runs import (
     _stored_definition,
     _suspension_error,
 )
+from loom.worker._slots import Slots
 from loom.worker._spans import _activity_span, _stamp_activities, _workflow_span
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
@@ -194,7 +195,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._wake: asyncio.Event | None = None
-        self._start_slots: asyncio.Semaphore | None = None
+        self._start_slots: Slots | None = None
         """Bounds the eager starts in progress (see MAX_STARTING); made on the worker's loop."""
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
@@ -281,7 +282,7 @@ class Worker:
         store = self._store = get_store(self.database)
         await store.reserve(self.concurrency)
         self._wake = asyncio.Event()
-        self._start_slots = asyncio.Semaphore(MAX_STARTING)
+        self._start_slots = Slots(MAX_STARTING)
         self._raise_gc_threshold()
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)

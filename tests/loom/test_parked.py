@@ -16,6 +16,7 @@ import loom
 import loom.worker._worker
 from loom.client import _watchers, get_store
 from loom.history import EventKind
+from loom.worker._slots import Slots
 from tests.loom.test_breaker import eventually
 
 
@@ -122,3 +123,37 @@ async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(
     assert [s["item"] for s in states] == [n + 1 for n in range(30)]
     assert calls == 30  # every start waited for a slot and still started eagerly
     assert 1 < peak <= 3
+
+
+async def test_start_slots_are_served_in_order_and_survive_cancelled_waiters() -> None:
+    slots = Slots(2)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def hold(n: int) -> None:
+        async with slots:
+            order.append(n)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(hold(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    assert order == [0, 1]  # two slots: the other four wait
+    tasks[2].cancel()  # a waiter gone before its turn is skipped, its slot not lost
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order == [0, 1, 3, 4, 5]
+    async with slots, slots:  # both slots are free again
+        pass
+
+
+async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None:
+    slots = Slots(1)
+    await slots.__aenter__()
+    handed = asyncio.ensure_future(slots.__aenter__())
+    later = asyncio.ensure_future(slots.__aenter__())
+    await asyncio.sleep(0)
+    await slots.__aexit__(None, None, None)  # the slot goes to `handed`'s future ...
+    handed.cancel()  # ... whose task is cancelled before it resumes
+    await asyncio.wait_for(later, timeout=5)  # the slot reached the next waiter
+    assert handed.cancelled()

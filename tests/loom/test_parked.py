@@ -157,3 +157,23 @@ async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None
     handed.cancel()  # ... whose task is cancelled before it resumes
     await asyncio.wait_for(later, timeout=5)  # the slot reached the next waiter
     assert handed.cancelled()
+
+
+async def test_the_young_gc_threshold_follows_the_runs_held(
+    db_path, make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loom.worker._worker, "GC_OBJECTS_PER_RUN", 10_000)  # 6 runs: 120k
+    before = gc.get_threshold()
+    async with make_worker([ParkedDraw], [reserve], lease_seconds=0.3):
+        raised = gc.get_threshold()[0]
+        handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(6)))
+        await eventually(lambda: parked(6), "all six parked on their signal")
+        assert gc.get_threshold()[0] >= 100_000 > raised  # room for the runs cached
+        await asyncio.gather(*(h.signal("approve") for h in handles))
+        await asyncio.gather(*(h.result(timeout=30) for h in handles))
+
+        async def back_down() -> bool:  # at the next heartbeat, once the cache drained
+            return gc.get_threshold()[0] == raised
+
+        await eventually(back_down, "the threshold back where the worker set it")
+    assert gc.get_threshold() == before

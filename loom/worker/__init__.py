@@ -17,6 +17,8 @@ this list, never up; a `layers` contract in pyproject.toml holds it):
   whose code a diverged replay belongs to, stored definitions, poison pills and the error
   a suspension keeps.
 - `_outage`: `_backoff` and `_Outage`, which reports a failing store once, not per retry.
+- `_slots`: `Slots`, the first-come bound on eager starts (MAX_STARTING), O(1) however many
+  wait.
 """
 
 from __future__ import annotations

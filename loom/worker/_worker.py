@@ -82,6 +82,7 @@ from loom.worker._runs import (
     _stored_definition,
     _suspension_error,
 )
+from loom.worker._slots import Slots
 from loom.worker._spans import _activity_span, _stamp_activities, _workflow_span
 from loom.workflow import Workflow
 from wasm_activities import SandboxError
@@ -96,6 +97,15 @@ GC_GEN0_THRESHOLD = 50_000
 """The engine allocates many short-lived objects per workflow (futures, events, handles);
 with CPython's default gen-0 threshold of 700 the collector runs every few workflows and
 scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
+GC_OBJECTS_PER_RUN = 128
+"""While the run cache holds more than GC_GEN0_THRESHOLD / this many runs, the young threshold
+grows to this many objects per cached run (up to GC_MAX_THRESHOLD). A young collection looks
+at every object allocated since the last one; when those are the parts of live runs (a burst
+of 10,000 started at once holds ~50 per workflow) it frees nothing, promotes them all and then
+walks them again in a generation-1 collection: the GC share per workflow grew 5x from 1k to
+10k in flight. Scaled with the runs held, collections stay as rare per workflow as at 1k; a
+finished run is freed by refcounting (WorkflowRun.close), so garbage does not pile up."""
+GC_MAX_THRESHOLD = 500_000
 CLAIM_BATCH = 256
 MAX_STARTING = 1024
 """At most this many eager starts (see `Worker.start`) hold a live run while their commit
@@ -194,7 +204,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._wake: asyncio.Event | None = None
-        self._start_slots: asyncio.Semaphore | None = None
+        self._start_slots: Slots | None = None
         """Bounds the eager starts in progress (see MAX_STARTING); made on the worker's loop."""
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
@@ -202,6 +212,7 @@ class Worker:
         self._activity_registry: Registry | None = None
         self.tune_gc = tune_gc
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._gc_young = GC_MAX_THRESHOLD  # no fitting until the threshold is raised
         self._peak_runs = 0
         """The most runs the cache held since memory was last given back."""
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
@@ -281,7 +292,7 @@ class Worker:
         store = self._store = get_store(self.database)
         await store.reserve(self.concurrency)
         self._wake = asyncio.Event()
-        self._start_slots = asyncio.Semaphore(MAX_STARTING)
+        self._start_slots = Slots(MAX_STARTING)
         self._raise_gc_threshold()
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
@@ -366,7 +377,18 @@ class Worker:
         current = gc.get_threshold()
         if self.tune_gc and current[0] < GC_GEN0_THRESHOLD:
             self._gc_threshold = (current[0], current[1], current[2])
+            self._gc_young = GC_GEN0_THRESHOLD
             gc.set_threshold(GC_GEN0_THRESHOLD, current[1], current[2])
+
+    def _fit_gc_threshold(self) -> None:
+        """See GC_OBJECTS_PER_RUN: room for twice the runs cached now, or back down."""
+        if self._gc_threshold is None:
+            return
+        wanted = len(self._cache) * GC_OBJECTS_PER_RUN * 2
+        young = min(max(wanted, GC_GEN0_THRESHOLD), GC_MAX_THRESHOLD)
+        if young != self._gc_young:
+            self._gc_young = young
+            gc.set_threshold(young, *gc.get_threshold()[1:])
 
     async def _claim_loop(self, store: Store) -> None:
         assert self._wake is not None
@@ -510,6 +532,8 @@ class Worker:
 
     async def _give_back_memory(self) -> None:
         """After a burst drained (see GIVE_BACK_AFTER_RUNS), return the freed heap."""
+        if len(self._cache) * GC_OBJECTS_PER_RUN * 4 < self._gc_young:
+            self._fit_gc_threshold()  # the burst drained: collect as often as before
         held = len(self._cache) + len(self._inflight)
         if self._peak_runs >= GIVE_BACK_AFTER_RUNS and held <= self._peak_runs // 4:
             self._peak_runs = held
@@ -757,6 +781,8 @@ class Worker:
                 displaced.close()
             self._cache[run.workflow_id] = run
             self._peak_runs = max(self._peak_runs, len(self._cache))
+            if len(self._cache) * GC_OBJECTS_PER_RUN > self._gc_young:
+                self._fit_gc_threshold()
             if len(self._cache) > self.max_cached_workflows:
                 _, evicted = self._cache.popitem(last=False)
                 evicted.close()

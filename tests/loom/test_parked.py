@@ -1,10 +1,12 @@
 """Workflows parked in numbers (issue 16): runs evicted from a small cache resume correctly
-when woken, nothing per workflow outlives its completion, and a burst of starts holds a
+when woken, nothing per workflow outlives its completion (nor waits for the cyclic garbage
+collector to free it), and a burst of starts holds a
 bounded number of live runs at once."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from typing import Any
 
@@ -14,6 +16,7 @@ import loom
 import loom.worker._worker
 from loom.client import _watchers, get_store
 from loom.history import EventKind
+from loom.worker._slots import Slots
 from tests.loom.test_breaker import eventually
 
 
@@ -72,6 +75,27 @@ async def test_nothing_per_workflow_is_left_after_completion(db_path, make_worke
         assert not watcher._waiting
 
 
+async def test_a_finished_run_is_freed_without_the_cycle_collector(db_path, make_worker) -> None:
+    async with make_worker([ParkedDraw], [reserve], max_cached_workflows=2):
+        gc.collect()
+        gc.disable()
+        try:
+            handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(6)))
+            await eventually(lambda: parked(6), "all six parked on their signal")
+            # A dict payload becomes a tracked state value, which points back at its run.
+            await asyncio.gather(*(h.signal("approve", {"n": 1}) for h in handles))
+            await asyncio.gather(*(h.result(timeout=30) for h in handles))
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            garbage = {type(o).__qualname__ for o in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    # Evicted while parked, replayed, finished: each left through WorkflowRun.close.
+    assert not garbage & {"WorkflowRun", "WorkflowContext", "StateProxy", "TrackedDict"}
+
+
 async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(
     db_path, make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,3 +123,57 @@ async def test_a_burst_of_starts_holds_a_bounded_number_of_live_runs(
     assert [s["item"] for s in states] == [n + 1 for n in range(30)]
     assert calls == 30  # every start waited for a slot and still started eagerly
     assert 1 < peak <= 3
+
+
+async def test_start_slots_are_served_in_order_and_survive_cancelled_waiters() -> None:
+    slots = Slots(2)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def hold(n: int) -> None:
+        async with slots:
+            order.append(n)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(hold(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    assert order == [0, 1]  # two slots: the other four wait
+    tasks[2].cancel()  # a waiter gone before its turn is skipped, its slot not lost
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order == [0, 1, 3, 4, 5]
+    async with slots, slots:  # both slots are free again
+        pass
+
+
+async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None:
+    slots = Slots(1)
+    await slots.__aenter__()
+    handed = asyncio.ensure_future(slots.__aenter__())
+    later = asyncio.ensure_future(slots.__aenter__())
+    await asyncio.sleep(0)
+    await slots.__aexit__(None, None, None)  # the slot goes to `handed`'s future ...
+    handed.cancel()  # ... whose task is cancelled before it resumes
+    await asyncio.wait_for(later, timeout=5)  # the slot reached the next waiter
+    assert handed.cancelled()
+
+
+async def test_the_young_gc_threshold_follows_the_runs_held(
+    db_path, make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loom.worker._worker, "GC_OBJECTS_PER_RUN", 10_000)  # 6 runs: 120k
+    before = gc.get_threshold()
+    async with make_worker([ParkedDraw], [reserve], lease_seconds=0.3):
+        raised = gc.get_threshold()[0]
+        handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(6)))
+        await eventually(lambda: parked(6), "all six parked on their signal")
+        assert gc.get_threshold()[0] >= 100_000 > raised  # room for the runs cached
+        await asyncio.gather(*(h.signal("approve") for h in handles))
+        await asyncio.gather(*(h.result(timeout=30) for h in handles))
+
+        async def back_down() -> bool:  # at the next heartbeat, once the cache drained
+            return gc.get_threshold()[0] == raised
+
+        await eventually(back_down, "the threshold back where the worker set it")
+    assert gc.get_threshold() == before

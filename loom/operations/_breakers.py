@@ -183,15 +183,14 @@ async def list_breakers(conn: Connection) -> list[Breaker]:
 
 async def reset_breaker(conn: Connection, name: str, now: int) -> bool:
     """Close a breaker by hand; its deferred attempts become due at once."""
-    reset = await conn.fetchval(
+    reset = await conn.execute(
         "UPDATE circuit_breakers SET state = $1, failure_times = '[]', opened_at = NULL, "
-        "probe_key = NULL, probe_until = NULL, updated_at = $2 WHERE activity_name = $3 "
-        "RETURNING 1",
+        "probe_key = NULL, probe_until = NULL, updated_at = $2 WHERE activity_name = $3",
         BreakerState.CLOSED.value,
         now,
         name,
     )
-    if reset is None:
+    if not reset:
         return False
     await _wake_deferred(conn, name, now)
     return True

@@ -584,16 +584,16 @@ async def retry_activity(
     now: int,
     breaker: BreakerResult | None = None,
 ) -> bool:
-    released = await conn.fetchval(
+    released = await conn.execute(
         "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1, payload = $2, "
-        "recoveries = 0 WHERE task_id = $3 AND lease_owner = $4 AND attempts = $5 RETURNING 1",
+        "recoveries = 0 WHERE task_id = $3 AND lease_owner = $4 AND attempts = $5",
         run_at,
         dumps(payload),
         task.task_id,
         task.owner,
         task.attempt,
     )
-    if released is None:
+    if not released:
         return False
     await _record_breaker(conn, breaker, now)
     await conn.execute(

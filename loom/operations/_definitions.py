@@ -11,16 +11,16 @@ from loom.store import DefinitionRecord
 async def register_definition(
     conn: Connection, name: str, version: str, sha256: str, document: JSON, now: int
 ) -> bool:
-    inserted = await conn.fetchval(
+    inserted = await conn.execute(
         "INSERT INTO definitions (name, version, sha256, document, registered_at) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING 1",
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING",
         name,
         version,
         sha256,
         dumps(document),
         now,
     )
-    if inserted is not None:
+    if inserted:
         return True
     registered = await conn.fetchval(
         "SELECT sha256 FROM definitions WHERE name = $1 AND version = $2", name, version

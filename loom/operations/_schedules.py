@@ -108,7 +108,7 @@ async def set_schedule_paused(
 
 
 async def delete_schedule(conn: Connection, name: str) -> None:
-    if await conn.fetchval("DELETE FROM schedules WHERE name = $1 RETURNING 1", name) is None:
+    if not await conn.execute("DELETE FROM schedules WHERE name = $1", name):
         raise ScheduleNotFoundError(name)
 
 

@@ -51,15 +51,15 @@ async def suspend_workflow(
             raise Rollback(False)
         raise WorkflowClosedError(workflow_id, status.value, "be suspended")
     if task is not None:
-        released = await conn.fetchval(
+        released = await conn.execute(
             "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 "
-            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4 RETURNING 1",
+            "WHERE task_id = $2 AND lease_owner = $3 AND attempts = $4",
             now,
             task.task_id,
             task.owner,
             task.attempt,
         )
-        if released is None:
+        if not released:
             raise Rollback(False)
     if status is WorkflowStatus.SUSPENDED:
         return False

@@ -46,12 +46,16 @@ def _assert_exactly_once(db: Path, ids: list[str]) -> None:
         conn.close()
 
 
-def _events(db: Path) -> int:
+def _count(db: Path, query: str) -> int:
     conn = sqlite3.connect(db)
     try:
-        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(conn.execute(query).fetchone()[0])
     finally:
         conn.close()
+
+
+def _events(db: Path) -> int:
+    return _count(db, "SELECT COUNT(*) FROM events")
 
 
 async def _until_progress(db: Path, since: int, timeout: float = 90) -> None:
@@ -65,13 +69,7 @@ async def _until_progress(db: Path, since: int, timeout: float = 90) -> None:
 
 
 def _leased_tasks(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(
-            conn.execute("SELECT COUNT(*) FROM tasks WHERE lease_owner IS NOT NULL").fetchone()[0]
-        )
-    finally:
-        conn.close()
+    return _count(db, "SELECT COUNT(*) FROM tasks WHERE lease_owner IS NOT NULL")
 
 
 async def _start(count: int) -> list[str]:

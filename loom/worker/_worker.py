@@ -32,7 +32,7 @@ from activity_registry import (
 )
 from loom import telemetry
 from loom._json import JSON, is_json
-from loom._memory import give_back
+from loom._memory import give_back_if_worth_it, shrink_task_registry, shrunk
 from loom.activation import ACTIVITY_TASK, TIMER_TASK
 from loom.activity import Activity, RetryOptions
 from loom.breaker import PROBE_GRACE_MS, BreakerCall, BreakerResult, CircuitBreaker
@@ -112,9 +112,6 @@ MAX_STARTING = 1024
 is queued; more wait for a slot. Two of the SQLite writer's group commits (MAX_BATCH = 512)
 keep it busy, while 100k starts at once no longer hold 100k runs together: that peak, freed
 after the commits, left the heap fragmented (1.8 GB RSS for 10k cached runs)."""
-GIVE_BACK_AFTER_RUNS = 1_000
-"""A worker whose run cache held at least this many runs and has since shrunk to a quarter
-gives the freed heap back to the OS at its next heartbeat (see `loom._memory`)."""
 DEPLOY_RETRY_DELAY_MS = (500, 60_000)
 """Backoff of a workflow task this worker's code cannot replay (another version started it)."""
 ISOLATION_SECONDS = 10.0
@@ -213,8 +210,6 @@ class Worker:
         self.tune_gc = tune_gc
         self._gc_threshold: tuple[int, int, int] | None = None
         self._gc_young = GC_MAX_THRESHOLD  # no fitting until the threshold is raised
-        self._peak_runs = 0
-        """The most runs the cache held since memory was last given back."""
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
@@ -531,13 +526,16 @@ class Worker:
             await asyncio.sleep(self.schedule_interval)
 
     async def _give_back_memory(self) -> None:
-        """After a burst drained (see GIVE_BACK_AFTER_RUNS), return the freed heap."""
+        """Once a burst drained, return the freed heap to the OS (see `loom._memory`)."""
         if len(self._cache) * GC_OBJECTS_PER_RUN * 4 < self._gc_young:
             self._fit_gc_threshold()  # the burst drained: collect as often as before
-        held = len(self._cache) + len(self._inflight)
-        if self._peak_runs >= GIVE_BACK_AFTER_RUNS and held <= self._peak_runs // 4:
-            self._peak_runs = held
-            await asyncio.get_running_loop().run_in_executor(None, give_back)
+        # Tables sized for a burst's runs and tasks, mostly empty now: copied to fit, or
+        # their megabytes could never be given back. A copy only when oversized (cheap).
+        self._cache = shrunk(self._cache)
+        self._advancing = shrunk(self._advancing)
+        self._inflight = shrunk(self._inflight)
+        shrink_task_registry()
+        await asyncio.get_running_loop().run_in_executor(None, give_back_if_worth_it)
 
     async def _give_back(self, store: Store, task: ClaimedTask, err: Exception) -> None:
         """Release a task whose processing failed here, due again after a backoff.
@@ -780,7 +778,6 @@ class Worker:
             if displaced is not None and displaced is not run:
                 displaced.close()
             self._cache[run.workflow_id] = run
-            self._peak_runs = max(self._peak_runs, len(self._cache))
             if len(self._cache) * GC_OBJECTS_PER_RUN > self._gc_young:
                 self._fit_gc_threshold()
             if len(self._cache) > self.max_cached_workflows:

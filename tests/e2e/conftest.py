@@ -10,6 +10,8 @@ from typing import IO
 
 import pytest
 
+import loom
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,6 +58,15 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
         proc.wait()
     for log in logs:
         log.close()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Path]:
+    """A SQLite database this process's client uses (`loom.configure`), for workers to share."""
+    db = tmp_path / "loom.db"
+    loom.configure(database=db)
+    yield db
+    loom.configure(database=None)
 
 
 def worker_logs(tmp_path: Path) -> str:

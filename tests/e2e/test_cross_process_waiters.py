@@ -4,13 +4,11 @@ each poll costs the same at 10 and at 200 waiters, and every handle gets its res
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import loom
 from loom.client import get_store
 from loom.sqlite_store import SQLiteConnection, SQLiteStore
 from loom.store import CloseScan
@@ -73,14 +71,6 @@ class Polls:
             per_poll.add((len(self.statements) - before[0], self.steps - before[1]))
         assert len(per_poll) == 1, per_poll
         return per_poll.pop()
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Path]:
-    db = tmp_path / "loom.db"
-    loom.configure(database=db)
-    yield db
-    loom.configure(database=None)
 
 
 async def test_waiters_poll_in_constant_cost_while_a_worker_process_closes_them(

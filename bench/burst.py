@@ -24,7 +24,7 @@ median [min-max]): before the fixes 1k 0.754 [0.639-0.840], 10k 0.930 [0.771-1.0
 [0.94-1.37]. Instructions per workflow (callgrind, 10k vs 1k): 2.686 vs 2.484 M (1.081x)
 before, 2.530 vs 2.482 M (1.019x) after. What grew: asyncio.Semaphore's waiter scans
 behind MAX_STARTING (see loom/worker/_slots.py) and young collections over live runs
-(GC_OBJECTS_PER_RUN in loom/worker/_worker.py, WorkflowRun.close).
+(GC_OBJECTS_PER_RUN in loom/worker/_heap.py, WorkflowRun.close).
 
 Usage: python bench/burst.py [--workflows 1000 10000] [--rounds 5] [--instructions] [--json]
 """

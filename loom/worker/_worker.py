@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import math
@@ -73,6 +72,7 @@ from loom.worker._activities import (
     _resolve,
     _with_usage,
 )
+from loom.worker._heap import Collector
 from loom.worker._outage import _backoff, _Outage
 from loom.worker._runs import (
     _continues,
@@ -93,19 +93,6 @@ DEFAULT_CONCURRENCY = 100
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_CACHE_SIZE = 10_000
-GC_GEN0_THRESHOLD = 50_000
-"""The engine allocates many short-lived objects per workflow (futures, events, handles);
-with CPython's default gen-0 threshold of 700 the collector runs every few workflows and
-scans every live run, which costs ~30% of throughput at 5k in-flight workflows."""
-GC_OBJECTS_PER_RUN = 128
-"""While the run cache holds more than GC_GEN0_THRESHOLD / this many runs, the young threshold
-grows to this many objects per cached run (up to GC_MAX_THRESHOLD). A young collection looks
-at every object allocated since the last one; when those are the parts of live runs (a burst
-of 10,000 started at once holds ~50 per workflow) it frees nothing, promotes them all and then
-walks them again in a generation-1 collection: the GC share per workflow grew 5x from 1k to
-10k in flight. Scaled with the runs held, collections stay as rare per workflow as at 1k; a
-finished run is freed by refcounting (WorkflowRun.close), so garbage does not pile up."""
-GC_MAX_THRESHOLD = 500_000
 CLAIM_BATCH = 256
 MAX_STARTING = 1024
 """At most this many eager starts (see `Worker.start`) hold a live run while their commit
@@ -207,9 +194,7 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
         self._activity_registry: Registry | None = None
-        self.tune_gc = tune_gc
-        self._gc_threshold: tuple[int, int, int] | None = None
-        self._gc_young = GC_MAX_THRESHOLD  # no fitting until the threshold is raised
+        self._collector = Collector(tune_gc)
         self._failed_claims: list[tuple[ClaimedTask, str, int]] = []
         self._last_traceback = -math.inf
         # workflow_id -> (its code, our hand-backs, why): see _leave_for_its_code
@@ -288,7 +273,7 @@ class Worker:
         await store.reserve(self.concurrency)
         self._wake = asyncio.Event()
         self._start_slots = Slots(MAX_STARTING)
-        self._raise_gc_threshold()
+        self._collector.raise_threshold()
         await self._registry()  # native activities become visible in `loom activity list`
         unsubscribe = store.wakeups.on_tasks(self._wake.set)
         no_starts = store.wakeups.on_start(self)
@@ -315,9 +300,7 @@ class Worker:
             if self._activity_registry is not None:
                 await self._activity_registry.close()
                 self._activity_registry = None
-            if self._gc_threshold is not None:
-                gc.set_threshold(*self._gc_threshold)
-                self._gc_threshold = None
+            self._collector.restore()
 
     # -- starts in this process -----------------------------------------------------------
 
@@ -366,24 +349,6 @@ class Worker:
             telemetry.WORKFLOW_STARTED.add(1, {"workflow": compiled.name})
             self._committed(store, run, activation.status, result)
         return record, created
-
-    def _raise_gc_threshold(self) -> None:
-        """See GC_GEN0_THRESHOLD; restored when the worker stops. `tune_gc=False` opts out."""
-        current = gc.get_threshold()
-        if self.tune_gc and current[0] < GC_GEN0_THRESHOLD:
-            self._gc_threshold = (current[0], current[1], current[2])
-            self._gc_young = GC_GEN0_THRESHOLD
-            gc.set_threshold(GC_GEN0_THRESHOLD, current[1], current[2])
-
-    def _fit_gc_threshold(self) -> None:
-        """See GC_OBJECTS_PER_RUN: room for twice the runs cached now, or back down."""
-        if self._gc_threshold is None:
-            return
-        wanted = len(self._cache) * GC_OBJECTS_PER_RUN * 2
-        young = min(max(wanted, GC_GEN0_THRESHOLD), GC_MAX_THRESHOLD)
-        if young != self._gc_young:
-            self._gc_young = young
-            gc.set_threshold(young, *gc.get_threshold()[1:])
 
     async def _claim_loop(self, store: Store) -> None:
         assert self._wake is not None
@@ -527,8 +492,7 @@ class Worker:
 
     async def _give_back_memory(self) -> None:
         """Once a burst drained, return the freed heap to the OS (see `loom._memory`)."""
-        if len(self._cache) * GC_OBJECTS_PER_RUN * 4 < self._gc_young:
-            self._fit_gc_threshold()  # the burst drained: collect as often as before
+        self._collector.shrank(len(self._cache))
         # Tables sized for a burst's runs and tasks, mostly empty now: copied to fit, or
         # their megabytes could never be given back. A copy only when oversized (cheap).
         self._cache = shrunk(self._cache)
@@ -778,8 +742,7 @@ class Worker:
             if displaced is not None and displaced is not run:
                 displaced.close()
             self._cache[run.workflow_id] = run
-            if len(self._cache) * GC_OBJECTS_PER_RUN > self._gc_young:
-                self._fit_gc_threshold()
+            self._collector.grew(len(self._cache))
             if len(self._cache) > self.max_cached_workflows:
                 _, evicted = self._cache.popitem(last=False)
                 evicted.close()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import loom
+import loom.worker._heap
 import loom.worker._worker
 from loom.client import _watchers, get_store
 from loom.history import EventKind
@@ -162,7 +163,7 @@ async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None
 async def test_the_young_gc_threshold_follows_the_runs_held(
     db_path, make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loom.worker._worker, "GC_OBJECTS_PER_RUN", 10_000)  # 6 runs: 120k
+    monkeypatch.setattr(loom.worker._heap, "GC_OBJECTS_PER_RUN", 10_000)  # 6 runs: 120k
     before = gc.get_threshold()
     async with make_worker([ParkedDraw], [reserve], lease_seconds=0.3):
         raised = gc.get_threshold()[0]

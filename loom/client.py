@@ -407,9 +407,11 @@ class _ClosedWatcher:
             else:
                 await self._poll_statuses()
         finally:
-            # Nobody waits: the next waiter reads a fresh mark rather than every close since.
+            # Nobody waits: the next waiter reads a fresh mark rather than every close since,
+            # into a fresh dict (one never shrinks as keys leave: a burst's megabytes).
             if not self._waiting:
                 self._mark = self._version = None
+                self._waiting = {}
 
     async def _poll_closes(self) -> None:
         loop = asyncio.get_running_loop()

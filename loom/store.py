@@ -656,6 +656,13 @@ class Wakeups:
                 waiters.remove(future)
                 if not waiters:
                     del self._closed[workflow_id]
+                    self._emptied()
+
+    def _emptied(self) -> None:
+        """A dict never shrinks as keys leave: once the last waiter of a burst of 100k has
+        gone, a fresh one lets its megabytes go (under `_closed_lock`)."""
+        if not self._closed:
+            self._closed = {}
 
     def activation_committed(
         self, workflow_id: str, activation: Activation, result: CommitResult
@@ -684,6 +691,7 @@ class Wakeups:
         """Wake in-process waiters; `outcome` spares them reading the final row back."""
         with self._closed_lock:
             waiters = self._closed.pop(workflow_id, ())
+            self._emptied()
         for future in waiters:
             loop = future.get_loop()
             if loop.is_closed():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -74,6 +75,34 @@ async def test_nothing_per_workflow_is_left_after_completion(db_path, make_worke
         assert not store.wakeups._closed
         watcher = _watchers[(id(store), asyncio.get_running_loop())]
         assert not watcher._waiting
+
+
+@pytest.mark.timeout(240)
+async def test_the_tables_of_a_burst_of_waiters_are_let_go(db_path, make_worker) -> None:
+    """Dicts never shrink as keys leave: the waiters' tables of 2,000 handles (~70 KiB
+    each) would stay that size, empty, for good (megabytes at 100k)."""
+    store = get_store()
+    async with make_worker([ParkedDraw], [reserve]):
+        handles = await asyncio.gather(*(ParkedDraw.start({"n": n}) for n in range(2000)))
+        waits = [asyncio.ensure_future(h.result(timeout=180)) for h in handles]
+        await eventually(lambda: parked(2000), "all parked on their signal", timeout=180)
+        watcher = _watchers[(id(store), asyncio.get_running_loop())]
+        full = sys.getsizeof(store.wakeups._closed), sys.getsizeof(watcher._waiting)
+        await asyncio.gather(*(h.signal("approve") for h in handles))
+        await asyncio.gather(*waits)
+
+        async def let_go() -> bool:  # the watcher's poll ends at its next interval
+            sizes = sys.getsizeof(store.wakeups._closed), sys.getsizeof(watcher._waiting)
+            seen.append(sizes)
+            return max(sizes) < 1024
+
+        seen: list[tuple[int, int]] = []
+
+        try:
+            await eventually(let_go, "the waiters' tables back to empty ones", timeout=60)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; (wakeups, watcher) sizes {seen[-1:]}") from None
+    assert min(full) > 50_000
 
 
 async def test_a_finished_run_is_freed_without_the_cycle_collector(db_path, make_worker) -> None:

@@ -15,7 +15,7 @@ with PYTHONMALLOC=malloc.
 
 Usage: python bench/parked.py [--workflows 10000] [--allocator malloc pymalloc] [--json]
 
-At 100,000 on malloc: 58 -> 475 MB parked (4.3 KiB each), 77 MB settled (1.33x); on pymalloc
+At 100,000 on malloc: 57 -> 475 MB parked (4.3 KiB each), 69 MB settled (1.20x); on pymalloc
 439 MB parked (3.9 KiB each), 237 MB settled (4.14x): its 1 MiB arenas stay mapped while a
 few survivors of the burst are spread over them (see loom/_memory.py).
 """

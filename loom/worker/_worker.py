@@ -464,7 +464,6 @@ class Worker:
         outage = _Outage("renewing leases")
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            await self._give_back_memory()
             try:
                 await self._give_back_failed(store)
                 await store.extend_leases(self.worker_id, self.lease_ms)
@@ -474,6 +473,8 @@ class Worker:
                 outage.failed(err)
             else:
                 outage.recovered()
+            # After the leases: a trim waits for the executor and must never delay a renewal.
+            await self._give_back_memory()
 
     async def _schedule_loop(self, store: Store) -> None:
         """Fire the due schedules of the workflows this worker serves (see loom.scheduler)."""

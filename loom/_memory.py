@@ -34,9 +34,10 @@ _CHOSEN = "_LOOM_SYSTEM_ALLOCATOR"
 """Set by the re-execution: this process runs on malloc because loom asked for it."""
 
 GIVE_BACK_BYTES = 4 << 20
-"""Trim once the heap holds at least this much free memory and RSS has grown by as much since
-the last trim: a drained burst is given back within a heartbeat, while a busy worker, whose
-free memory is reused at once, is not made to fault its pages back in again and again."""
+"""Trim once the heap holds at least this much free memory and as much was freed (or RSS grew
+by as much) since the last trim: a drained burst is given back within a heartbeat, while a
+busy worker, whose free memory is reused at once, is not made to fault its pages back in
+again and again."""
 
 SHRINK_FROM_BYTES = 256 << 10
 """A dict or set whose table is at least this big and holds a small fraction of what it
@@ -50,11 +51,11 @@ _MAIN = Path(__file__).resolve().with_name("__main__.py")
 
 _libc: Any = None
 _allocator = ""
+"""What this process allocates with, as `allocator()` reports it (set once)."""
 _rss_after_trim = 0
 """RSS in bytes right after the last trim (per process: the heap is the process's)."""
 _free_low = 0
 """The fewest free heap bytes seen since the last trim."""
-"""What this process allocates with, as `allocator()` reports it (set once)."""
 
 
 def _malloc_trim() -> Any:
@@ -67,6 +68,8 @@ def _malloc_trim() -> Any:
             try:
                 library = ctypes.CDLL(name)
                 library.malloc_trim  # noqa: B018  # musl has none: fail here, once
+                if hasattr(library, "mallinfo2"):  # glibc >= 2.33
+                    library.mallinfo2.restype = _MallInfo2
                 _libc = library
             except (OSError, AttributeError):
                 pass
@@ -94,14 +97,9 @@ class _MallInfo2(ctypes.Structure):
 
 def _heap_free() -> int | None:
     """Bytes in glibc's free chunks, every arena (`mallinfo2`, glibc >= 2.33), or None."""
-    if _malloc_trim() is None:
+    if _malloc_trim() is None or not hasattr(_libc, "mallinfo2"):
         return None
-    try:
-        mallinfo2 = _libc.mallinfo2
-    except AttributeError:
-        return None
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
+    return int(_libc.mallinfo2().fordblks)
 
 
 def _rss() -> int:
@@ -121,14 +119,13 @@ def give_back_if_worth_it() -> bool:
     global _rss_after_trim, _free_low
     if _malloc_trim() is None:
         return False
-    free, rss = _heap_free(), _rss()
-    if free is None:
-        worth = rss - _rss_after_trim >= GIVE_BACK_BYTES
-    else:
+    free, grew = _heap_free(), _rss() - _rss_after_trim
+    if free is not None:
         _free_low = min(_free_low, free)
-        grew = max(free - _free_low, rss - _rss_after_trim)
-        worth = free >= GIVE_BACK_BYTES and grew >= GIVE_BACK_BYTES
-    if not worth:
+        grew = max(grew, free - _free_low)
+        if free < GIVE_BACK_BYTES:
+            return False
+    if grew < GIVE_BACK_BYTES:
         return False
     trimmed = give_back()
     _rss_after_trim, _free_low = _rss(), free if free is not None else 0

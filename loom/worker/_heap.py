@@ -1,7 +1,8 @@
-"""The worker's heap: when the garbage collector runs, and giving memory back after a burst.
+"""The worker's heap: when the garbage collector runs.
 
-Both follow the number of live runs the worker holds, which is what a workflow engine's heap
-is made of; see GC_OBJECTS_PER_RUN and loom._memory.
+Its young threshold follows the number of live runs the worker holds, which is what a
+workflow engine's heap is made of (see GC_OBJECTS_PER_RUN). Giving freed memory back to the
+OS is loom._memory's.
 """
 
 from __future__ import annotations

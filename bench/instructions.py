@@ -5,13 +5,14 @@ the same tree; the instructions executed do not. This runs `bench/throughput.py`
 workflow (3 native activities, durable SQLite, worker in this process) under callgrind twice,
 for a small and a large count, and prints the difference divided by the extra workflows, split
 into the event-loop thread (client and worker) and the store's writer thread. Start-up and
-warm-up cancel out in the difference.
+warm-up cancel out in the difference. `--lone` starts each workflow after the previous one
+finished (the latency case: nothing to batch, every commit its own transaction).
 
 `--tree PATH` (repeatable) measures other checkouts of this repository in the same run, e.g. a
 `git worktree add /tmp/before <commit>`, so a change can be judged against its baseline.
 Needs `valgrind` (Debian package) and takes a few minutes: callgrind runs Python ~50x slower.
 
-Usage: python bench/instructions.py [--small 100] [--large 700] [--tree PATH ...]
+Usage: python bench/instructions.py [--small 100] [--large 700] [--lone] [--tree PATH ...]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def workload(tree: str, count: int) -> None:
+def workload(tree: str, count: int, lone: bool) -> None:
     """The measured program (run under callgrind): a warm-up, then `count` workflows."""
     sys.path.insert(0, tree)
     spec = importlib.util.spec_from_file_location("bench_throughput", f"{tree}/bench/throughput.py")
@@ -44,7 +45,9 @@ def workload(tree: str, count: int) -> None:
         loom.configure(database=database)
         async with bench.bench_worker():
             await bench.throughput(50)
-            if count:
+            if count and lone:
+                await bench.latency(count)
+            elif count:
                 await bench.throughput(count)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +65,7 @@ def thread_totals(out: str) -> dict[int, int]:
     return totals
 
 
-def measure(tree: str, count: int, workdir: str) -> dict[int, int]:
+def measure(tree: str, count: int, workdir: str, lone: bool) -> dict[int, int]:
     out = os.path.join(workdir, f"cg-{abs(hash(tree))}-{count}")
     subprocess.run(
         [
@@ -75,6 +78,7 @@ def measure(tree: str, count: int, workdir: str) -> dict[int, int]:
             "--workload",
             tree,
             str(count),
+            *(["--lone"] if lone else []),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -88,19 +92,21 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=700)
     parser.add_argument("--tree", action="append", default=[], help="another checkout")
+    parser.add_argument("--lone", action="store_true", help="one workflow at a time")
     parser.add_argument("--workload", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload:
-        workload(args.workload[0], int(args.workload[1]))
+        workload(args.workload[0], int(args.workload[1]), args.lone)
         return
     if shutil.which("valgrind") is None:
         parser.error("needs valgrind (apt-get install valgrind)")
     extra = args.large - args.small
-    print(f"instructions per workflow ({args.large} - {args.small} workflows, callgrind)")
+    how = "one at a time" if args.lone else "started together"
+    print(f"instructions per workflow ({args.large} - {args.small} workflows {how}, callgrind)")
     with tempfile.TemporaryDirectory() as workdir:
         for tree in [str(ROOT), *args.tree]:
-            small = measure(tree, args.small, workdir)
-            large = measure(tree, args.large, workdir)
+            small = measure(tree, args.small, workdir, args.lone)
+            large = measure(tree, args.large, workdir, args.lone)
             per = {t: (large[t] - small.get(t, 0)) / extra for t in large}
             # Thread 1 is the event loop; the busiest other one is the store's writer thread.
             loop = per.get(1, 0.0)

@@ -126,6 +126,8 @@ class CommitResult:
     """For `complete_and_continue`: whether the activity result itself was recorded."""
     tasks: tuple[ClaimedTask, ...] = ()
     """Activity tasks created already leased to the committing worker (eager dispatch)."""
+    wakes_others: bool = False
+    """A close that made other workflows' tasks runnable (its parent's, its children's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,12 +682,15 @@ class Wakeups:
             state = {} if activation.state is None else activation.state  # None: refused
             outcome = Outcome(activation.status, state, activation.error)
             self.workflow_closed(workflow_id, outcome)
-            self.closing_tasks_ready(workflow_id)
+            self.closing_tasks_ready(workflow_id, result.wakes_others)
         self.progress_changed()
 
-    def closing_tasks_ready(self, workflow_id: str) -> None:
-        """A close may have woken a parent or cancelled children."""
-        self.tasks_ready()
+    def closing_tasks_ready(self, workflow_id: str, wakes_others: bool) -> None:
+        """A close that woke a parent or cancelled children made their tasks runnable; most
+        closes make nothing runnable, and waking the workers then cost each a claim that
+        found nothing."""
+        if wakes_others:
+            self.tasks_ready()
 
     def workflow_closed(self, workflow_id: str, outcome: Outcome | None = None) -> None:
         """Wake in-process waiters; `outcome` spares them reading the final row back."""

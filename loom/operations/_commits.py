@@ -166,15 +166,22 @@ def _update_workflow(
 
 
 @functools.cache
-def _update_sql(dialect: Dialect, expected: bool, epoch: bool) -> str:
+def _update_sql(dialect: Dialect, expected: bool, epoch: bool, running: bool = False) -> str:
     """`_update_workflow`'s statement, built once per guard: every workflow step runs it,
-    and a new 700-character text per call was hashed again by every cache it met."""
+    and a new 700-character text per call was hashed again by every cache it met.
+
+    `running`: only for a row already RUNNING, whose status and close number stay, and which
+    the statement does not name. SQLite rewrites the entries of every index on a column an
+    UPDATE names, changed or not: naming them cost two index pages in each commit's WAL."""
     guard = " AND status <> 'SUSPENDED'" if not expected else _OPEN_GUARD
     if not expected and epoch:
         guard = f"{guard} AND epoch = $13"
     numbering = _numbering(dialect, "CASE WHEN $2 = 'RUNNING' THEN closed_seq ELSE {} END")
+    status = "status = $2, "
+    if running:
+        guard, numbering, status = f"{guard} AND status = 'RUNNING'", "", ""
     return (
-        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, status = $2, "
+        f"UPDATE workflows SET {numbering}last_sequence = last_sequence + $1, {status}"
         # No state given: the stored one stays, and readers fold the state events after it.
         "state = COALESCE($3, state), state_through = CASE WHEN $3 IS NOT NULL THEN NULL "
         "WHEN $12 THEN COALESCE(state_through, last_sequence) ELSE state_through END, "
@@ -236,7 +243,14 @@ async def _commit_activation(
             else _eager_tasks(task, specs, dict(zip(row[6], row[5], strict=True)))
         )
     else:
-        row = await conn.fetchrow(update, *args)
+        row = None
+        if not closed and processed_sequence > 1:
+            # Past its first activation a workflow is almost always RUNNING already; when it
+            # is not (PENDING again, or the guard refuses), the full statement decides.
+            running = _update_sql(conn.dialect, expected is not None, epoch is not None, True)
+            row = await conn.fetchrow(running, *args)
+        if row is None:
+            row = await conn.fetchrow(update, *args)
         if row is None:
             return None
         after = int(row[0]) - len(events)
@@ -324,10 +338,12 @@ async def _apply_activation(
             ),
         )
     if closed:
-        await _close_workflow(
+        wakes = await _close_workflow(
             conn, workflow_id, row[2], row[3], activation, now, has_tasks=has_tasks
         )
-        return CommitResult(is_committed=True, epoch=epoch, last_sequence=last_sequence)
+        return CommitResult(
+            is_committed=True, epoch=epoch, last_sequence=last_sequence, wakes_others=wakes
+        )
     if activation.restart is not None:
         arrived = (processed_sequence, after)
         epoch, last_sequence = await _restart(conn, workflow_id, activation.restart, arrived, now)
@@ -499,8 +515,9 @@ async def _close_workflow(
     now: int,
     *,
     has_tasks: bool = True,
-) -> None:
-    """`has_tasks`: False when the commit's own statement already deleted them."""
+) -> bool:
+    """`has_tasks`: False when the commit's own statement already deleted them. True when the
+    close made other workflows' tasks runnable (a parent's, or cancelled children's)."""
     if has_tasks:
         await conn.execute("DELETE FROM tasks WHERE workflow_id = $1", workflow_id)
     if parent_id:
@@ -525,6 +542,8 @@ async def _close_workflow(
     if parent_id or activation.status is WorkflowStatus.CANCELED:
         # Delivered at commit: workers in other processes pick up the woken workflows.
         await conn.notify_tasks()
+        return True
+    return False
 
 
 async def complete_task(

@@ -59,12 +59,13 @@ class _Wakeups(Wakeups):
     def local_tasks_ready(self) -> None:
         super().tasks_ready()
 
-    def closing_tasks_ready(self, workflow_id: str) -> None:
+    def closing_tasks_ready(self, workflow_id: str, wakes_others: bool) -> None:
         self.notify(workflow_id)  # handles waiting in other processes
         # In-process only: a close that wakes a parent or children notifies inside its own
         # transaction (_close_workflow); most closes create nothing runnable, and a NOTIFY
         # per close would send every other worker process claiming for nothing.
-        self.local_tasks_ready()
+        if wakes_others:
+            self.local_tasks_ready()
 
     def remote_tasks_ready(self) -> None:  # another process sent NOTIFY
         super().tasks_ready()

@@ -188,6 +188,8 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._wake: asyncio.Event | None = None
+        self._full = False
+        """The claim loop found no capacity: a task that ends must wake it (see _reap)."""
         self._start_slots: Slots | None = None
         """Bounds the eager starts in progress (see MAX_STARTING); made on the worker's loop."""
         self._stopping = False
@@ -358,6 +360,7 @@ class Worker:
             free = self.concurrency - len(self._inflight)
             if self._suspect is not None or self._isolated is not None:
                 free = self._isolate()
+            self._full = free <= 0
             claimed: list[ClaimedTask] = []
             if free > 0:
                 limit = min(free, CLAIM_BATCH)
@@ -447,7 +450,10 @@ class Worker:
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if self._wake is not None:
+        # Only a claim loop that stopped for want of capacity waits for a task to end; waking
+        # it after every step of every workflow cost a claim that found nothing (a write
+        # statement and two thread hops) per step.
+        if self._full and self._wake is not None:
             self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("worker task crashed", exc_info=task.exception())

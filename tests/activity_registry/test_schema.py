@@ -171,6 +171,30 @@ def test_oversized_schema_file_is_refused(folder_with: Any) -> None:
     assert f"over the {MAX_SCHEMA_BYTES:,}-byte limit" in str(refused.value)
 
 
+async def test_a_small_document_is_validated_without_a_thread_hop(
+    registry: Registry, make_activity: ActivityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = {"type": "object", "properties": {"word": {"type": "string", "pattern": "^[a-z]+$"}}}
+    await registry.register(make_activity(output_schema=schema))
+    activity = await registry.resolve("echo")
+    hops: list[object] = []
+    real = asyncio.get_running_loop().run_in_executor
+
+    def counted(executor: object, fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return real(executor, fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "run_in_executor", counted)
+    await registry.validate(activity, {"word": "small"}, direction="output")
+    with pytest.raises(SchemaViolationError):
+        await registry.validate(activity, {"word": "Small"}, direction="output")
+    assert hops == []
+    # Past the budget, in values or in text, the document goes to a validation thread.
+    await registry.validate(activity, {"word": "a" * 300_000}, direction="output")
+    await registry.validate(activity, {"n": list(range(300))}, direction="output")
+    assert len(hops) == 2
+
+
 async def test_validate_runs_off_the_event_loop(
     registry: Registry, make_activity: ActivityFactory
 ) -> None:
